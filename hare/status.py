@@ -1,0 +1,59 @@
+"""``hare status``: a run's partitions and totals, read only from the store (the truth)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from hare.manifest import read_manifest, verify_outputs
+from hare.runs import read_run
+from hare.store import ObjectStore
+
+
+def partition_rows(store: ObjectStore, run_id: str) -> list[dict[str, Any]]:
+    """One row per planned partition; ``committed`` only for a manifest whose objects verify."""
+    info = read_run(store, run_id)
+    rows = []
+    for pid in info.get("partitions", []):
+        m = read_manifest(store, run_id, pid)
+        if m is None:
+            status, stats, attempts, error = "pending", {}, 0, ""
+        else:
+            stats, attempts, error = m.stats, m.attempts, m.error or ""
+            status = m.status
+            if status == "succeeded":
+                problem = verify_outputs(store, m)
+                status, error = ("committed", "") if problem is None else ("corrupt", problem)
+        rows.append({"partition": pid, "status": status, "attempts": attempts,
+                     "records": stats.get("records", 0), "rejects": stats.get("rejects", 0),
+                     "output_tokens": stats.get("output_tokens", 0),
+                     "tokens_per_s": stats.get("output_tokens_per_s", 0.0),
+                     "seconds": stats.get("seconds", 0.0), "error": error})
+    return rows
+
+
+def render_status(store: ObjectStore, run_id: str, console: Console | None = None) -> list[dict[str, Any]]:
+    if console is None:
+        console = Console()
+        console.width = max(console.width, 120)  # a piped/CI console defaults to 80 columns
+    info = read_run(store, run_id)
+    rows = partition_rows(store, run_id)
+    table = Table(title=f"run {run_id} ({info.get('status')}) in {store.url}")
+    for col in ("partition", "status", "attempts", "records", "rejects", "output tokens", "tokens/s", "error"):
+        table.add_column(col, justify="right" if col not in ("partition", "status", "error") else "left")
+    for r in rows:
+        table.add_row(r["partition"], r["status"], str(r["attempts"]), str(r["records"]), str(r["rejects"]),
+                      str(r["output_tokens"]), f"{r['tokens_per_s']:.1f}", r["error"][:60])
+    tokens = sum(r["output_tokens"] for r in rows)
+    gen_s = sum(
+        r["output_tokens"] / r["tokens_per_s"] for r in rows if r["tokens_per_s"]
+    )
+    committed = sum(r["status"] == "committed" for r in rows)
+    table.add_section()
+    table.add_row("total", f"{committed}/{len(rows)} committed", "", str(sum(r["records"] for r in rows)),
+                  str(sum(r["rejects"] for r in rows)), str(tokens),
+                  f"{tokens / gen_s:.1f}" if gen_s else "0.0", "")
+    console.print(table)
+    return rows
