@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import prefect.runtime as prefect_runtime
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect_ray import RayTaskRunner
@@ -72,7 +73,7 @@ def synthesize(config_path: str, run_id: str | None = None, store_url: str | Non
     totals = publish(cfg, run_id, partition_ids)
     finish_run(store, run_id, "succeeded", totals)
     lineage.emit(store, run_id, "synthesize", "COMPLETE", facets={"totals": totals})
-    return {"run_id": run_id, "store": store.url, **totals}
+    return {"run_id": run_id, "store": store.url, "flow_run_id": str(prefect_runtime.flow_run.id), **totals}
 
 
 def _load(config_path: str, store_url: str | None) -> RunConfig:

@@ -1,0 +1,132 @@
+"""Shared fixtures: a real moto S3 server, the Prefect test harness, a local Ray, run files.
+
+Environment is pinned before anything imports Prefect/Ray/HF so tests run offline and share
+the model cache with `make demo` (the checkout's .hare/cache unless HARE_CACHE_DIR is set).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("HARE_CACHE_DIR", str(ROOT / ".hare" / "cache"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+
+TOPICS = {
+    "version": 1,
+    "domains": {
+        "Mathematics": {"Arithmetic": [{"Fractions": "adding fractions"}, "Percentages"]},
+        "Sciences": {"Physics": ["Speed and velocity"], "Biology": ["Photosynthesis"]},
+    },
+}
+
+
+def write_run_config(folder: Path, **overrides: Any) -> Path:
+    """A small valid run file in ``folder``; ``overrides`` replace top-level sections."""
+    (folder / "topics.yaml").write_text(yaml.safe_dump(overrides.pop("topics_doc", TOPICS)))
+    cfg: dict[str, Any] = {
+        "name": "t",
+        "seed": 7,
+        "topics": {"path": "topics.yaml"},
+        "axes": {"audiences": ["a child", "an adult"], "styles": ["a Q&A"], "kinds": ["explanation", "reasoning"]},
+        "plan": {"partitions": 3, "prompts_per_partition": 4},
+        "model": {"backend": "deterministic-fake", "num_cpus": 0},
+        "sampling": {"max_tokens": 16},
+        "store": {"url": str(folder / "store")},
+    }
+    cfg.update(overrides)
+    path = folder / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """moto's standalone S3 server: a real HTTP endpoint on 127.0.0.1, for the whole session."""
+    port = _free_port()
+    exe = shutil.which("moto_server", path=os.path.dirname(sys.executable)) or "moto_server"
+    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    else:
+        proc.kill()
+        raise RuntimeError("moto_server did not start")
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": url}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield url
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def new_bucket() -> str:
+    import boto3
+
+    name = f"hare-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3").create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture(params=["local", "s3"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The same tests run against a local folder and a real HTTP S3 endpoint (moto)."""
+    if request.param == "local":
+        return f"file://{tmp_path / 'store'}"
+    request.getfixturevalue("moto_endpoint")
+    return f"s3://{new_bucket()}/prefix"
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[str]:
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield PREFECT_API_URL.value()
+
+
+@pytest.fixture(scope="session")
+def ray_local(moto_endpoint: str, prefect_api: str) -> Iterator[None]:
+    """One local Ray for the session; workers get the harness API and the S3 endpoint."""
+    import ray
+
+    from hare.engine import RAY_NAMESPACE
+    from hare.runtime import worker_env
+
+    ray.init(num_cpus=2, namespace=RAY_NAMESPACE, include_dashboard=False,
+             runtime_env={"env_vars": worker_env(prefect_api)})
+    yield
+    ray.shutdown()

@@ -1,0 +1,80 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hare.config import ConfigError, load_config
+from tests.conftest import ROOT, write_run_config
+
+
+def _edit(path: Path, fn) -> Path:
+    raw = yaml.safe_load(path.read_text())
+    fn(raw)
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_demo_config_is_valid() -> None:
+    cfg = load_config(ROOT / "configs" / "demo.yaml")
+    assert cfg.model.backend == "vllm"
+    assert cfg.topics.path.is_file()
+    assert cfg.store.url.startswith("file:///")
+
+
+def test_relative_paths_resolve_against_config_folder(tmp_path: Path, monkeypatch) -> None:
+    path = write_run_config(tmp_path)
+    monkeypatch.chdir("/")
+    cfg = load_config(path)
+    assert cfg.topics.path == (tmp_path / "topics.yaml").resolve()
+
+
+def test_unknown_field_is_named(tmp_path: Path) -> None:
+    path = _edit(write_run_config(tmp_path), lambda r: r["sampling"].update(temprature=0.5))
+    with pytest.raises(ConfigError, match=r"sampling\.temprature: unknown field"):
+        load_config(path)
+
+
+def test_wrong_type_is_named(tmp_path: Path) -> None:
+    path = _edit(write_run_config(tmp_path), lambda r: r["plan"].update(partitions="many"))
+    with pytest.raises(ConfigError, match=r"plan\.partitions"):
+        load_config(path)
+
+
+def test_missing_section_is_named(tmp_path: Path) -> None:
+    path = _edit(write_run_config(tmp_path), lambda r: r.pop("axes"))
+    with pytest.raises(ConfigError, match=r"axes: Field required"):
+        load_config(path)
+
+
+def test_missing_topics_file_is_named(tmp_path: Path) -> None:
+    path = _edit(write_run_config(tmp_path), lambda r: r["topics"].update(path="nope.yaml"))
+    with pytest.raises(ConfigError, match=r"topics\.path: file not found: .*nope\.yaml"):
+        load_config(path)
+
+
+def test_unknown_task_kind_is_named(tmp_path: Path) -> None:
+    path = _edit(write_run_config(tmp_path), lambda r: r["axes"].update(kinds=["poetry"]))
+    with pytest.raises(ConfigError, match=r"axes\.kinds: unknown task kind\(s\) \['poetry'\]"):
+        load_config(path)
+
+
+def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="run config not found"):
+        load_config(tmp_path / "absent.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_credentials_in_store_url_refused(tmp_path: Path) -> None:
+    path = _edit(write_run_config(tmp_path), lambda r: r["store"].update(url="s3://key:secret@bucket/x"))
+    with pytest.raises(ConfigError, match=r"store\.url: credentials must not be part"):
+        load_config(path)
+
+
+def test_config_hash_tracks_content(tmp_path: Path) -> None:
+    a = load_config(write_run_config(tmp_path))
+    b = load_config(write_run_config(tmp_path))
+    c = load_config(write_run_config(tmp_path, seed=8))
+    assert a.config_hash() == b.config_hash() != c.config_hash()

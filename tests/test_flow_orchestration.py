@@ -1,0 +1,120 @@
+"""The synthesize flow on real Prefect (test harness) and real local Ray, both stores.
+
+Generation here is the DeterministicFakeBackend (named as such in every record): these tests
+check orchestration, the commit protocol, resume and lineage, not the model. The real model
+runs in test_generation_vllm.py.
+"""
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from hare.cli import main
+from hare.flows.synthesize import run_synthesize
+from hare.layout import generated_key, manifest_key
+from hare.manifest import read_manifest
+from hare.store import open_store
+from hare.tables import from_parquet_bytes, to_parquet_bytes
+from tests.conftest import TOPICS, write_run_config
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_local")]
+
+POISONED = {"version": 1, "domains": {**TOPICS["domains"], "Trap": {"Trap": ["POISON topic"]}}}
+
+
+def _dataset(store, result) -> list[dict]:
+    rows = []
+    for key in result["shards"]:
+        rows += from_parquet_bytes(store.get_bytes(key), key).to_pylist()
+    return rows
+
+
+def test_flow_commits_publishes_and_records_lineage(tmp_path: Path, store_url: str) -> None:
+    cfg = write_run_config(tmp_path, topics_doc=POISONED, plan={"partitions": 3, "prompts_per_partition": 5})
+    result = run_synthesize(str(cfg), store_url=store_url)
+    store = open_store(store_url)
+    run_id = result["run_id"]
+
+    rows = _dataset(store, result)
+    poisoned = [r for r in rows if "POISON" in r["prompt"]]
+    assert not poisoned, "a poisoned prompt must become a reject, not a record"
+    assert result["records"] == len(rows) and result["rejects"] == 15 - len(rows) > 0
+    assert len({r["id"] for r in rows}) == len(rows)
+    assert {r["backend"] for r in rows} == {"deterministic-fake"}
+    assert {r["run_id"] for r in rows} == {run_id}
+
+    rejects = []
+    for pid in ["p00000", "p00001", "p00002"]:
+        m = read_manifest(store, run_id, pid)
+        assert m is not None and m.status == "succeeded" and m.attempts == 1
+        assert m.stats["prompts"] == 5 and m.stats["output_tokens_per_s"] > 0
+        rejects += from_parquet_bytes(store.get_bytes(f"runs/{run_id}/rejects/generate/{pid}.parquet")).to_pylist()
+    assert len(rejects) == result["rejects"]
+    assert {r["reject_reason"] for r in rejects} == {"engine_rejected: poisoned prompt"}
+
+    info = json.loads(store.get_bytes(f"runs/{run_id}/run.json"))
+    assert info["status"] == "succeeded" and len(info["config_hash"]) == 64 and info["code_version"]
+    events = store.list(f"runs/{run_id}/lineage/")
+    names = {k.rsplit("/", 1)[1] for k in events}
+    assert {"synthesize.start.json", "synthesize.complete.json", "synthesize.plan.complete.json",
+            "synthesize.publish.complete.json", "synthesize.generate.p00002.complete.json"} <= names
+    publish_event = json.loads(store.get_bytes(f"runs/{run_id}/lineage/synthesize.publish.complete.json"))
+    assert publish_event["outputs"][0]["facets"]["hare_object"]["rows"] == len(rows)
+    card = store.get_bytes(f"runs/{run_id}/README.md").decode()
+    assert card.startswith("---\n") and f"| records | {len(rows)} |" in card
+
+
+def test_workers_report_to_the_driver_api(tmp_path: Path) -> None:
+    """Task runs executed in Ray workers land in the same Prefect API as the flow run
+    (no temporary server per worker), and the partition artifact is there too."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
+
+    cfg = write_run_config(tmp_path, plan={"partitions": 3, "prompts_per_partition": 2})
+    result = run_synthesize(str(cfg))
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[result["flow_run_id"]])))
+        names = sorted(r.name.rsplit("-", 1)[0] for r in runs if r.state and r.state.is_completed())
+        assert names.count("generate-partition") == 3 and "plan" in names and "publish" in names
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["hare-partitions"])))
+        assert any(str(a.flow_run_id) == result["flow_run_id"] for a in arts)
+
+
+def test_resume_redoes_only_uncommitted_partitions(tmp_path: Path) -> None:
+    cfg = write_run_config(tmp_path, plan={"partitions": 4, "prompts_per_partition": 3})
+    first = run_synthesize(str(cfg))
+    store = open_store(first["store"])
+    run_id = first["run_id"]
+    before = sorted(r["id"] for r in _dataset(store, first))
+    kept_manifest = store.get_bytes(manifest_key(run_id, "p00000"))
+
+    store.delete(manifest_key(run_id, "p00001"))  # as if the driver died before the commit
+    store.put_bytes(generated_key(run_id, "p00002"), to_parquet_bytes(  # corrupted after commit
+        from_parquet_bytes(store.get_bytes(generated_key(run_id, "p00002"))).slice(0, 1)))
+
+    second = run_synthesize(str(cfg), run_id=run_id)
+    after = sorted(r["id"] for r in _dataset(store, second))
+    assert after == before, "nothing lost, nothing duplicated"
+    assert store.get_bytes(manifest_key(run_id, "p00000")) == kept_manifest  # untouched
+    assert read_manifest(store, run_id, "p00001").attempts == 1
+    assert read_manifest(store, run_id, "p00002").attempts == 2
+    info = json.loads(store.get_bytes(f"runs/{run_id}/run.json"))
+    assert info["status"] == "succeeded" and len(info["resumed_at"]) == 1
+
+
+def test_status_cli_and_config_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = write_run_config(tmp_path, plan={"partitions": 2, "prompts_per_partition": 2})
+    result = run_synthesize(str(cfg))
+    capsys.readouterr()
+    assert main(["status", "--store", result["store"], result["run_id"]]) == 0
+    out = capsys.readouterr().out
+    assert "p00001" in out and "2/2 committed" in out
+
+    (tmp_path / "bad").mkdir()
+    bad = write_run_config(tmp_path / "bad", plan={"partitions": 0, "prompts_per_partition": 2})
+    assert main(["run", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "plan.partitions" in err and "greater than or equal to 1" in err
+    assert not (tmp_path / "bad" / "store").exists(), "nothing runs, nothing is written"
