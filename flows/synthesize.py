@@ -49,23 +49,16 @@ def synthesize(config_path: str, run_id: str | None = None, store_url: str | Non
     lineage.emit(store, run_id, "synthesize", "START", facets={"config_hash": cfg.config_hash()})
 
     partition_ids = plan_run(cfg, run_id)
-    engines = start_engines(cfg, run_id)
-    names = list(engines)
     try:
-        with remote_options(num_cpus=cfg.ray.task_num_cpus):
-            futures = [
-                generate_partition.submit(cfg, run_id, pid, names[i % len(names)])
-                for i, pid in enumerate(partition_ids)
-            ]
-        outcomes = [_outcome(pid, f) for pid, f in zip(partition_ids, futures)]
-    finally:
-        stop_engines(engines)
+        outcomes = _generate_all(cfg, run_id, partition_ids)
+    except Exception as exc:  # engines could not start, Ray went away...: say so in run.json
+        _fail(store, run_id, "failed", {"error": f"{type(exc).__name__}: {exc}"[:1000]})
+        raise
     _progress_artifact(run_id, outcomes)
 
     failed = [o["partition_id"] for o in outcomes if o["status"] == "failed"]
     if failed:
-        finish_run(store, run_id, "incomplete", {"failed_partitions": failed})
-        lineage.emit(store, run_id, "synthesize", "FAIL", facets={"failed_partitions": failed})
+        _fail(store, run_id, "incomplete", {"failed_partitions": failed})
         raise RunIncomplete(
             f"run {run_id}: {len(failed)} partition(s) failed ({', '.join(failed)}); "
             f"resume with: hare run {config_path} --run-id {run_id}"
@@ -74,6 +67,26 @@ def synthesize(config_path: str, run_id: str | None = None, store_url: str | Non
     finish_run(store, run_id, "succeeded", totals)
     lineage.emit(store, run_id, "synthesize", "COMPLETE", facets={"totals": totals})
     return {"run_id": run_id, "store": store.url, "flow_run_id": str(prefect_runtime.flow_run.id), **totals}
+
+
+def _generate_all(cfg: RunConfig, run_id: str, partition_ids: list[str]) -> list[dict[str, Any]]:
+    """One task per partition, spread over the engine actors; a failed one does not stop the rest."""
+    engines = start_engines(cfg, run_id)
+    names = list(engines)
+    try:
+        with remote_options(num_cpus=cfg.ray.task_num_cpus):
+            futures = [
+                generate_partition.submit(cfg, run_id, pid, names[i % len(names)])
+                for i, pid in enumerate(partition_ids)
+            ]
+        return [_outcome(pid, f) for pid, f in zip(partition_ids, futures)]
+    finally:
+        stop_engines(engines)
+
+
+def _fail(store: Any, run_id: str, status: str, summary: dict[str, Any]) -> None:
+    finish_run(store, run_id, status, summary)
+    lineage.emit(store, run_id, "synthesize", "FAIL", facets=summary)
 
 
 def _load(config_path: str, store_url: str | None) -> RunConfig:

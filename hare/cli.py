@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from hare.config import ConfigError
+    from hare.engine import CapacityError
+    from hare.flows.synthesize import RunIncomplete
     from hare.models import ModelSourceError
     from hare.runs import RunError
     from hare.store import StoreError
@@ -76,9 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (ConfigError, ModelSourceError, RunError, StoreError, TaxonomyError) as exc:
+    except (ConfigError, ModelSourceError, RunError, StoreError, TaxonomyError, CapacityError) as exc:
         print(f"hare: error: {exc}", file=sys.stderr)
         return 2
+    except RunIncomplete as exc:
+        print(f"hare: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -104,6 +104,35 @@ def test_resume_redoes_only_uncommitted_partitions(tmp_path: Path) -> None:
     assert info["status"] == "succeeded" and len(info["resumed_at"]) == 1
 
 
+def test_failed_partitions_leave_the_run_incomplete(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from hare.config import load_config
+    from hare.flows.synthesize import RunIncomplete
+    from hare.tasks.plan import build_plan, split_partitions
+
+    topics = {"version": 1, "domains": {**TOPICS["domains"], "Trap": {"Trap": ["CRASH_ENGINE"]}}}
+    path = write_run_config(tmp_path, topics_doc=topics, plan={"partitions": 4, "prompts_per_partition": 2})
+    cfg = load_config(path)
+    doomed = {pid for pid, t in split_partitions(build_plan(cfg)).items()
+              if any("CRASH_ENGINE" in p for p in t.column("prompt").to_pylist())}
+    assert doomed and len(doomed) < 4
+    with pytest.raises(RunIncomplete, match="resume with: hare run .* --run-id"):
+        run_synthesize(str(path))
+    store = open_store(cfg.store.url)
+    (run_id,) = {k.split("/")[1] for k in store.list("runs/")}
+    info = json.loads(store.get_bytes(f"runs/{run_id}/run.json"))
+    assert info["status"] == "incomplete" and set(info["summary"]["failed_partitions"]) == doomed
+    for pid in ["p00000", "p00001", "p00002", "p00003"]:
+        m = read_manifest(store, run_id, pid)
+        if pid in doomed:
+            assert m.status == "failed" and m.attempts == 2 and "CRASH_ENGINE" in m.error  # retried once
+        else:
+            assert m.status == "succeeded"
+    assert not store.list(f"runs/{run_id}/dataset/"), "no partial dataset is published"
+    capsys.readouterr()
+    assert main(["status", "--store", store.url, run_id]) == 3
+    assert "failed" in capsys.readouterr().out
+
+
 def test_status_cli_and_config_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = write_run_config(tmp_path, plan={"partitions": 2, "prompts_per_partition": 2})
     result = run_synthesize(str(cfg))

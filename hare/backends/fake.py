@@ -3,7 +3,8 @@
 It is not a model and never claims to be: its ``name`` says ``deterministic-fake`` in every
 record it touches. It exists so tests of Prefect/Ray wiring, the commit protocol and re-runs
 do not pay for an engine start. It answers ``text`` as a pure function of (prompt, seed),
-and rejects prompts containing ``POISON`` the way an engine rejects an unservable request.
+rejects prompts containing ``POISON`` the way an engine rejects an unservable request, and
+raises on a batch holding ``CRASH_ENGINE`` the way a dying engine fails a whole call.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ class DeterministicFakeBackend:
     def generate(
         self, requests: list[GenerationRequest], sampling: SamplingConfig
     ) -> list[GenerationResult]:
+        if any("CRASH_ENGINE" in r.prompt for r in requests):
+            raise RuntimeError("deterministic-fake engine crashed (CRASH_ENGINE in a prompt)")
         out = []
         for r in requests:
             if "POISON" in r.prompt:
