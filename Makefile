@@ -43,12 +43,15 @@ model: venv
 	$(BIN)/hare model prepare
 
 demo: venv
+	@mkdir -p "$(PREFECT_HOME)" "$(HARE_CACHE_DIR)"
 	$(BIN)/hare run configs/demo.yaml
 
 test: venv
+	@mkdir -p "$(PREFECT_HOME)" "$(HARE_CACHE_DIR)"
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: venv
+	@mkdir -p "$(PREFECT_HOME)" "$(HARE_CACHE_DIR)"
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 clean-demo:
