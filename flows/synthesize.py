@@ -1,6 +1,6 @@
 """Flow ``synthesize``: the whole DAG of a run, top to bottom as in design.md.
 
-    plan -> generate (one task a partition, on Ray, engines in actors) -> publish
+    plan -> generate (one task a partition, on Ray, engines in actors) -> diversity -> publish
 
 Call :func:`run_synthesize` (what ``hare run`` does): it prepares the Prefect API and Ray,
 then runs the flow. Re-running with the same ``run_id`` resumes: committed partitions are
@@ -24,7 +24,8 @@ from hare.runs import finish_run, new_run_id
 from hare.runtime import driver_runtime
 from hare.store import open_store
 from hare.tasks.generate import generate_partition
-from hare.tasks.plan import plan_run
+from hare.tasks.diversity import measure_diversity
+from hare.tasks.plan import is_baseline, plan_run
 from hare.tasks.publish import publish
 
 
@@ -63,7 +64,9 @@ def synthesize(config_path: str, run_id: str | None = None, store_url: str | Non
             f"run {run_id}: {len(failed)} partition(s) failed ({', '.join(failed)}); "
             f"resume with: hare run {config_path} --run-id {run_id}"
         )
-    totals = publish(cfg, run_id, partition_ids)
+    dataset_ids = [p for p in partition_ids if not is_baseline(p)]
+    measure_diversity(cfg, run_id, dataset_ids, [p for p in partition_ids if is_baseline(p)])
+    totals = publish(cfg, run_id, dataset_ids)
     finish_run(store, run_id, "succeeded", totals)
     lineage.emit(store, run_id, "synthesize", "COMPLETE", facets={"totals": totals})
     return {"run_id": run_id, "store": store.url, "flow_run_id": str(prefect_runtime.flow_run.id), **totals}

@@ -11,11 +11,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from hare.taxonomy import DEFAULT_AXES, DEFAULT_TAXONOMY
+
+if TYPE_CHECKING:
+    from hare.taxonomy import Axes
 
 
 class ConfigError(ValueError):
@@ -27,27 +33,71 @@ class _Strict(BaseModel):
 
 
 class TopicsConfig(_Strict):
-    """Where the seed topics come from: a taxonomy YAML (domain -> subject -> [topics])."""
+    """Where the seed topics come from: taxonomy YAML files (domain -> subject -> [topics])."""
 
-    path: Path = Field(description="Seed taxonomy YAML file, relative to the config file.")
+    path: Path = Field(default=DEFAULT_TAXONOMY,
+                       description="Seed taxonomy (default: the shipped one), relative to the config file.")
+    extra_paths: list[Path] = Field(default_factory=list, description="More taxonomy files, appended.")
+
+    @model_validator(mode="after")
+    def _files_exist(self) -> "TopicsConfig":
+        from hare.taxonomy import TaxonomyError, load_taxonomy
+
+        for i, p in enumerate([self.path, *self.extra_paths]):
+            if not p.is_file():
+                raise ValueError(f"path: file not found: {p}" if i == 0 else f"extra_paths.{i - 1}: file not found: {p}")
+        try:
+            load_taxonomy(self.path, *self.extra_paths)
+        except TaxonomyError as exc:
+            raise ValueError(str(exc)) from None
+        return self
 
 
 class AxesConfig(_Strict):
-    """The human-prior axes crossed with every topic (HARE: audience, style, task kind)."""
+    """The human-prior axes crossed with every topic (HARE: audience, style, task kind).
 
-    audiences: list[str] = Field(min_length=1)
-    styles: list[str] = Field(min_length=1)
-    kinds: list[str] = Field(min_length=1, description="Task kinds; each needs a prompt template.")
+    Values come from ``path`` (default: the shipped axes file); a list given here replaces
+    that axis of the file.
+    """
+
+    path: Path = Field(default=DEFAULT_AXES, description="Axes YAML, relative to the config file.")
+    audiences: list[str] | None = Field(default=None, min_length=1)
+    styles: list[str] | None = Field(default=None, min_length=1)
+    kinds: list[str] | None = Field(default=None, min_length=1,
+                                    description="Task kinds; each needs a prompt template.")
 
     @field_validator("kinds")
     @classmethod
-    def _known_kinds(cls, kinds: list[str]) -> list[str]:
+    def _known_kinds(cls, kinds: list[str] | None) -> list[str] | None:
         from hare.prompts import TEMPLATES
 
-        unknown = [k for k in kinds if k not in TEMPLATES]
+        unknown = [k for k in kinds or [] if k not in TEMPLATES]
         if unknown:
             raise ValueError(f"unknown task kind(s) {unknown}; known: {sorted(TEMPLATES)}")
         return kinds
+
+    @model_validator(mode="after")
+    def _file_readable(self) -> "AxesConfig":
+        from hare.taxonomy import TaxonomyError
+
+        if not self.path.is_file():
+            raise ValueError(f"path: file not found: {self.path}")
+        try:
+            axes = self.resolve()
+        except TaxonomyError as exc:
+            raise ValueError(str(exc)) from None
+        self._known_kinds(list(axes.kinds))
+        return self
+
+    def resolve(self) -> "Axes":
+        from hare.taxonomy import Axes, load_axes
+
+        base = load_axes(self.path)
+        return Axes(
+            audiences=tuple(self.audiences or base.audiences),
+            styles=tuple(self.styles or base.styles),
+            kinds=tuple(self.kinds or base.kinds),
+        )
 
 
 class PlanConfig(_Strict):
@@ -120,6 +170,16 @@ class RayConfig(_Strict):
     )
 
 
+class DiversityConfig(_Strict):
+    """Diversity report: measured on what was generated, against a no-priors baseline."""
+
+    baseline_prompts: int = Field(
+        default=16, ge=0,
+        description="Prompts of the baseline (a generic 'topic of your choice' prompt, no priors); 0: none.",
+    )
+    sample: int = Field(default=1000, ge=2, description="Texts embedded for the pairwise figures, at most.")
+
+
 class PublishConfig(_Strict):
     shard_rows: int = Field(default=50_000, ge=1)
 
@@ -129,20 +189,15 @@ class RunConfig(_Strict):
 
     name: str = Field(min_length=1)
     seed: int = 0
-    topics: TopicsConfig
-    axes: AxesConfig
+    topics: TopicsConfig = TopicsConfig()
+    axes: AxesConfig = AxesConfig()
     plan: PlanConfig
     model: ModelConfig = ModelConfig()
     sampling: SamplingConfig = SamplingConfig()
     store: StoreConfig = StoreConfig()
     ray: RayConfig = RayConfig()
+    diversity: DiversityConfig = DiversityConfig()
     publish: PublishConfig = PublishConfig()
-
-    @model_validator(mode="after")
-    def _topics_exist(self) -> "RunConfig":
-        if not self.topics.path.is_file():
-            raise ValueError(f"topics.path: file not found: {self.topics.path}")
-        return self
 
     def config_hash(self) -> str:
         """Hash of the normalized config: same run file content -> same hash."""
@@ -160,16 +215,28 @@ def _format_errors(path: Path, err: ValidationError) -> str:
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown field"
+        sub = re.match(r"^([A-Za-z_][\w.]*): (.*)$", msg, re.S)
+        if sub and where != "(top level)":  # a section validator naming its own field
+            where, msg = f"{where}.{sub.group(1)}", sub.group(2)
         lines.append(f"  {where}: {msg}")
     return "\n".join(lines)
 
 
 def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     """Resolve file paths against the config file's folder, local store paths against the cwd."""
+    def resolve(value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        p = Path(os.path.expanduser(value))
+        return str(p if p.is_absolute() else (base / p).resolve())
+
+    for section in ("topics", "axes"):
+        sec = raw.get(section)
+        if isinstance(sec, dict) and "path" in sec:
+            sec["path"] = resolve(sec["path"])
     topics = raw.get("topics")
-    if isinstance(topics, dict) and isinstance(topics.get("path"), str):
-        p = Path(os.path.expanduser(topics["path"]))
-        topics["path"] = str(p if p.is_absolute() else (base / p).resolve())
+    if isinstance(topics, dict) and isinstance(topics.get("extra_paths"), list):
+        topics["extra_paths"] = [resolve(p) for p in topics["extra_paths"]]
     store = raw.get("store")
     if isinstance(store, dict) and isinstance(store.get("url"), str):
         # A local store is pinned to an absolute path here, once, so the driver and every

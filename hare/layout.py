@@ -21,6 +21,14 @@ def plan_key(run_id: str, partition_id: str) -> str:
     return f"{run_prefix(run_id)}/plan/{check_key_part(partition_id, 'partition id')}.parquet"
 
 
+def plan_report_key(run_id: str) -> str:
+    return f"{run_prefix(run_id)}/plan/report.json"
+
+
+def diversity_key(run_id: str) -> str:
+    return f"{run_prefix(run_id)}/diversity.json"
+
+
 def generated_key(run_id: str, partition_id: str) -> str:
     return f"{run_prefix(run_id)}/generated/{check_key_part(partition_id, 'partition id')}.parquet"
 

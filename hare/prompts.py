@@ -1,13 +1,28 @@
-"""Versioned prompt templates, one per task kind.
+"""Versioned prompt templates, one YAML file per task kind (``hare/priors/templates/``).
 
-Every record keeps ``template_id`` and ``template_version`` so a change of wording is visible
-in lineage and can be filtered on later. Bump ``version`` whenever ``text`` changes.
-Templates are plain ``str.format`` strings over the plan's fields.
+Every record keeps ``template_id`` and ``template_version`` so a change of wording is visible in
+lineage; bump ``version`` whenever ``text`` changes. Reasoning kinds declare their final-answer
+format and the regex that extracts it in the same file, so the prompt and the parser that the
+quality stage uses cannot drift apart.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+TEMPLATE_DIR = Path(__file__).resolve().parent / "priors" / "templates"
+BASELINE_KIND = "baseline"
+
+
+@dataclass(frozen=True)
+class AnswerSpec:
+    format: str
+    pattern: str
+    type: str  # "number" | "text" | "code"
 
 
 @dataclass(frozen=True)
@@ -16,42 +31,58 @@ class PromptTemplate:
     version: int
     system: str
     text: str
+    domains: tuple[str, ...] = ()  # empty: every domain
+    answer: AnswerSpec | None = None
+    long_text: bool = False
 
-    def render(self, *, topic: str, topic_path: str, audience: str, style: str) -> str:
-        return self.text.format(topic=topic, topic_path=topic_path, audience=audience, style=style)
+    def render(self, *, topic: str, description: str, topic_path: str, audience: str, style: str) -> str:
+        return self.text.format(topic=topic, description=description or topic, topic_path=topic_path,
+                                audience=audience, style=style)
+
+    def allows(self, domain: str) -> bool:
+        return not self.domains or domain in self.domains
+
+    def extract_answer(self, text: str) -> str | None:
+        """The final answer of a reasoning text, or None when the text has none to extract."""
+        if self.answer is None:
+            return None
+        matches = re.findall(self.answer.pattern, text)
+        if not matches:
+            return None
+        value = matches[-1].strip()
+        return value.replace(",", "") if self.answer.type == "number" else value
 
 
-_SYSTEM = "You are a careful teacher who writes clear, correct and self-contained English text."
+def _load(path: Path) -> PromptTemplate:
+    raw = yaml.safe_load(path.read_text())
+    for field in ("id", "version", "system", "text"):
+        if field not in raw:
+            raise ValueError(f"prompt template {path}: missing field {field!r}")
+    if raw["id"] != path.stem:
+        raise ValueError(f"prompt template {path}: id {raw['id']!r} must match the file name")
+    answer = AnswerSpec(**raw["answer"]) if raw.get("answer") else None
+    return PromptTemplate(raw["id"], int(raw["version"]), raw["system"].strip(), raw["text"].strip(),
+                          tuple(raw.get("domains", ())), answer, bool(raw.get("long_text", False)))
 
-TEMPLATES: dict[str, PromptTemplate] = {
-    "instruction": PromptTemplate(
-        id="instruction",
-        version=1,
-        system=_SYSTEM,
-        text=(
-            "Write one practical task about {topic} ({topic_path}) for {audience}, "
-            "then answer it fully. Format: {style}."
-        ),
-    ),
-    "explanation": PromptTemplate(
-        id="explanation",
-        version=1,
-        system=_SYSTEM,
-        text="Explain {topic} ({topic_path}) to {audience}. Format: {style}. Be concrete and accurate.",
-    ),
-    "reasoning": PromptTemplate(
-        id="reasoning",
-        version=1,
-        system=_SYSTEM,
-        text=(
-            "Write a short word problem about {topic} ({topic_path}) for {audience} and solve it "
-            "step by step. Format: {style}. End with a line 'Final answer: <answer>'."
-        ),
-    ),
-}
+
+def _templates() -> dict[str, PromptTemplate]:
+    return {p.stem: _load(p) for p in sorted(TEMPLATE_DIR.glob("*.yaml"))}
+
+
+TEMPLATES: dict[str, PromptTemplate] = _templates()
+
+# The baseline of the diversity report: no taxonomy, no axes; the model picks the topic.
+BASELINE = PromptTemplate(
+    id=BASELINE_KIND,
+    version=1,
+    system=TEMPLATES["explanation"].system,
+    text="Write a short educational text on a topic of your choice.",
+)
 
 
 def template_for(kind: str) -> PromptTemplate:
+    if kind == BASELINE_KIND:
+        return BASELINE
     try:
         return TEMPLATES[kind]
     except KeyError:

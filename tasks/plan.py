@@ -2,34 +2,52 @@
 
 Deterministic from (config, seed): the same config gives the same prompts, partition ids and
 per-prompt seeds, which is what lets a re-run find and redo exactly the missing partitions.
-Allocation: every (leaf, audience, style, kind) combination is enumerated in file order and
-shuffled with the run seed; prompts take combinations in that order and a new shuffled cycle
-starts only when all have been used, so no combination repeats before every one appeared once.
+
+Allocation rule (stratified; docs/priors.md):
+1. Leaves: each of the L leaves gets floor(N/L) prompts; the N mod L leftovers go to the first
+   leaves of a seeded shuffle. No leaf is ever more than one prompt from its share.
+2. Slots are visited round-robin over the shuffled leaves (one prompt per leaf per round), so
+   neighbouring prompts, and so partitions, mix topics.
+3. Audience and style: each slot takes the value used least so far (seeded tie-break), so
+   every value's count is within one of N/|values|.
+4. Kind: each kind has a planned count (equal shares, water-filled when a kind is restricted to
+   some domains, like ``code``); each slot takes, among the kinds its domain allows, the one
+   furthest below its planned count (seeded tie-break).
+The optional baseline (diversity.baseline_prompts) adds partitions ``b00000...`` of one generic
+prompt with no priors, generated like the others and kept out of the dataset.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import random
-from itertools import product
+from collections import Counter
+from typing import Any, Sequence
 
 import pyarrow as pa
 from prefect import task
 
 from hare import lineage
 from hare.config import RunConfig
-from hare.layout import plan_key
+from hare.layout import plan_key, plan_report_key
+from hare.prompts import BASELINE, PromptTemplate, template_for
 from hare.runs import start_run
+from hare.schema import PLAN_SCHEMA
 from hare.store import open_store, sha256_bytes
 from hare.tables import to_parquet_bytes
-from hare.prompts import template_for
-from hare.schema import PLAN_SCHEMA
-from hare.taxonomy import load_taxonomy
+from hare.taxonomy import Leaf, load_taxonomy
+
+ALLOCATION_RULE = (
+    "leaves: floor(N/L) each, N mod L extra to a seeded shuffle; slots round-robin over leaves; "
+    "audience/style: least-used value per slot; kind: among kinds allowed for the leaf's domain, "
+    "the one furthest below its water-filled planned count"
+)
 
 
-def partition_id(index: int) -> str:
+def partition_id(index: int, prefix: str = "p") -> str:
     """Partition ids come from the plan, never from how Ray splits work."""
-    return f"p{index:05d}"
+    return f"{prefix}{index:05d}"
 
 
 def prompt_seed(run_seed: int, prompt_index: int) -> int:
@@ -38,39 +56,96 @@ def prompt_seed(run_seed: int, prompt_index: int) -> int:
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
+def leaf_slots(leaves: Sequence[Leaf], total: int, rng: random.Random) -> list[Leaf]:
+    """Rules 1-2: per-leaf counts within one of N/L, visited round-robin."""
+    order = list(leaves)
+    rng.shuffle(order)
+    base, extra = divmod(total, len(order))
+    counts = [base + (1 if i < extra else 0) for i in range(len(order))]
+    return [leaf for rnd in range(base + 1) for leaf, n in zip(order, counts) if n > rnd]
+
+
+def kind_targets(slots: Sequence[Leaf], kinds: Sequence[str]) -> dict[str, float]:
+    """Planned count per kind: equal shares, water-filled around domain-restricted kinds."""
+    capacity = {k: sum(template_for(k).allows(s.domain) for s in slots) for k in kinds}
+    targets: dict[str, float] = {}
+    left, open_kinds = float(len(slots)), list(kinds)
+    while open_kinds:
+        share = left / len(open_kinds)
+        capped = [k for k in open_kinds if capacity[k] < share]
+        if not capped:
+            targets.update({k: share for k in open_kinds})
+            break
+        for k in capped:
+            targets[k] = float(capacity[k])
+            left -= capacity[k]
+            open_kinds.remove(k)
+    return targets
+
+
+def _least_used(counts: Counter, values: Sequence[str], rng: random.Random) -> str:
+    low = min(counts[v] for v in values)
+    return rng.choice([v for v in values if counts[v] == low])
+
+
+def allocate(
+    leaves: Sequence[Leaf], audiences: Sequence[str], styles: Sequence[str], kinds: Sequence[str],
+    total: int, seed: int,
+) -> list[tuple[Leaf, str, str, str]]:
+    """The stratified (leaf, audience, style, kind) of every prompt, in plan order."""
+    rng = random.Random(seed)
+    slots = leaf_slots(leaves, total, rng)
+    targets = kind_targets(slots, kinds)
+    used_a, used_s, used_k = Counter(), Counter(), Counter()
+    out = []
+    for leaf in slots:
+        audience = _least_used(used_a, audiences, rng)
+        style = _least_used(used_s, styles, rng)
+        allowed = [k for k in kinds if template_for(k).allows(leaf.domain)]
+        if not allowed:
+            raise ValueError(f"no task kind of {list(kinds)} is allowed for domain {leaf.domain!r}")
+        gap = {k: used_k[k] / targets[k] if targets[k] else float("inf") for k in allowed}
+        best = min(gap.values())
+        kind = rng.choice([k for k in allowed if gap[k] == best])
+        used_a[audience] += 1
+        used_s[style] += 1
+        used_k[kind] += 1
+        out.append((leaf, audience, style, kind))
+    return out
+
+
+def _row(i: int, pid: str, seed: int, tpl: PromptTemplate, prompt: str, leaf: Leaf | None,
+         audience: str, style: str) -> dict[str, Any]:
+    return {
+        "prompt_index": i, "partition_id": pid,
+        "topic_path": leaf.path if leaf else "", "topic": leaf.topic if leaf else "",
+        "audience": audience, "style": style, "kind": tpl.id,
+        "template_id": tpl.id, "template_version": tpl.version, "system": tpl.system,
+        "prompt": prompt, "seed": prompt_seed(seed, i),
+    }
+
+
 def build_plan(cfg: RunConfig) -> pa.Table:
-    """All prompt specs of the run, with their partition ids, as one Arrow table."""
-    leaves = load_taxonomy(cfg.topics.path)
-    combos = list(product(leaves, cfg.axes.audiences, cfg.axes.styles, cfg.axes.kinds))
-    total = cfg.plan.partitions * cfg.plan.prompts_per_partition
-    rng = random.Random(cfg.seed)
-    order: list[tuple] = []
-    while len(order) < total:
-        cycle = combos[:]
-        rng.shuffle(cycle)
-        order.extend(cycle)
-    rows: dict[str, list] = {name: [] for name in PLAN_SCHEMA.names}
-    for i, (leaf, audience, style, kind) in enumerate(order[:total]):
+    """All prompt specs of the dataset (partitions ``p*``) and the baseline (``b*``)."""
+    leaves = load_taxonomy(cfg.topics.path, *cfg.topics.extra_paths)
+    axes = cfg.axes.resolve()
+    per = cfg.plan.prompts_per_partition
+    total = cfg.plan.partitions * per
+    rows = []
+    for i, (leaf, audience, style, kind) in enumerate(
+        allocate(leaves, axes.audiences, axes.styles, axes.kinds, total, cfg.seed)
+    ):
         tpl = template_for(kind)
-        rows["prompt_index"].append(i)
-        rows["partition_id"].append(partition_id(i // cfg.plan.prompts_per_partition))
-        rows["topic_path"].append(leaf.path)
-        rows["topic"].append(leaf.topic)
-        rows["audience"].append(audience)
-        rows["style"].append(style)
-        rows["kind"].append(kind)
-        rows["template_id"].append(tpl.id)
-        rows["template_version"].append(tpl.version)
-        rows["system"].append(tpl.system)
-        rows["prompt"].append(
-            tpl.render(topic=leaf.topic, topic_path=leaf.path, audience=audience, style=style)
-        )
-        rows["seed"].append(prompt_seed(cfg.seed, i))
-    return pa.Table.from_pydict(rows, schema=PLAN_SCHEMA)
+        prompt = tpl.render(topic=leaf.topic, description=leaf.description, topic_path=leaf.path,
+                            audience=audience, style=style)
+        rows.append(_row(i, partition_id(i // per), cfg.seed, tpl, prompt, leaf, audience, style))
+    for j in range(cfg.diversity.baseline_prompts):
+        rows.append(_row(total + j, partition_id(j // per, "b"), cfg.seed, BASELINE, BASELINE.text, None, "", ""))
+    return pa.Table.from_pylist(rows, schema=PLAN_SCHEMA)
 
 
 def split_partitions(plan: pa.Table) -> dict[str, pa.Table]:
-    """The plan cut by partition id, in partition order."""
+    """The plan cut by partition id, in plan order."""
     ids = plan.column("partition_id").to_pylist()
     out: dict[str, pa.Table] = {}
     start = 0
@@ -81,26 +156,58 @@ def split_partitions(plan: pa.Table) -> dict[str, pa.Table]:
     return out
 
 
+def is_baseline(partition: str) -> bool:
+    return partition.startswith("b")
+
+
+def plan_report(cfg: RunConfig, plan: pa.Table) -> dict[str, Any]:
+    """Planned counts per domain, leaf and axis value (the dataset's prompts, not the baseline)."""
+    rows = [r for r in plan.to_pylist() if not is_baseline(r["partition_id"])]
+    leaves = load_taxonomy(cfg.topics.path, *cfg.topics.extra_paths)
+
+    def counts(key: str, universe: Sequence[str]) -> dict[str, int]:
+        c = Counter(r[key] for r in rows)
+        return {v: c.get(v, 0) for v in universe}
+
+    axes = cfg.axes.resolve()
+    domains = list(dict.fromkeys(leaf.domain for leaf in leaves))
+    by_domain = Counter(r["topic_path"].split(" > ")[0] for r in rows)
+    return {
+        "prompts": len(rows),
+        "baseline_prompts": plan.num_rows - len(rows),
+        "allocation_rule": ALLOCATION_RULE,
+        "domains": {d: by_domain.get(d, 0) for d in domains},
+        "leaves": counts("topic_path", [leaf.path for leaf in leaves]),
+        "audiences": counts("audience", axes.audiences),
+        "styles": counts("style", axes.styles),
+        "kinds": counts("kind", axes.kinds),
+    }
+
+
 @task(name="plan")
 def plan_run(cfg: RunConfig, run_id: str) -> list[str]:
-    """Build the plan, write each partition's prompt specs and run.json; return partition ids.
+    """Build the plan, write each partition's prompt specs, the plan report and run.json.
 
     Plan objects are rewritten identically on a resume (the plan is deterministic), so a
-    half-written plan from an interrupted start is simply completed.
+    half-written plan from an interrupted start is simply completed. Returns all partition
+    ids, dataset (``p*``) and baseline (``b*``).
     """
     store = open_store(cfg.store.url)
-    parts = split_partitions(build_plan(cfg))
+    plan = build_plan(cfg)
+    parts = split_partitions(plan)
     start_run(store, cfg, run_id, list(parts))
     for pid, table in parts.items():
         key = plan_key(run_id, pid)
         data = to_parquet_bytes(table)
         if not store.exists(key) or sha256_bytes(store.get_bytes(key)) != sha256_bytes(data):
             store.put_bytes(key, data)
+    report = plan_report(cfg, plan)
+    store.put_bytes(plan_report_key(run_id), json.dumps(report, indent=2).encode())
     lineage.emit(
         store, run_id, "synthesize.plan", "COMPLETE",
-        inputs=[lineage.dataset(f"file://{cfg.topics.path}")],
-        outputs=[lineage.dataset(store.uri(plan_key(run_id, p)), None) for p in parts],
-        facets={"stage": "plan", "prompts": sum(t.num_rows for t in parts.values()),
+        inputs=[lineage.dataset(f"file://{p}") for p in (cfg.topics.path, *cfg.topics.extra_paths, cfg.axes.path)],
+        outputs=[lineage.dataset(store.uri(plan_key(run_id, p))) for p in parts],
+        facets={"stage": "plan", "prompts": report["prompts"], "baseline_prompts": report["baseline_prompts"],
                 "config_hash": cfg.config_hash()},
     )
     return list(parts)

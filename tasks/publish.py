@@ -16,10 +16,10 @@ from prefect import task
 
 from hare import lineage
 from hare.config import RunConfig
-from hare.layout import card_key, dataset_manifest_key, dataset_shard_key, generated_key
+from hare.layout import card_key, dataset_manifest_key, dataset_shard_key, diversity_key, generated_key
 from hare.manifest import OutputRef, committed_manifest, utc_now
 from hare.schema import RECORD_SCHEMA
-from hare.store import ObjectStore, open_store
+from hare.store import KeyNotFound, ObjectStore, open_store
 from hare.tables import from_parquet_bytes, to_parquet_bytes
 
 
@@ -37,7 +37,29 @@ def collect_records(store: ObjectStore, run_id: str, partition_ids: list[str]) -
     return pa.concat_tables(tables) if tables else RECORD_SCHEMA.empty_table()
 
 
-def dataset_card(run_id: str, cfg: RunConfig, records: pa.Table, totals: dict[str, Any]) -> str:
+def _diversity_section(report: dict[str, Any] | None) -> list[str]:
+    if not report:
+        return []
+    figs = report["figures"]
+    cols = [c for c in ("dataset", "dataset_at_baseline_size", "baseline") if c in figs]
+    names = ["distinct_1", "distinct_2", "distinct_3", "mean_pairwise_cosine_distance", "anchor_entropy", "texts"]
+    lines = ["## Diversity", "",
+             f"Leaves covered: {report['leaves_covered']} of {report['leaves_planned']} planned. "
+             "Baseline: the same model and sampling on a generic 'topic of your choice' prompt "
+             "(no human priors); compare it with the dataset subsampled to the same size.", "",
+             "| figure | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    lines += [f"| {n} | " + " | ".join(str(figs[c][n]) for c in cols) + " |" for n in names]
+    lines += ["", "| axis | value | planned | achieved | planned share | achieved share |",
+              "|---|---|---|---|---|---|"]
+    for axis in ("domains", "audiences", "styles", "kinds"):
+        for value, s in report["coverage"][axis].items():
+            lines.append(f"| {axis} | {value} | {s['planned']} | {s['achieved']} | "
+                         f"{s['planned_share']:.3f} | {s['achieved_share']:.3f} |")
+    return [*lines, ""]
+
+
+def dataset_card(run_id: str, cfg: RunConfig, records: pa.Table, totals: dict[str, Any],
+                 diversity: dict[str, Any] | None = None) -> str:
     """A Hugging Face dataset card (YAML header + Markdown) for the published run."""
     kinds = Counter(records.column("kind").to_pylist())
     domains = Counter(p.split(" > ")[0] for p in records.column("topic_path").to_pylist())
@@ -70,6 +92,7 @@ def dataset_card(run_id: str, cfg: RunConfig, records: pa.Table, totals: dict[st
         "",
         *(f"- {k}: {n}" for k, n in sorted(domains.items())),
         "",
+        *_diversity_section(diversity),
         "## Lineage",
         "",
         "Every record carries its prompt, template id/version, model and revision, backend, sampling "
@@ -105,7 +128,11 @@ def publish_records(
         "generate_seconds": round(gen_seconds, 2),
         "output_tokens_per_s": round(out_tokens / gen_seconds, 2) if gen_seconds else 0.0,
     }
-    store.put_bytes(card_key(run_id), dataset_card(run_id, cfg, records, totals).encode())
+    try:
+        report = json.loads(store.get_bytes(diversity_key(run_id)))
+    except KeyNotFound:
+        report = None
+    store.put_bytes(card_key(run_id), dataset_card(run_id, cfg, records, totals, report).encode())
     body = {"run_id": run_id, "published_at": utc_now(), "totals": totals,
             "shards": [s.__dict__ for s in shards]}
     store.put_bytes(dataset_manifest_key(run_id), json.dumps(body, indent=2).encode())

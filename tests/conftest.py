@@ -36,19 +36,21 @@ TOPICS = {
 
 
 def write_run_config(folder: Path, **overrides: Any) -> Path:
-    """A small valid run file in ``folder``; ``overrides`` replace top-level sections."""
+    """A small valid run file in ``folder``; ``overrides`` replace top-level sections (None drops one)."""
     (folder / "topics.yaml").write_text(yaml.safe_dump(overrides.pop("topics_doc", TOPICS)))
     cfg: dict[str, Any] = {
         "name": "t",
         "seed": 7,
         "topics": {"path": "topics.yaml"},
-        "axes": {"audiences": ["a child", "an adult"], "styles": ["a Q&A"], "kinds": ["explanation", "reasoning"]},
+        "axes": {"audiences": ["a child", "an adult"], "styles": ["a Q&A"], "kinds": ["explanation", "math_word_problem"]},
         "plan": {"partitions": 3, "prompts_per_partition": 4},
         "model": {"backend": "deterministic-fake", "num_cpus": 0},
         "sampling": {"max_tokens": 16},
+        "diversity": {"baseline_prompts": 2},
         "store": {"url": str(folder / "store")},
     }
     cfg.update(overrides)
+    cfg = {k: v for k, v in cfg.items() if v is not None}
     path = folder / "run.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path

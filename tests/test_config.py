@@ -41,8 +41,8 @@ def test_wrong_type_is_named(tmp_path: Path) -> None:
 
 
 def test_missing_section_is_named(tmp_path: Path) -> None:
-    path = _edit(write_run_config(tmp_path), lambda r: r.pop("axes"))
-    with pytest.raises(ConfigError, match=r"axes: Field required"):
+    path = _edit(write_run_config(tmp_path), lambda r: r.pop("plan"))
+    with pytest.raises(ConfigError, match=r"plan: Field required"):
         load_config(path)
 
 

@@ -77,7 +77,8 @@ def test_workers_report_to_the_driver_api(tmp_path: Path) -> None:
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[result["flow_run_id"]])))
         names = sorted(r.name.rsplit("-", 1)[0] for r in runs if r.state and r.state.is_completed())
-        assert names.count("generate-partition") == 3 and "plan" in names and "publish" in names
+        assert names.count("generate-partition") == 4  # 3 dataset partitions + 1 baseline
+        assert {"plan", "diversity", "publish"} <= set(names)
         arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["hare-partitions"])))
         assert any(str(a.flow_run_id) == result["flow_run_id"] for a in arts)
 
@@ -139,7 +140,7 @@ def test_status_cli_and_config_error(tmp_path: Path, capsys: pytest.CaptureFixtu
     capsys.readouterr()
     assert main(["status", "--store", result["store"], result["run_id"]]) == 0
     out = capsys.readouterr().out
-    assert "p00001" in out and "2/2 committed" in out
+    assert "p00001" in out and "b00000" in out and "3/3 committed" in out  # + baseline
 
     (tmp_path / "bad").mkdir()
     bad = write_run_config(tmp_path / "bad", plan={"partitions": 0, "prompts_per_partition": 2})

@@ -14,7 +14,8 @@ CTX = RecordContext("r", "p00000", "deterministic-fake", "m", "rev", {"temperatu
 
 
 def _plan(tmp_path: Path):
-    return build_plan(load_config(write_run_config(tmp_path, plan={"partitions": 1, "prompts_per_partition": 3})))
+    return build_plan(load_config(write_run_config(tmp_path, plan={"partitions": 1, "prompts_per_partition": 3},
+                                                  diversity={"baseline_prompts": 0})))
 
 
 def test_bad_rows_become_rejects_with_reasons(tmp_path: Path) -> None:

