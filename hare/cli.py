@@ -43,6 +43,22 @@ def _cmd_model_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_seeds_from_corpus(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from hare.embed import embed
+    from hare.seeds import load_corpus, seeds_from_texts, write_seed_file
+
+    texts = load_corpus(args.corpus, args.text_field, args.split, args.limit)
+    doc = seeds_from_texts(texts, embed, args.clusters, args.snippets, args.seed, args.domain)
+    write_seed_file(doc, Path(args.out))
+    topics = doc["domains"][args.domain]["Clusters"]
+    print(f"{len(texts)} texts -> {len(topics)} seed topics in {args.out}")
+    for t in topics:
+        print(f"  {t['size']:6d}  {t['topic']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hare", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -58,6 +74,20 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--store", default=DEFAULT_STORE, help=f"store URL (default {DEFAULT_STORE}, or $HARE_STORE)")
     st.set_defaults(fn=_cmd_status)
 
+    seeds = sub.add_parser("seeds", help="seed topics")
+    ssub = seeds.add_subparsers(dest="seeds_command", required=True)
+    fc = ssub.add_parser("from-corpus", help="embed and cluster a corpus into a seed topic file")
+    fc.add_argument("corpus", help="a .parquet or .jsonl file, or a datasets name")
+    fc.add_argument("--out", required=True, help="topic file to write (YAML, taxonomy format)")
+    fc.add_argument("--clusters", type=int, default=20, help="seed topics to find (k of k-means)")
+    fc.add_argument("--text-field", default="text")
+    fc.add_argument("--split", default="train", help="split, for a datasets name")
+    fc.add_argument("--limit", type=int, help="use at most this many texts")
+    fc.add_argument("--snippets", type=int, default=3, help="representative snippets per topic")
+    fc.add_argument("--domain", default="Corpus", help="domain name the topics go under")
+    fc.add_argument("--seed", type=int, default=0)
+    fc.set_defaults(fn=_cmd_seeds_from_corpus)
+
     model = sub.add_parser("model", help="model utilities")
     msub = model.add_subparsers(dest="model_command", required=True)
     prep = msub.add_parser("prepare", help="convert the packaged GGUF once into the cache")
@@ -72,13 +102,15 @@ def main(argv: list[str] | None = None) -> int:
     from hare.flows.synthesize import RunIncomplete
     from hare.models import ModelSourceError
     from hare.runs import RunError
+    from hare.seeds import CorpusError
     from hare.store import StoreError
     from hare.taxonomy import TaxonomyError
 
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (ConfigError, ModelSourceError, RunError, StoreError, TaxonomyError, CapacityError) as exc:
+    except (ConfigError, ModelSourceError, RunError, StoreError, TaxonomyError, CapacityError,
+            CorpusError) as exc:
         print(f"hare: error: {exc}", file=sys.stderr)
         return 2
     except RunIncomplete as exc:
