@@ -25,7 +25,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export HARE_CACHE_DIR ?= $(CURDIR)/.hare/cache
 export PREFECT_HOME ?= $(CURDIR)/.hare/prefect
 
-.PHONY: venv demo test test-fast model clean-demo
+.PHONY: venv demo test test-fast model notebook clean-demo
 
 venv: $(STAMP)
 
@@ -53,6 +53,11 @@ test: venv
 test-fast: venv
 	@mkdir -p "$(PREFECT_HOME)" "$(HARE_CACHE_DIR)"
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# Execute notebooks/diversity.ipynb on the newest demo run (HARE_RUN_ID / HARE_STORE to choose);
+# the executed copy and its PNG figures land in .hare/notebooks/.
+notebook: venv
+	HARE_NOTEBOOK_OUT=$(CURDIR)/.hare/notebooks $(BIN)/python -m hare.notebooks notebooks/diversity.ipynb .hare/notebooks/diversity.ipynb
 
 clean-demo:
 	rm -rf .hare/store
