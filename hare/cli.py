@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -59,6 +60,31 @@ def _cmd_seeds_from_corpus(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_decontam(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    from hare.config import load_config
+    from hare.tasks.decontam import build_decontaminator, contamination_report, decontaminate_table
+
+    cfg = load_config(args.config)
+    if not cfg.decontamination.benchmarks:
+        print(f"hare: error: {args.config} names no decontamination.benchmarks", file=sys.stderr)
+        return 2
+    table = pq.read_table(args.input)
+    kept, rejects = decontaminate_table(table, build_decontaminator(cfg.decontamination), args.kind)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(kept, out)
+    rej = Path(args.rejects) if args.rejects else out.with_name(out.stem + ".rejects.parquet")
+    pq.write_table(rejects, rej)
+    report = contamination_report([rejects], table.num_rows)
+    print(json.dumps(report, indent=2))
+    print(f"kept {kept.num_rows} -> {out}; rejects {rejects.num_rows} -> {rej}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hare", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -88,6 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
     fc.add_argument("--seed", type=int, default=0)
     fc.set_defaults(fn=_cmd_seeds_from_corpus)
 
+    dc = sub.add_parser("decontam", help="decontaminate any Parquet dataset against a config's benchmarks")
+    dc.add_argument("input", help="Parquet file with a 'text' column (e.g. a run's dataset shard)")
+    dc.add_argument("--config", required=True, help="run YAML whose decontamination section to use")
+    dc.add_argument("--out", required=True, help="Parquet file for the kept rows")
+    dc.add_argument("--rejects", help="Parquet file for the dropped rows (default: <out>.rejects.parquet)")
+    dc.add_argument("--kind", default="instruction", help="task kind for rows without a 'kind' column (picks N)")
+    dc.set_defaults(fn=_cmd_decontam)
+
     model = sub.add_parser("model", help="model utilities")
     msub = model.add_subparsers(dest="model_command", required=True)
     prep = msub.add_parser("prepare", help="convert the packaged GGUF once into the cache")
@@ -101,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     from hare.engine import CapacityError
     from hare.flows.synthesize import RunIncomplete
     from hare.models import ModelSourceError
+    from hare.benchmarks import BenchmarkError
     from hare.runs import RunError
     from hare.seeds import CorpusError
     from hare.store import StoreError
@@ -110,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.fn(args)
     except (ConfigError, ModelSourceError, RunError, StoreError, TaxonomyError, CapacityError,
-            CorpusError) as exc:
+            CorpusError, BenchmarkError) as exc:
         print(f"hare: error: {exc}", file=sys.stderr)
         return 2
     except RunIncomplete as exc:

@@ -180,6 +180,34 @@ class DiversityConfig(_Strict):
     sample: int = Field(default=1000, ge=2, description="Texts embedded for the pairwise figures, at most.")
 
 
+class BenchmarkConfig(_Strict):
+    """One benchmark to keep out of the data: where it is and which fields hold its text."""
+
+    name: str = Field(min_length=1)
+    source: str = Field(description="A .jsonl/.parquet/.csv path (relative to the config), s3://..., or hub:<name>.")
+    split: str = "test"
+    fields: list[str] = Field(default=["question", "answer"], min_length=1,
+                              description="Text fields of an item: question first, then answer, choices...")
+    id_field: str | None = Field(default=None, description="Item id column; default: the row number.")
+
+
+class DecontamConfig(_Strict):
+    """Benchmark decontamination (HARE): n-gram overlap plus embedding paraphrase search."""
+
+    benchmarks: list[BenchmarkConfig] = Field(default_factory=list)
+    ngram_long: int = Field(default=13, ge=2, description="N for long-text kinds (template long_text: true).")
+    ngram_short: int = Field(default=8, ge=2, description="N for the other (task) kinds.")
+    n_by_kind: dict[str, int] = Field(default_factory=dict, description="N for a kind, overriding the two above.")
+    overlap_threshold: float = Field(default=0.5, gt=0, le=1,
+                                     description="Drop a record sharing more than this fraction of one item's n-grams.")
+    paraphrase: bool = True
+    paraphrase_threshold: float = Field(default=0.72, gt=0, le=1,
+                                        description="Cosine similarity of a record window to an item's question.")
+    confirm_threshold: float = Field(default=0.4, ge=0, le=1,
+                                     description="Share of the item's numbers/content words the record must contain.")
+    window_words: int = Field(default=80, ge=8, description="Records are embedded in windows of this many words.")
+
+
 class PublishConfig(_Strict):
     shard_rows: int = Field(default=50_000, ge=1)
 
@@ -197,7 +225,12 @@ class RunConfig(_Strict):
     store: StoreConfig = StoreConfig()
     ray: RayConfig = RayConfig()
     diversity: DiversityConfig = DiversityConfig()
+    decontamination: DecontamConfig = DecontamConfig()
     publish: PublishConfig = PublishConfig()
+
+    def final_stage(self) -> str:
+        """The last per-partition stage, whose records are published."""
+        return "decontam" if self.decontamination.benchmarks else "generate"
 
     def config_hash(self) -> str:
         """Hash of the normalized config: same run file content -> same hash."""
@@ -234,6 +267,12 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
         sec = raw.get(section)
         if isinstance(sec, dict) and "path" in sec:
             sec["path"] = resolve(sec["path"])
+    decon = raw.get("decontamination")
+    if isinstance(decon, dict) and isinstance(decon.get("benchmarks"), list):
+        for bench in decon["benchmarks"]:
+            src = bench.get("source") if isinstance(bench, dict) else None
+            if isinstance(src, str) and not src.startswith(("s3://", "hub:")):
+                bench["source"] = resolve(src)
     topics = raw.get("topics")
     if isinstance(topics, dict) and isinstance(topics.get("extra_paths"), list):
         topics["extra_paths"] = [resolve(p) for p in topics["extra_paths"]]

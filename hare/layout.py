@@ -40,8 +40,24 @@ def rejects_key(run_id: str, stage: str, partition_id: str) -> str:
     )
 
 
-def manifest_key(run_id: str, partition_id: str) -> str:
-    return f"{run_prefix(run_id)}/partitions/{check_key_part(partition_id, 'partition id')}.json"
+def manifest_key(run_id: str, partition_id: str, stage: str = "generate") -> str:
+    """``partitions/<pid>.json`` commits generation; ``partitions/<pid>.<stage>.json`` a later stage."""
+    pid = check_key_part(partition_id, "partition id")
+    suffix = "" if stage == "generate" else f".{check_key_part(stage, 'stage')}"
+    return f"{run_prefix(run_id)}/partitions/{pid}{suffix}.json"
+
+
+def decontaminated_key(run_id: str, partition_id: str) -> str:
+    return f"{run_prefix(run_id)}/decontaminated/{check_key_part(partition_id, 'partition id')}.parquet"
+
+
+def records_key(run_id: str, partition_id: str, stage: str) -> str:
+    """Where a stage keeps a partition's surviving records."""
+    return decontaminated_key(run_id, partition_id) if stage == "decontam" else generated_key(run_id, partition_id)
+
+
+def decontamination_key(run_id: str) -> str:
+    return f"{run_prefix(run_id)}/decontamination.json"
 
 
 def dataset_prefix(run_id: str) -> str:

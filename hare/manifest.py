@@ -53,15 +53,17 @@ class PartitionManifest:
         return cls(**raw)
 
 
-def read_manifest(store: ObjectStore, run_id: str, partition_id: str) -> PartitionManifest | None:
+def read_manifest(
+    store: ObjectStore, run_id: str, partition_id: str, stage: str = "generate"
+) -> PartitionManifest | None:
     try:
-        data = store.get_bytes(manifest_key(run_id, partition_id))
+        data = store.get_bytes(manifest_key(run_id, partition_id, stage))
     except KeyNotFound:
         return None
     try:
         return PartitionManifest.from_json(data)
     except (ValueError, TypeError) as exc:  # a corrupt manifest is no commit
-        return PartitionManifest(run_id, partition_id, "?", "failed", 0, error=f"unreadable manifest: {exc}")
+        return PartitionManifest(run_id, partition_id, stage, "failed", 0, error=f"unreadable manifest: {exc}")
 
 
 def verify_outputs(store: ObjectStore, manifest: PartitionManifest) -> str | None:
@@ -76,9 +78,11 @@ def verify_outputs(store: ObjectStore, manifest: PartitionManifest) -> str | Non
     return None
 
 
-def committed_manifest(store: ObjectStore, run_id: str, partition_id: str) -> PartitionManifest | None:
-    """The partition's manifest if it is a valid commit, else None."""
-    m = read_manifest(store, run_id, partition_id)
+def committed_manifest(
+    store: ObjectStore, run_id: str, partition_id: str, stage: str = "generate"
+) -> PartitionManifest | None:
+    """The partition's manifest for ``stage`` if it is a valid commit, else None."""
+    m = read_manifest(store, run_id, partition_id, stage)
     if m is None or m.status != "succeeded" or verify_outputs(store, m) is not None:
         return None
     return m
@@ -99,7 +103,7 @@ def commit_partition(
         data = to_parquet_bytes(table)
         outputs.append(OutputRef(key, store.put_bytes(key, data), len(data), table.num_rows))
     manifest = PartitionManifest(run_id, partition_id, stage, "succeeded", attempts, None, outputs, stats)
-    store.put_bytes(manifest_key(run_id, partition_id), manifest.to_json())
+    store.put_bytes(manifest_key(run_id, partition_id, stage), manifest.to_json())
     return manifest
 
 
@@ -108,10 +112,10 @@ def record_failure(
 ) -> PartitionManifest:
     """Leave a ``failed`` manifest so status and re-runs see what happened (never a commit)."""
     manifest = PartitionManifest(run_id, partition_id, stage, "failed", attempts, error[:2000])
-    store.put_bytes(manifest_key(run_id, partition_id), manifest.to_json())
+    store.put_bytes(manifest_key(run_id, partition_id, stage), manifest.to_json())
     return manifest
 
 
-def previous_attempts(store: ObjectStore, run_id: str, partition_id: str) -> int:
-    m = read_manifest(store, run_id, partition_id)
+def previous_attempts(store: ObjectStore, run_id: str, partition_id: str, stage: str = "generate") -> int:
+    m = read_manifest(store, run_id, partition_id, stage)
     return m.attempts if m else 0

@@ -59,6 +59,12 @@ REJECT_SCHEMA = pa.schema(
     list(RECORD_SCHEMA) + [("reject_stage", pa.string()), ("reject_reason", pa.string())]
 )
 
+DECONTAM_REJECT_SCHEMA = pa.schema(
+    list(REJECT_SCHEMA)
+    + [("benchmark", pa.string()), ("benchmark_item", pa.string()),
+       ("match_method", pa.string()), ("match_score", pa.float64())]
+)
+
 _WS = re.compile(r"\s+")
 
 

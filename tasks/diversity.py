@@ -87,7 +87,7 @@ def measure_diversity(cfg: RunConfig, run_id: str, dataset_ids: list[str], basel
 
     store = open_store(cfg.store.url)
     planned = json.loads(store.get_bytes(plan_report_key(run_id)))
-    report = diversity_report(cfg, collect_records(store, run_id, dataset_ids),
+    report = diversity_report(cfg, collect_records(store, run_id, dataset_ids, cfg.final_stage()),
                               collect_records(store, run_id, baseline_ids), planned, embed)
     store.put_bytes(diversity_key(run_id), json.dumps(report, indent=2).encode())
     return report

@@ -16,7 +16,14 @@ from prefect import task
 
 from hare import lineage
 from hare.config import RunConfig
-from hare.layout import card_key, dataset_manifest_key, dataset_shard_key, diversity_key, generated_key
+from hare.layout import (
+    card_key,
+    dataset_manifest_key,
+    dataset_shard_key,
+    decontamination_key,
+    diversity_key,
+    records_key,
+)
 from hare.manifest import OutputRef, committed_manifest, utc_now
 from hare.schema import RECORD_SCHEMA
 from hare.store import KeyNotFound, ObjectStore, open_store
@@ -27,12 +34,13 @@ class PublishError(RuntimeError):
     """Some partitions are not committed; the message lists them."""
 
 
-def uncommitted(store: ObjectStore, run_id: str, partition_ids: list[str]) -> list[str]:
-    return [p for p in partition_ids if committed_manifest(store, run_id, p) is None]
+def uncommitted(store: ObjectStore, run_id: str, partition_ids: list[str], stage: str = "generate") -> list[str]:
+    return [p for p in partition_ids if committed_manifest(store, run_id, p, stage) is None]
 
 
-def collect_records(store: ObjectStore, run_id: str, partition_ids: list[str]) -> pa.Table:
-    tables = [from_parquet_bytes(store.get_bytes(generated_key(run_id, p)), generated_key(run_id, p))
+def collect_records(store: ObjectStore, run_id: str, partition_ids: list[str], stage: str = "generate") -> pa.Table:
+    """The surviving records of ``stage`` for these partitions, in partition order."""
+    tables = [from_parquet_bytes(store.get_bytes(records_key(run_id, p, stage)), records_key(run_id, p, stage))
               for p in partition_ids]
     return pa.concat_tables(tables) if tables else RECORD_SCHEMA.empty_table()
 
@@ -59,7 +67,7 @@ def _diversity_section(report: dict[str, Any] | None) -> list[str]:
 
 
 def dataset_card(run_id: str, cfg: RunConfig, records: pa.Table, totals: dict[str, Any],
-                 diversity: dict[str, Any] | None = None) -> str:
+                 diversity: dict[str, Any] | None = None, contamination: dict[str, Any] | None = None) -> str:
     """A Hugging Face dataset card (YAML header + Markdown) for the published run."""
     kinds = Counter(records.column("kind").to_pylist())
     domains = Counter(p.split(" > ")[0] for p in records.column("topic_path").to_pylist())
@@ -93,6 +101,7 @@ def dataset_card(run_id: str, cfg: RunConfig, records: pa.Table, totals: dict[st
         *(f"- {k}: {n}" for k, n in sorted(domains.items())),
         "",
         *_diversity_section(diversity),
+        *_contamination_section(contamination),
         "## Lineage",
         "",
         "Every record carries its prompt, template id/version, model and revision, backend, sampling "
@@ -103,15 +112,38 @@ def dataset_card(run_id: str, cfg: RunConfig, records: pa.Table, totals: dict[st
     return "\n".join(lines)
 
 
+def _optional_json(store: ObjectStore, key: str) -> dict[str, Any] | None:
+    try:
+        return json.loads(store.get_bytes(key))
+    except KeyNotFound:
+        return None
+
+
+def _contamination_section(report: dict[str, Any] | None) -> list[str]:
+    if report is None:
+        return []
+    lines = ["## Decontamination", "",
+             f"{report['records_dropped']} of {report['records_checked']} records dropped as benchmark leaks "
+             "(n-gram overlap, then confirmed paraphrase search); each is in `rejects/decontam/` with "
+             "its benchmark item, method and score.", "",
+             "| benchmark | records | by method | items |", "|---|---|---|---|"]
+    for name, b in report["benchmarks"].items():
+        methods = ", ".join(f"{k}: {v}" for k, v in sorted(b["by_method"].items()))
+        lines.append(f"| {name} | {b['records']} | {methods} | {', '.join(b['items'][:20])} |")
+    return [*lines, ""]
+
+
 def publish_records(
     store: ObjectStore, cfg: RunConfig, run_id: str, partition_ids: list[str]
 ) -> dict[str, Any]:
     """Write the shards, the card and the dataset manifest; return the run totals."""
-    missing = uncommitted(store, run_id, partition_ids)
+    stage = cfg.final_stage()
+    missing = sorted(set(uncommitted(store, run_id, partition_ids)) | set(uncommitted(store, run_id, partition_ids, stage)))
     if missing:
         raise PublishError(f"run {run_id}: {len(missing)} partition(s) not committed: {', '.join(missing)}")
     manifests = [committed_manifest(store, run_id, p) for p in partition_ids]
-    records = collect_records(store, run_id, partition_ids)
+    later = [committed_manifest(store, run_id, p, stage) for p in partition_ids] if stage != "generate" else []
+    records = collect_records(store, run_id, partition_ids, stage)
     shards: list[OutputRef] = []
     for i, start in enumerate(range(0, max(records.num_rows, 1), cfg.publish.shard_rows)):
         shard = records.slice(start, cfg.publish.shard_rows)
@@ -123,23 +155,21 @@ def publish_records(
     totals = {
         "partitions": len(partition_ids),
         "records": records.num_rows,
-        "rejects": sum(m.stats.get("rejects", 0) for m in manifests if m),
+        "rejects": sum(m.stats.get("rejects", 0) for m in [*manifests, *later] if m),
         "output_tokens": out_tokens,
         "generate_seconds": round(gen_seconds, 2),
         "output_tokens_per_s": round(out_tokens / gen_seconds, 2) if gen_seconds else 0.0,
     }
-    try:
-        report = json.loads(store.get_bytes(diversity_key(run_id)))
-    except KeyNotFound:
-        report = None
-    store.put_bytes(card_key(run_id), dataset_card(run_id, cfg, records, totals, report).encode())
+    store.put_bytes(card_key(run_id), dataset_card(
+        run_id, cfg, records, totals, _optional_json(store, diversity_key(run_id)),
+        _optional_json(store, decontamination_key(run_id))).encode())
     body = {"run_id": run_id, "published_at": utc_now(), "totals": totals,
             "shards": [s.__dict__ for s in shards]}
     store.put_bytes(dataset_manifest_key(run_id), json.dumps(body, indent=2).encode())
     lineage.emit(
         store, run_id, "synthesize.publish", "COMPLETE",
         inputs=[lineage.dataset(store.uri(o.key), o.sha256, o.rows)
-                for m in manifests if m for o in m.outputs if "/generated/" in o.key],
+                for m in (later or manifests) if m for o in m.outputs if "/rejects/" not in o.key],
         outputs=[lineage.dataset(store.uri(s.key), s.sha256, s.rows) for s in shards],
         facets={"stage": "publish", "totals": totals},
     )

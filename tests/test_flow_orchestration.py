@@ -148,3 +148,40 @@ def test_status_cli_and_config_error(tmp_path: Path, capsys: pytest.CaptureFixtu
     err = capsys.readouterr().err
     assert "plan.partitions" in err and "greater than or equal to 1" in err
     assert not (tmp_path / "bad" / "store").exists(), "nothing runs, nothing is written"
+
+
+def test_decontamination_inside_synthesize_and_alone(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A topic whose description is a GSM8K test question leaks it into the (echoing) fake
+    backend's text: the decontam stage drops exactly those records, with the item id."""
+    from tests.test_decontam import GSM8K
+
+    question = json.loads(GSM8K.read_text().splitlines()[3])["question"]  # item "3"
+    topics = {"version": 1, "domains": {**TOPICS["domains"], "Trap": {"Trap": [{"Sprints": question}]}}}
+    cfg = write_run_config(tmp_path, topics_doc=topics, plan={"partitions": 2, "prompts_per_partition": 5},
+                           decontamination={"benchmarks": [{"name": "gsm8k", "source": str(GSM8K)}]})
+    result = run_synthesize(str(cfg))
+    store = open_store(result["store"])
+    run_id = result["run_id"]
+    rows = _dataset(store, result)
+    assert rows and not any("Sprints" in r["topic_path"] for r in rows)
+    dropped = []
+    for pid in ("p00000", "p00001"):
+        dropped += from_parquet_bytes(store.get_bytes(f"runs/{run_id}/rejects/decontam/{pid}.parquet")).to_pylist()
+        assert read_manifest(store, run_id, pid, "decontam").status == "succeeded"
+    assert dropped and all("Sprints" in r["topic_path"] for r in dropped)
+    assert {(r["benchmark"], r["benchmark_item"], r["match_method"]) for r in dropped} == {("gsm8k", "3", "ngram")}
+    report = json.loads(store.get_bytes(f"runs/{run_id}/decontamination.json"))
+    assert report["records_dropped"] == len(dropped) and report["benchmarks"]["gsm8k"]["items"] == ["3"]
+    assert "## Decontamination" in store.get_bytes(f"runs/{run_id}/README.md").decode()
+    assert len(rows) + len(dropped) == 10
+
+    # Alone: `hare decontam` on the generated records of the run gives the same verdicts.
+    generated = tmp_path / "generated.parquet"
+    pq.write_table(from_parquet_bytes(store.get_bytes(f"runs/{run_id}/generated/p00000.parquet")), generated)
+    capsys.readouterr()
+    assert main(["decontam", str(generated), "--config", str(cfg), "--out", str(tmp_path / "clean.parquet")]) == 0
+    kept = pq.read_table(tmp_path / "clean.parquet").to_pylist()
+    rejected = pq.read_table(tmp_path / "clean.rejects.parquet").to_pylist()
+    assert not any("Sprints" in r["topic_path"] for r in kept)
+    assert {r["benchmark_item"] for r in rejected} <= {"3"}
+    assert '"records_dropped"' in capsys.readouterr().out

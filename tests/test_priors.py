@@ -56,6 +56,8 @@ def test_templates_are_versioned_and_render() -> None:
         ("logical_deduction", "Clue 3 rules out Bo.\nFinal answer: Ann owns the cat.", "Ann owns the cat."),
         ("logical_deduction", "I cannot decide.", None),
         ("code", "Here:\n```python\nprint(1 + 1)\n```\nIt prints 2.", "print(1 + 1)"),
+        ("code", "```Python:\nx = 1\n```", "x = 1"),
+        ("code", "```python\nx = 1  # truncated, never closed", None),
         ("explanation", "Anything at all.", None),
     ],
 )
