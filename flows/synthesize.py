@@ -1,7 +1,7 @@
 """Flow ``synthesize``: the whole DAG of a run, top to bottom as in design.md.
 
-    plan -> generate (one task a partition, on Ray, engines in actors) -> decontaminate
-         -> diversity -> publish
+    plan -> generate (one task a partition, on Ray, engines in actors) -> quality
+         -> decontaminate -> diversity -> publish
 
 Call :func:`run_synthesize` (what ``hare run`` does): it prepares the Prefect API and Ray,
 then runs the flow. Re-running with the same ``run_id`` resumes: committed partitions are
@@ -28,6 +28,7 @@ from hare.tasks.generate import generate_partition
 from hare.tasks.decontam import decontaminate
 from hare.tasks.diversity import measure_diversity
 from hare.tasks.plan import is_baseline, plan_run
+from hare.tasks.quality import filter_quality
 from hare.tasks.publish import publish
 
 
@@ -67,6 +68,8 @@ def synthesize(config_path: str, run_id: str | None = None, store_url: str | Non
             f"resume with: hare run {config_path} --run-id {run_id}"
         )
     dataset_ids = [p for p in partition_ids if not is_baseline(p)]
+    if cfg.quality.enabled:
+        filter_quality(cfg, run_id, dataset_ids)
     if cfg.decontamination.benchmarks:
         decontaminate(cfg, run_id, dataset_ids)
     measure_diversity(cfg, run_id, dataset_ids, [p for p in partition_ids if is_baseline(p)])
@@ -80,13 +83,17 @@ def _generate_all(cfg: RunConfig, run_id: str, partition_ids: list[str]) -> list
     """One task per partition, spread over the engine actors; a failed one does not stop the rest."""
     engines = start_engines(cfg, run_id)
     names = list(engines)
+    window = cfg.ray.partitions_in_flight_per_engine * len(names)
+    outcomes: list[dict[str, Any]] = []
+    in_flight: list[tuple[str, Any]] = []
     try:
-        with remote_options(num_cpus=cfg.ray.task_num_cpus):
-            futures = [
-                generate_partition.submit(cfg, run_id, pid, names[i % len(names)])
-                for i, pid in enumerate(partition_ids)
-            ]
-        return [_outcome(pid, f) for pid, f in zip(partition_ids, futures)]
+        for i, pid in enumerate(partition_ids):
+            if len(in_flight) >= window:  # oldest first: engines serve partitions in order
+                outcomes.append(_outcome(*in_flight.pop(0)))
+            with remote_options(num_cpus=cfg.ray.task_num_cpus):
+                in_flight.append((pid, generate_partition.submit(cfg, run_id, pid, names[i % len(names)])))
+        outcomes += [_outcome(pid, f) for pid, f in in_flight]
+        return outcomes
     finally:
         stop_engines(engines)
 

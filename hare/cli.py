@@ -85,6 +85,27 @@ def _cmd_decontam(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_filter(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    from hare.config import QualityConfig, load_config
+    from hare.tasks.quality import filter_table, quality_report
+
+    qcfg = load_config(args.config).quality if args.config else QualityConfig()
+    kept, rejects = filter_table(pq.read_table(args.input), qcfg, args.kind)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(kept, out)
+    rej = Path(args.rejects) if args.rejects else out.with_name(out.stem + ".rejects.parquet")
+    pq.write_table(rejects, rej)
+    report = quality_report([kept], [rejects])
+    print(json.dumps({k: report[k] for k in ("checked", "kept", "rejected", "reject_reasons")}, indent=2))
+    print(f"kept {kept.num_rows} -> {out}; rejects {rejects.num_rows} -> {rej}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hare", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -121,6 +142,14 @@ def build_parser() -> argparse.ArgumentParser:
     dc.add_argument("--rejects", help="Parquet file for the dropped rows (default: <out>.rejects.parquet)")
     dc.add_argument("--kind", default="instruction", help="task kind for rows without a 'kind' column (picks N)")
     dc.set_defaults(fn=_cmd_decontam)
+
+    fl = sub.add_parser("filter", help="apply the quality rules to any Parquet dataset")
+    fl.add_argument("input", help="Parquet file with a 'text' column (optional 'kind', 'finish_reason')")
+    fl.add_argument("--config", help="run YAML whose quality section to use (default: the defaults)")
+    fl.add_argument("--out", required=True, help="Parquet file for the kept rows (with q_* score columns)")
+    fl.add_argument("--rejects", help="Parquet file for the rejected rows (default: <out>.rejects.parquet)")
+    fl.add_argument("--kind", default="explanation", help="task kind for rows without a 'kind' column")
+    fl.set_defaults(fn=_cmd_filter)
 
     model = sub.add_parser("model", help="model utilities")
     msub = model.add_subparsers(dest="model_command", required=True)

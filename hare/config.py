@@ -168,6 +168,13 @@ class RayConfig(_Strict):
             "any CPU it reserved could leave a laptop's engine and tasks deadlocked."
         ),
     )
+    partitions_in_flight_per_engine: int = Field(
+        default=2, ge=1,
+        description=(
+            "Partition tasks submitted at once per engine actor. Each task is a Ray worker process; "
+            "two per engine keep the engine busy without starting a process per partition."
+        ),
+    )
 
 
 class DiversityConfig(_Strict):
@@ -178,6 +185,43 @@ class DiversityConfig(_Strict):
         description="Prompts of the baseline (a generic 'topic of your choice' prompt, no priors); 0: none.",
     )
     sample: int = Field(default=1000, ge=2, description="Texts embedded for the pairwise figures, at most.")
+
+
+class QualityConfig(_Strict):
+    """Quality rules (tasks/quality.py); every reject keeps the name of the rule it failed.
+
+    Repetition defaults follow Gopher (Rae et al. 2021): duplicate line/paragraph character
+    fractions 0.30, top 2/3/4-gram character fractions 0.20/0.18/0.16, duplicate 5/10-gram
+    fractions 0.15/0.10.
+    """
+
+    enabled: bool = True
+    min_words: dict[str, int] = Field(default_factory=lambda: {"default": 40, "code": 20},
+                                      description="Per kind; 'default' for the others.")
+    max_words: dict[str, int] = Field(default_factory=lambda: {"default": 2000})
+    drop_truncated: bool = Field(default=True, description="Reject outputs cut at max_tokens (finish_reason=length).")
+    require_answer: bool = Field(default=True, description="Reject reasoning/code kinds whose answer cannot be extracted.")
+    min_english_prob: float = Field(default=0.8, ge=0, le=1, description="langid probability of English.")
+    max_dup_line_frac: float = 0.30
+    max_dup_para_frac: float = 0.30
+    max_top_2gram_frac: float = 0.20
+    max_top_3gram_frac: float = 0.18
+    max_top_4gram_frac: float = 0.16
+    max_dup_5gram_frac: float = 0.15
+    max_dup_10gram_frac: float = 0.10
+    max_symbol_ratio: float = Field(default=0.1, description="('#', '...') per word; not for code.")
+    max_non_alpha_frac: float = Field(default=0.4, description="Words without a letter; not for code.")
+    refusal_phrases: list[str] = Field(default_factory=lambda: [
+        "as an ai", "i'm sorry, but", "i am sorry, but", "i cannot help", "i can't help with",
+        "as a language model", "i'm just an ai", "i don't have personal",
+    ])
+
+    @model_validator(mode="after")
+    def _defaults_present(self) -> "QualityConfig":
+        for name in ("min_words", "max_words"):
+            if "default" not in getattr(self, name):
+                raise ValueError(f"{name}: needs a 'default' entry")
+        return self
 
 
 class BenchmarkConfig(_Strict):
@@ -225,12 +269,23 @@ class RunConfig(_Strict):
     store: StoreConfig = StoreConfig()
     ray: RayConfig = RayConfig()
     diversity: DiversityConfig = DiversityConfig()
+    quality: QualityConfig = QualityConfig()
     decontamination: DecontamConfig = DecontamConfig()
     publish: PublishConfig = PublishConfig()
 
+    def record_stages(self) -> list[str]:
+        """Per-partition stages in order; each reads the records the previous one kept."""
+        return ["generate"] + (["quality"] if self.quality.enabled else []) + (
+            ["decontam"] if self.decontamination.benchmarks else [])
+
     def final_stage(self) -> str:
         """The last per-partition stage, whose records are published."""
-        return "decontam" if self.decontamination.benchmarks else "generate"
+        return self.record_stages()[-1]
+
+    def stage_input(self, stage: str) -> str:
+        """The stage whose kept records ``stage`` reads."""
+        stages = self.record_stages()
+        return stages[stages.index(stage) - 1]
 
     def config_hash(self) -> str:
         """Hash of the normalized config: same run file content -> same hash."""

@@ -25,7 +25,8 @@ def embed(texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
     """(n, 384) float32 unit vectors; an empty input gives an empty (0, 384) array."""
     model = load_embedder()
     if not texts:
-        return np.zeros((0, model.get_sentence_embedding_dimension()), dtype=np.float32)
+        dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+        return np.zeros((0, dim()), dtype=np.float32)
     vecs = model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True,
                         convert_to_numpy=True, show_progress_bar=False)
     return np.asarray(vecs, dtype=np.float32)

@@ -53,7 +53,15 @@ def decontaminated_key(run_id: str, partition_id: str) -> str:
 
 def records_key(run_id: str, partition_id: str, stage: str) -> str:
     """Where a stage keeps a partition's surviving records."""
-    return decontaminated_key(run_id, partition_id) if stage == "decontam" else generated_key(run_id, partition_id)
+    if stage == "generate":
+        return generated_key(run_id, partition_id)
+    if stage == "decontam":
+        return decontaminated_key(run_id, partition_id)
+    return f"{run_prefix(run_id)}/{check_key_part(stage, 'stage')}/{check_key_part(partition_id, 'partition id')}.parquet"
+
+
+def quality_key(run_id: str) -> str:
+    return f"{run_prefix(run_id)}/quality.json"
 
 
 def decontamination_key(run_id: str) -> str:

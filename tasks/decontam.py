@@ -9,7 +9,6 @@ partition's kept records and rejects (with benchmark, item id, method and score)
 from __future__ import annotations
 
 import json
-import time
 from collections import defaultdict
 from typing import Any
 
@@ -20,11 +19,10 @@ from hare import lineage
 from hare.benchmarks import load_benchmark
 from hare.config import DecontamConfig, RunConfig
 from hare.decontam import Decontaminator
-from hare.layout import decontaminated_key, decontamination_key, generated_key, rejects_key
-from hare.manifest import commit_partition, committed_manifest, previous_attempts, record_failure
+from hare.layout import decontaminated_key, decontamination_key
 from hare.schema import DECONTAM_REJECT_SCHEMA
-from hare.store import ObjectStore, open_store
-from hare.tables import from_parquet_bytes
+from hare.stage import run_record_stage
+from hare.store import open_store
 
 STAGE = "decontam"
 
@@ -84,35 +82,19 @@ def contamination_report(rejects: list[pa.Table], checked: int) -> dict[str, Any
     }
 
 
-def _partition(store: ObjectStore, dec: Decontaminator, run_id: str, pid: str) -> tuple[pa.Table, int]:
-    """Decontaminate one committed partition (or reuse its commit); returns (rejects, checked)."""
-    rk = rejects_key(run_id, STAGE, pid)
-    done = committed_manifest(store, run_id, pid, STAGE)
-    if done is not None:
-        return from_parquet_bytes(store.get_bytes(rk), rk), done.stats["checked"]
-    attempts = previous_attempts(store, run_id, pid, STAGE) + 1
-    started = time.perf_counter()
-    try:
-        records = from_parquet_bytes(store.get_bytes(generated_key(run_id, pid)), generated_key(run_id, pid))
-        kept, rejects = decontaminate_table(records, dec)
-        stats = {"checked": records.num_rows, "records": kept.num_rows, "rejects": rejects.num_rows,
-                 "seconds": round(time.perf_counter() - started, 3)}
-        commit_partition(store, run_id, pid, STAGE, {decontaminated_key(run_id, pid): kept, rk: rejects},
-                         stats, attempts)
-    except Exception as exc:
-        record_failure(store, run_id, pid, STAGE, f"{type(exc).__name__}: {exc}", attempts)
-        raise
-    return rejects, records.num_rows
-
-
 @task(name="decontaminate", retries=1, retry_delay_seconds=2)
 def decontaminate(cfg: RunConfig, run_id: str, partition_ids: list[str]) -> dict[str, Any]:
     """Decontaminate every dataset partition of a run; write the run's contamination report."""
     logger = get_run_logger()
     store = open_store(cfg.store.url)
     dec = build_decontaminator(cfg.decontamination)
-    results = [_partition(store, dec, run_id, pid) for pid in partition_ids]
-    report = contamination_report([r for r, _ in results], sum(n for _, n in results))
+
+    def stage_fn(records: pa.Table) -> tuple[pa.Table, pa.Table, dict[str, Any]]:
+        return (*decontaminate_table(records, dec), {})
+
+    results = [run_record_stage(store, run_id, pid, STAGE, cfg.stage_input(STAGE), stage_fn)
+               for pid in partition_ids]
+    report = contamination_report([r for r, _ in results], sum(st["checked"] for _, st in results))
     store.put_bytes(decontamination_key(run_id), json.dumps(report, indent=2).encode())
     lineage.emit(
         store, run_id, "synthesize.decontam", "COMPLETE",

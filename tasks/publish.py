@@ -22,6 +22,7 @@ from hare.layout import (
     dataset_shard_key,
     decontamination_key,
     diversity_key,
+    quality_key,
     records_key,
 )
 from hare.manifest import OutputRef, committed_manifest, utc_now
@@ -67,7 +68,8 @@ def _diversity_section(report: dict[str, Any] | None) -> list[str]:
 
 
 def dataset_card(run_id: str, cfg: RunConfig, records: pa.Table, totals: dict[str, Any],
-                 diversity: dict[str, Any] | None = None, contamination: dict[str, Any] | None = None) -> str:
+                 diversity: dict[str, Any] | None = None, contamination: dict[str, Any] | None = None,
+                 quality: dict[str, Any] | None = None) -> str:
     """A Hugging Face dataset card (YAML header + Markdown) for the published run."""
     kinds = Counter(records.column("kind").to_pylist())
     domains = Counter(p.split(" > ")[0] for p in records.column("topic_path").to_pylist())
@@ -100,6 +102,7 @@ def dataset_card(run_id: str, cfg: RunConfig, records: pa.Table, totals: dict[st
         "",
         *(f"- {k}: {n}" for k, n in sorted(domains.items())),
         "",
+        *_quality_section(quality),
         *_diversity_section(diversity),
         *_contamination_section(contamination),
         "## Lineage",
@@ -117,6 +120,25 @@ def _optional_json(store: ObjectStore, key: str) -> dict[str, Any] | None:
         return json.loads(store.get_bytes(key))
     except KeyNotFound:
         return None
+
+
+def _quality_section(report: dict[str, Any] | None) -> list[str]:
+    if report is None:
+        return []
+    lines = ["## Quality", "",
+             f"{report['kept']} of {report['checked']} generated records kept by the quality rules; "
+             "every reject keeps its rule in `rejects/quality/`.", "",
+             "| reject reason | records |", "|---|---|",
+             *(f"| {k} | {v} |" for k, v in report["reject_reasons"].items()), "",
+             "Spread of each score over the kept records (consistency):", "",
+             "| score | p5 | p25 | median | p75 | p95 | IQR |", "|---|---|---|---|---|---|---|"]
+    for name, s in report["scores"].items():
+        if s:
+            lines.append(f"| {name} | {s['p5']} | {s['p25']} | {s['median']} | {s['p75']} | {s['p95']} | {s['iqr']} |")
+    lines += ["", "| kind | kept | rejects by reason |", "|---|---|---|"]
+    for kind, v in report["by_kind"].items():
+        lines.append(f"| {kind} | {v['kept']} | {', '.join(f'{r}: {n}' for r, n in v['rejects'].items())} |")
+    return [*lines, ""]
 
 
 def _contamination_section(report: dict[str, Any] | None) -> list[str]:
@@ -138,11 +160,12 @@ def publish_records(
 ) -> dict[str, Any]:
     """Write the shards, the card and the dataset manifest; return the run totals."""
     stage = cfg.final_stage()
-    missing = sorted(set(uncommitted(store, run_id, partition_ids)) | set(uncommitted(store, run_id, partition_ids, stage)))
+    missing = sorted({p for st in cfg.record_stages() for p in uncommitted(store, run_id, partition_ids, st)})
     if missing:
         raise PublishError(f"run {run_id}: {len(missing)} partition(s) not committed: {', '.join(missing)}")
     manifests = [committed_manifest(store, run_id, p) for p in partition_ids]
-    later = [committed_manifest(store, run_id, p, stage) for p in partition_ids] if stage != "generate" else []
+    later = [committed_manifest(store, run_id, p, st) for st in cfg.record_stages()[1:] for p in partition_ids]
+    final = [m for m in later if m and m.stage == stage]
     records = collect_records(store, run_id, partition_ids, stage)
     shards: list[OutputRef] = []
     for i, start in enumerate(range(0, max(records.num_rows, 1), cfg.publish.shard_rows)):
@@ -162,14 +185,14 @@ def publish_records(
     }
     store.put_bytes(card_key(run_id), dataset_card(
         run_id, cfg, records, totals, _optional_json(store, diversity_key(run_id)),
-        _optional_json(store, decontamination_key(run_id))).encode())
+        _optional_json(store, decontamination_key(run_id)), _optional_json(store, quality_key(run_id))).encode())
     body = {"run_id": run_id, "published_at": utc_now(), "totals": totals,
             "shards": [s.__dict__ for s in shards]}
     store.put_bytes(dataset_manifest_key(run_id), json.dumps(body, indent=2).encode())
     lineage.emit(
         store, run_id, "synthesize.publish", "COMPLETE",
         inputs=[lineage.dataset(store.uri(o.key), o.sha256, o.rows)
-                for m in (later or manifests) if m for o in m.outputs if "/rejects/" not in o.key],
+                for m in (final or manifests) if m for o in m.outputs if "/rejects/" not in o.key],
         outputs=[lineage.dataset(store.uri(s.key), s.sha256, s.rows) for s in shards],
         facets={"stage": "publish", "totals": totals},
     )

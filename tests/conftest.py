@@ -47,6 +47,7 @@ def write_run_config(folder: Path, **overrides: Any) -> Path:
         "model": {"backend": "deterministic-fake", "num_cpus": 0},
         "sampling": {"max_tokens": 16},
         "diversity": {"baseline_prompts": 2},
+        "quality": {"enabled": False},  # the fake backend's text is not prose; quality has its own tests
         "store": {"url": str(folder / "store")},
     }
     cfg.update(overrides)

@@ -21,8 +21,12 @@ def test_demo_run_then_diversity_notebook(tmp_path: Path, monkeypatch: pytest.Mo
     import yaml
 
     raw = yaml.safe_load(demo.read_text())
-    raw["topics"]["path"] = str(load_config(demo).topics.path)
-    raw["axes"]["path"] = str(load_config(demo).axes.path)
+    resolved = load_config(demo)
+    raw["topics"]["path"] = str(resolved.topics.path)
+    raw["axes"]["path"] = str(resolved.axes.path)
+    raw["decontamination"]["benchmarks"][0]["source"] = resolved.decontamination.benchmarks[0].source
+    # 48 tokens cut every answer short: relax the rules that would drop everything at this size.
+    raw["quality"] = {"drop_truncated": False, "require_answer": False, "min_words": {"default": 10}}
     raw.update(plan={"partitions": 2, "prompts_per_partition": 3},
                diversity={"baseline_prompts": 3, "sample": 100},
                store={"url": str(tmp_path / "store")})
@@ -38,6 +42,11 @@ def test_demo_run_then_diversity_notebook(tmp_path: Path, monkeypatch: pytest.Mo
     assert report["leaves_planned"] == 6
     card = store.get_bytes(f"runs/{run_id}/README.md").decode()
     assert "## Diversity" in card and "anchor_entropy" in card
+    assert "## Quality" in card and "## Decontamination" in card
+    quality = json.loads(store.get_bytes(f"runs/{run_id}/quality.json"))
+    decontam = json.loads(store.get_bytes(f"runs/{run_id}/decontamination.json"))
+    assert quality["checked"] == 6 and decontam["records_checked"] == quality["kept"]
+    assert result["records"] == decontam["records_checked"] - decontam["records_dropped"]
 
     out = tmp_path / "figures"
     monkeypatch.setenv("HARE_STORE", result["store"])

@@ -185,3 +185,32 @@ def test_decontamination_inside_synthesize_and_alone(tmp_path: Path, capsys: pyt
     assert not any("Sprints" in r["topic_path"] for r in kept)
     assert {r["benchmark_item"] for r in rejected} <= {"3"}
     assert '"records_dropped"' in capsys.readouterr().out
+
+
+def test_quality_stage_inside_synthesize_and_alone(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Reasoning records without an extractable answer (the fake backend never writes one) and
+    records under the minimum length are rejected with their rule; the rest are published."""
+    cfg = write_run_config(
+        tmp_path, plan={"partitions": 2, "prompts_per_partition": 4},
+        quality={"enabled": True, "min_english_prob": 0.0, "min_words": {"default": 5, "explanation": 5000}},
+    )
+    result = run_synthesize(str(cfg))
+    store = open_store(result["store"])
+    run_id = result["run_id"]
+    rejects = []
+    for pid in ("p00000", "p00001"):
+        assert read_manifest(store, run_id, pid, "quality").status == "succeeded"
+        rejects += from_parquet_bytes(store.get_bytes(f"runs/{run_id}/rejects/quality/{pid}.parquet")).to_pylist()
+    reasons = {(r["kind"], r["reject_reason"]) for r in rejects}
+    assert reasons == {("explanation", "too_short"), ("math_word_problem", "no_extractable_answer")}
+    assert result["records"] == 0 and len(rejects) == 8  # every record failed one rule
+    report = json.loads(store.get_bytes(f"runs/{run_id}/quality.json"))
+    assert report["rejected"] == 8 and sum(report["reject_reasons"].values()) == 8
+    assert "## Quality" in store.get_bytes(f"runs/{run_id}/README.md").decode()
+
+    generated = tmp_path / "generated.parquet"
+    pq.write_table(from_parquet_bytes(store.get_bytes(f"runs/{run_id}/generated/p00000.parquet")), generated)
+    capsys.readouterr()
+    assert main(["filter", str(generated), "--config", str(cfg), "--out", str(tmp_path / "q.parquet")]) == 0
+    assert pq.read_table(tmp_path / "q.rejects.parquet").num_rows == 4
+    assert '"rejected": 4' in capsys.readouterr().out
