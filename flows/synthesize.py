@@ -1,7 +1,7 @@
 """Flow ``synthesize``: the whole DAG of a run, top to bottom as in design.md.
 
     plan -> generate (one task a partition, on Ray, engines in actors) -> quality
-         -> decontaminate -> diversity -> publish
+         -> decontaminate -> dedup -> diversity -> publish
 
 Call :func:`run_synthesize` (what ``hare run`` does): it prepares the Prefect API and Ray,
 then runs the flow. Re-running with the same ``run_id`` resumes: committed partitions are
@@ -26,6 +26,7 @@ from hare.runtime import driver_runtime
 from hare.store import open_store
 from hare.tasks.generate import generate_partition
 from hare.tasks.decontam import decontaminate
+from hare.tasks.dedup import deduplicate
 from hare.tasks.diversity import measure_diversity
 from hare.tasks.plan import is_baseline, plan_run
 from hare.tasks.quality import filter_quality
@@ -72,6 +73,8 @@ def synthesize(config_path: str, run_id: str | None = None, store_url: str | Non
         filter_quality(cfg, run_id, dataset_ids)
     if cfg.decontamination.benchmarks:
         decontaminate(cfg, run_id, dataset_ids)
+    if cfg.dedup.enabled:
+        deduplicate(cfg, run_id, dataset_ids)
     measure_diversity(cfg, run_id, dataset_ids, [p for p in partition_ids if is_baseline(p)])
     totals = publish(cfg, run_id, dataset_ids)
     finish_run(store, run_id, "succeeded", totals)

@@ -224,6 +224,24 @@ class QualityConfig(_Strict):
         return self
 
 
+class DedupConfig(_Strict):
+    """Three dedup layers, global across a run's partitions and incremental across runs."""
+
+    enabled: bool = True
+    exact: bool = True
+    near: bool = True
+    near_threshold: float = Field(default=0.8, gt=0, le=1, description="MinHash Jaccard of word 5-gram shingles.")
+    num_perm: int = Field(default=128, ge=16)
+    shingle_words: int = Field(default=5, ge=1)
+    semantic: bool = True
+    semantic_threshold: float = Field(default=0.92, gt=0, le=1,
+                                      description="Cosine of normalized all-MiniLM-L6-v2 embeddings.")
+    flat_max: int = Field(default=200_000, ge=1,
+                          description="Above this many vectors, an IVF index replaces exact flat search.")
+    nprobe: int = Field(default=16, ge=1, description="IVF lists searched per query.")
+    neighbors: int = Field(default=8, ge=2, description="Neighbours looked at per vector.")
+
+
 class BenchmarkConfig(_Strict):
     """One benchmark to keep out of the data: where it is and which fields hold its text."""
 
@@ -270,13 +288,14 @@ class RunConfig(_Strict):
     ray: RayConfig = RayConfig()
     diversity: DiversityConfig = DiversityConfig()
     quality: QualityConfig = QualityConfig()
+    dedup: DedupConfig = DedupConfig()
     decontamination: DecontamConfig = DecontamConfig()
     publish: PublishConfig = PublishConfig()
 
     def record_stages(self) -> list[str]:
         """Per-partition stages in order; each reads the records the previous one kept."""
         return ["generate"] + (["quality"] if self.quality.enabled else []) + (
-            ["decontam"] if self.decontamination.benchmarks else [])
+            ["decontam"] if self.decontamination.benchmarks else []) + (["dedup"] if self.dedup.enabled else [])
 
     def final_stage(self) -> str:
         """The last per-partition stage, whose records are published."""

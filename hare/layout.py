@@ -60,6 +60,20 @@ def records_key(run_id: str, partition_id: str, stage: str) -> str:
     return f"{run_prefix(run_id)}/{check_key_part(stage, 'stage')}/{check_key_part(partition_id, 'partition id')}.parquet"
 
 
+def features_key(run_id: str, partition_id: str) -> str:
+    """MinHash signatures and embeddings of a partition's records, computed once."""
+    return f"{run_prefix(run_id)}/features/{check_key_part(partition_id, 'partition id')}.parquet"
+
+
+def dedup_report_key(run_id: str) -> str:
+    return f"{run_prefix(run_id)}/dedup.json"
+
+
+def published_index_key(run_id: str) -> str:
+    """What a run published, for the dedup of later runs: ids, MinHash, embeddings."""
+    return f"index/runs/{check_key_part(run_id, 'run id')}.parquet"
+
+
 def quality_key(run_id: str) -> str:
     return f"{run_prefix(run_id)}/quality.json"
 

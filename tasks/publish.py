@@ -21,6 +21,7 @@ from hare.layout import (
     dataset_manifest_key,
     dataset_shard_key,
     decontamination_key,
+    dedup_report_key,
     diversity_key,
     quality_key,
     records_key,
@@ -69,7 +70,7 @@ def _diversity_section(report: dict[str, Any] | None) -> list[str]:
 
 def dataset_card(run_id: str, cfg: RunConfig, records: pa.Table, totals: dict[str, Any],
                  diversity: dict[str, Any] | None = None, contamination: dict[str, Any] | None = None,
-                 quality: dict[str, Any] | None = None) -> str:
+                 quality: dict[str, Any] | None = None, dedup: dict[str, Any] | None = None) -> str:
     """A Hugging Face dataset card (YAML header + Markdown) for the published run."""
     kinds = Counter(records.column("kind").to_pylist())
     domains = Counter(p.split(" > ")[0] for p in records.column("topic_path").to_pylist())
@@ -103,6 +104,7 @@ def dataset_card(run_id: str, cfg: RunConfig, records: pa.Table, totals: dict[st
         *(f"- {k}: {n}" for k, n in sorted(domains.items())),
         "",
         *_quality_section(quality),
+        *_dedup_section(dedup),
         *_diversity_section(diversity),
         *_contamination_section(contamination),
         "## Lineage",
@@ -139,6 +141,17 @@ def _quality_section(report: dict[str, Any] | None) -> list[str]:
     for kind, v in report["by_kind"].items():
         lines.append(f"| {kind} | {v['kept']} | {', '.join(f'{r}: {n}' for r, n in v['rejects'].items())} |")
     return [*lines, ""]
+
+
+def _dedup_section(report: dict[str, Any] | None) -> list[str]:
+    if report is None:
+        return []
+    layers = ", ".join(f"{k}: {v}" for k, v in report["by_layer"].items()) or "none"
+    return ["## Deduplication", "",
+            f"{report['dropped']} of {report['checked']} records dropped as duplicates ({layers}); "
+            f"{report['dropped_as_already_published']} of them duplicated one of the "
+            f"{report['against_published_records']} records published by earlier runs. Each is in "
+            "`rejects/dedup/` with the record it duplicates and the score.", ""]
 
 
 def _contamination_section(report: dict[str, Any] | None) -> list[str]:
@@ -185,9 +198,14 @@ def publish_records(
     }
     store.put_bytes(card_key(run_id), dataset_card(
         run_id, cfg, records, totals, _optional_json(store, diversity_key(run_id)),
-        _optional_json(store, decontamination_key(run_id)), _optional_json(store, quality_key(run_id))).encode())
+        _optional_json(store, decontamination_key(run_id)), _optional_json(store, quality_key(run_id)),
+        _optional_json(store, dedup_report_key(run_id))).encode())
     body = {"run_id": run_id, "published_at": utc_now(), "totals": totals,
             "shards": [s.__dict__ for s in shards]}
+    if cfg.dedup.enabled:
+        from hare.tasks.dedup import write_published_index
+
+        write_published_index(store, run_id, partition_ids, records)
     store.put_bytes(dataset_manifest_key(run_id), json.dumps(body, indent=2).encode())
     lineage.emit(
         store, run_id, "synthesize.publish", "COMPLETE",

@@ -48,6 +48,7 @@ def write_run_config(folder: Path, **overrides: Any) -> Path:
         "sampling": {"max_tokens": 16},
         "diversity": {"baseline_prompts": 2},
         "quality": {"enabled": False},  # the fake backend's text is not prose; quality has its own tests
+        "dedup": {"enabled": False},  # dedup has its own tests
         "store": {"url": str(folder / "store")},
     }
     cfg.update(overrides)

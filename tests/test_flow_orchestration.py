@@ -214,3 +214,21 @@ def test_quality_stage_inside_synthesize_and_alone(tmp_path: Path, capsys: pytes
     assert main(["filter", str(generated), "--config", str(cfg), "--out", str(tmp_path / "q.parquet")]) == 0
     assert pq.read_table(tmp_path / "q.rejects.parquet").num_rows == 4
     assert '"rejected": 4' in capsys.readouterr().out
+
+
+def test_dedup_is_incremental_across_runs(tmp_path: Path) -> None:
+    """The same config run twice makes the same texts: the second run publishes nothing new,
+    and every drop names the first run's record."""
+    cfg = write_run_config(tmp_path, plan={"partitions": 2, "prompts_per_partition": 3},
+                           dedup={"enabled": True, "semantic": False})
+    first = run_synthesize(str(cfg))
+    store = open_store(first["store"])
+    assert first["records"] == 6 and store.exists(f"index/runs/{first['run_id']}.parquet")
+    second = run_synthesize(str(cfg))
+    assert second["records"] == 0
+    report = json.loads(store.get_bytes(f"runs/{second['run_id']}/dedup.json"))
+    assert report == {"checked": 6, "dropped": 6, "by_layer": {"exact": 6}, "against_published_records": 6,
+                      "dropped_as_already_published": 6}
+    rejects = from_parquet_bytes(store.get_bytes(f"runs/{second['run_id']}/rejects/dedup/p00000.parquet")).to_pylist()
+    assert {r["duplicate_of_run"] for r in rejects} == {first["run_id"]}
+    assert "## Deduplication" in store.get_bytes(f"runs/{second['run_id']}/README.md").decode()

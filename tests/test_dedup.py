@@ -1,0 +1,85 @@
+"""The three dedup layers on planted duplicates (real MiniLM embeddings), IVF, stored features."""
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from hare.config import DedupConfig
+from hare.dedup import find_duplicates, minhash_signatures, semantic_duplicates
+from hare.embed import embed
+from hare.schema import record_id
+from hare.store import open_store
+from hare.tasks.dedup import apply_verdicts, dedup_verdicts, partition_features
+
+BASE = [
+    "Photosynthesis lets plants turn sunlight, water and carbon dioxide into sugar and oxygen inside their leaves.",
+    "To add two fractions, rewrite them over a common denominator, add the numerators and keep the "
+    "denominator, then simplify the result by dividing the top and the bottom by their greatest common "
+    "factor. For example, one half plus one third becomes three sixths plus two sixths, which is five "
+    "sixths, and five sixths cannot be simplified any further.",
+    "A contract needs an offer, an acceptance and something of value exchanged between the two parties.",
+    "The Roman Republic became an empire when Augustus took sole power in 27 BC after years of civil war.",
+    "Binary search halves a sorted list at every step, so it finds an item in logarithmic time.",
+    "Knead the bread dough for ten minutes, then let it rise in a warm place until it doubles in size.",
+    "Earthquakes happen when tectonic plates slip suddenly along a fault and release stored energy as waves.",
+    "A budget lists monthly income and spending so that you can see where money goes and plan savings.",
+]
+EXACT = "  photosynthesis LETS plants turn sunlight, water and carbon dioxide into sugar and oxygen inside their leaves."
+NEAR = BASE[1].replace("any further.", "any further at all!")  # a small edit at the end
+PARAPHRASE = "Binary search cuts a sorted list in half each step, which lets it locate an item in logarithmic time."
+
+
+def _run(texts):
+    cfg = DedupConfig()
+    return find_duplicates([record_id(t) for t in texts], minhash_signatures(texts, cfg), embed(texts), cfg)
+
+
+def test_layers_catch_planted_duplicates_and_name_the_original() -> None:
+    texts = BASE + [EXACT, NEAR, PARAPHRASE]
+    dups = _run(texts)
+    assert {i: (d.layer, d.of) for i, d in dups.items()} == {8: ("exact", 0), 9: ("near", 1), 10: ("semantic", 4)}
+
+
+def test_no_false_merges_on_different_texts() -> None:
+    assert _run(BASE) == {}
+
+
+def test_ivf_above_flat_max_finds_planted_pairs() -> None:
+    rng = np.random.default_rng(0)
+    vecs = rng.normal(size=(4000, 64)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    planted = rng.choice(3000, size=50, replace=False)
+    copies = vecs[planted] + rng.normal(scale=0.01, size=(50, 64)).astype(np.float32)
+    allv = np.vstack([vecs, copies / np.linalg.norm(copies, axis=1, keepdims=True)])
+    cfg = DedupConfig(flat_max=1000, nprobe=16, semantic_threshold=0.95)
+    dups = semantic_duplicates(allv, cfg, set())
+    found = {i: d.of for i, d in dups.items()}
+    assert sum(found.get(4000 + k) == int(p) for k, p in enumerate(planted)) >= 48  # recall >= 0.96
+    assert all(i >= 4000 for i in found)  # random vectors never merge
+
+
+def test_incremental_verdicts_point_to_the_earlier_run() -> None:
+    cfg = DedupConfig()
+    prior = BASE[:2]
+    prior_sigs, prior_vecs = minhash_signatures(prior, cfg), embed(prior)
+    new = [EXACT, BASE[5]]
+    table = pa.table({"id": [record_id(t) for t in new], "text": new})
+    verdicts = dedup_verdicts([("old-run", record_id(t)) for t in prior], prior_sigs, prior_vecs, "new-run",
+                              [("p00000", table, minhash_signatures(new, cfg), embed(new))], cfg)
+    kept, rejects = apply_verdicts(table, verdicts["p00000"])
+    assert kept.column("text").to_pylist() == [BASE[5]]
+    (r,) = rejects.to_pylist()
+    assert (r["reject_reason"], r["duplicate_of"], r["duplicate_of_run"]) == ("duplicate:exact", record_id(BASE[0]), "old-run")
+
+
+def test_features_are_computed_once_and_stored(tmp_path) -> None:
+    store = open_store(str(tmp_path / "store"))
+    table = pa.table({"id": [record_id(t) for t in BASE[:3]], "text": BASE[:3]})
+    sigs, vecs = partition_features(store, "r", "p00000", table, DedupConfig(), embed)
+
+    def no_embedding(_texts):
+        raise AssertionError("embeddings must be read back, not recomputed")
+
+    sigs2, vecs2 = partition_features(store, "r", "p00000", table, DedupConfig(), no_embedding)
+    assert np.array_equal(sigs, sigs2) and np.allclose(vecs, vecs2)
+    assert store.exists("runs/r/features/p00000.parquet")
