@@ -106,6 +106,43 @@ def _cmd_filter(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_dedup(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from hare.config import DedupConfig, load_config
+    from hare.dedup import minhash_signatures
+    from hare.embed import embed
+    from hare.schema import record_id
+    from hare.store import absolute_store_url, open_store
+    from hare.tasks.dedup import apply_verdicts, dedup_verdicts, load_published
+
+    cfg = load_config(args.config).dedup if args.config else DedupConfig()
+    table = pq.read_table(args.input)
+    if "text" not in table.column_names:
+        print(f"hare: error: {args.input} has no 'text' column (columns: {table.column_names})", file=sys.stderr)
+        return 2
+    texts = [t or "" for t in table.column("text").to_pylist()]
+    if "id" not in table.column_names:
+        table = table.append_column("id", pa.array([record_id(t) for t in texts], pa.string()))
+    prior = load_published(open_store(absolute_store_url(args.against)), "") if args.against else ([], None, None)
+    verdicts = dedup_verdicts(*prior, "input", [("input", table, minhash_signatures(texts, cfg), embed(texts))], cfg)
+    kept, rejects = apply_verdicts(table, verdicts["input"])
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(kept, out)
+    rej = Path(args.rejects) if args.rejects else out.with_name(out.stem + ".rejects.parquet")
+    pq.write_table(rejects, rej)
+    layers: dict[str, int] = {}
+    for reason in rejects.column("reject_reason").to_pylist():
+        layers[reason] = layers.get(reason, 0) + 1
+    print(json.dumps({"checked": table.num_rows, "kept": kept.num_rows, "dropped": layers}, indent=2))
+    print(f"kept {kept.num_rows} -> {out}; duplicates {rejects.num_rows} -> {rej}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hare", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -150,6 +187,14 @@ def build_parser() -> argparse.ArgumentParser:
     fl.add_argument("--rejects", help="Parquet file for the rejected rows (default: <out>.rejects.parquet)")
     fl.add_argument("--kind", default="explanation", help="task kind for rows without a 'kind' column")
     fl.set_defaults(fn=_cmd_filter)
+
+    dd = sub.add_parser("dedup", help="exact, near and semantic dedup of any Parquet dataset")
+    dd.add_argument("input", help="Parquet file with a 'text' column (an 'id' column is used if present)")
+    dd.add_argument("--out", required=True, help="Parquet file for the kept rows")
+    dd.add_argument("--rejects", help="Parquet file for the duplicates (default: <out>.rejects.parquet)")
+    dd.add_argument("--config", help="run YAML whose dedup section to use (default: the defaults)")
+    dd.add_argument("--against", help="store URL whose published index (index/runs/) counts as earlier data")
+    dd.set_defaults(fn=_cmd_dedup)
 
     model = sub.add_parser("model", help="model utilities")
     msub = model.add_subparsers(dest="model_command", required=True)

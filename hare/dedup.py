@@ -84,7 +84,8 @@ def near_duplicates(sigs: np.ndarray, cfg: DedupConfig, skip: set[int]) -> dict[
     return dups
 
 
-def _faiss_index(vecs: np.ndarray, cfg: DedupConfig, seed: int = 0):
+def build_index(vecs: np.ndarray, cfg: DedupConfig, seed: int = 0):
+    """Exact inner-product index up to ``flat_max`` vectors; IVF (4 * sqrt(n) lists) above."""
     import faiss
 
     n, d = vecs.shape
@@ -94,20 +95,25 @@ def _faiss_index(vecs: np.ndarray, cfg: DedupConfig, seed: int = 0):
         nlist = int(4 * math.sqrt(n))
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
         rng = np.random.default_rng(seed)
-        sample = vecs[rng.choice(n, size=min(n, max(nlist * 64, 100_000)), replace=False)]
+        # 39 training points per list is FAISS's floor for stable k-means; more only costs time.
+        sample = vecs[np.sort(rng.choice(n, size=min(n, nlist * 40), replace=False))]
         index.train(np.ascontiguousarray(sample))
         index.nprobe = cfg.nprobe
     index.add(np.ascontiguousarray(vecs))
     return index
 
 
-def semantic_duplicates(vecs: np.ndarray, cfg: DedupConfig, skip: set[int], batch: int = 65_536) -> dict[int, Duplicate]:
-    """An item is a duplicate of its most similar earlier item at or above the threshold."""
+def semantic_duplicates(vecs: np.ndarray, cfg: DedupConfig, skip: set[int], batch: int = 65_536,
+                        index=None) -> dict[int, Duplicate]:
+    """An item is a duplicate of its most similar earlier item at or above the threshold.
+
+    ``index`` may be one already built over ``vecs`` by :func:`build_index` (benchmarks reuse it).
+    """
     n = vecs.shape[0]
     if n < 2:
         return {}
     vecs = np.ascontiguousarray(vecs, dtype=np.float32)
-    index = _faiss_index(vecs, cfg)
+    index = index if index is not None else build_index(vecs, cfg)
     k = min(cfg.neighbors, n)
     dups = {}
     dropped = set(skip)  # rows are decided in order, so every earlier row is final

@@ -15,6 +15,8 @@ from hare.store import ObjectStore
 def partition_rows(store: ObjectStore, run_id: str) -> list[dict[str, Any]]:
     """One row per planned partition; ``committed`` only for a manifest whose objects verify."""
     info = read_run(store, run_id)
+    stages = [st for st in ("quality", "decontam", "dedup")
+              if any(k.endswith(f".{st}.json") for k in store.list(f"runs/{run_id}/partitions/"))]
     rows = []
     for pid in info.get("partitions", []):
         m = read_manifest(store, run_id, pid)
@@ -26,7 +28,12 @@ def partition_rows(store: ObjectStore, run_id: str) -> list[dict[str, Any]]:
             if status == "succeeded":
                 problem = verify_outputs(store, m)
                 status, error = ("committed", "") if problem is None else ("corrupt", problem)
-        rows.append({"partition": pid, "status": status, "attempts": attempts,
+        later = []
+        for st in stages:
+            lm = read_manifest(store, run_id, pid, st)
+            if lm is not None:
+                later.append(st if lm.status == "succeeded" else f"{st}:{lm.status}")
+        rows.append({"partition": pid, "status": status, "attempts": attempts, "stages": ",".join(later),
                      "records": stats.get("records", 0), "rejects": stats.get("rejects", 0),
                      "output_tokens": stats.get("output_tokens", 0),
                      "tokens_per_s": stats.get("output_tokens_per_s", 0.0),
@@ -41,11 +48,12 @@ def render_status(store: ObjectStore, run_id: str, console: Console | None = Non
     info = read_run(store, run_id)
     rows = partition_rows(store, run_id)
     table = Table(title=f"run {run_id} ({info.get('status')}) in {store.url}")
-    for col in ("partition", "status", "attempts", "records", "rejects", "output tokens", "tokens/s", "error"):
-        table.add_column(col, justify="right" if col not in ("partition", "status", "error") else "left")
+    for col in ("partition", "status", "attempts", "records", "rejects", "output tokens", "tokens/s",
+                "later stages", "error"):
+        table.add_column(col, justify="left" if col in ("partition", "status", "later stages", "error") else "right")
     for r in rows:
         table.add_row(r["partition"], r["status"], str(r["attempts"]), str(r["records"]), str(r["rejects"]),
-                      str(r["output_tokens"]), f"{r['tokens_per_s']:.1f}", r["error"][:60])
+                      str(r["output_tokens"]), f"{r['tokens_per_s']:.1f}", r["stages"], r["error"][:60])
     tokens = sum(r["output_tokens"] for r in rows)
     gen_s = sum(
         r["output_tokens"] / r["tokens_per_s"] for r in rows if r["tokens_per_s"]
@@ -54,6 +62,6 @@ def render_status(store: ObjectStore, run_id: str, console: Console | None = Non
     table.add_section()
     table.add_row("total", f"{committed}/{len(rows)} committed", "", str(sum(r["records"] for r in rows)),
                   str(sum(r["rejects"] for r in rows)), str(tokens),
-                  f"{tokens / gen_s:.1f}" if gen_s else "0.0", "")
+                  f"{tokens / gen_s:.1f}" if gen_s else "0.0", "", "")
     console.print(table)
     return rows

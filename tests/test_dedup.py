@@ -83,3 +83,17 @@ def test_features_are_computed_once_and_stored(tmp_path) -> None:
     sigs2, vecs2 = partition_features(store, "r", "p00000", table, DedupConfig(), no_embedding)
     assert np.array_equal(sigs, sigs2) and np.allclose(vecs, vecs2)
     assert store.exists("runs/r/features/p00000.parquet")
+
+
+def test_dedup_cli_on_any_parquet(tmp_path, capsys) -> None:
+    import pyarrow.parquet as pq
+
+    from hare.cli import main
+
+    src = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"text": BASE + [EXACT, NEAR, PARAPHRASE]}), src)
+    assert main(["dedup", str(src), "--out", str(tmp_path / "out.parquet")]) == 0
+    assert pq.read_table(tmp_path / "out.parquet").column("text").to_pylist() == BASE
+    reasons = pq.read_table(tmp_path / "out.rejects.parquet").column("reject_reason").to_pylist()
+    assert reasons == ["duplicate:exact", "duplicate:near", "duplicate:semantic"]
+    assert '"kept": 8' in capsys.readouterr().out
