@@ -263,11 +263,18 @@ class DecontamConfig(_Strict):
     overlap_threshold: float = Field(default=0.5, gt=0, le=1,
                                      description="Drop a record sharing more than this fraction of one item's n-grams.")
     paraphrase: bool = True
-    paraphrase_threshold: float = Field(default=0.72, gt=0, le=1,
+    paraphrase_threshold: float = Field(default=0.55, gt=0, le=1,
                                         description="Cosine similarity of a record window to an item's question.")
     confirm_threshold: float = Field(default=0.4, ge=0, le=1,
-                                     description="Share of the item's numbers/content words the record must contain.")
-    window_words: int = Field(default=80, ge=8, description="Records are embedded in windows of this many words.")
+                                     description="Share of the item's content words (and numbers) the record must contain.")
+    paraphrase_sure: float = Field(default=0.9, gt=0, le=1,
+                                   description="At or above this similarity only the content-word check applies.")
+    confirm_numbers: float = Field(default=0.75, ge=0, le=1,
+                                   description="Share of the item's numbers the record must contain, for items with 2+ numbers.")
+    confirm_without_numbers: float = Field(default=0.6, ge=0, le=1,
+                                           description="Content-word share required for items with fewer than 2 numbers.")
+    window_words: int = Field(default=48, ge=8, description="Records are embedded in windows of this many words.")
+    window_stride: int = Field(default=16, ge=1, description="Words between the starts of two windows.")
 
 
 class PublishConfig(_Strict):

@@ -10,7 +10,9 @@ Paraphrases: records are embedded in word windows (all-MiniLM-L6-v2, unit vector
 against the items' questions with FAISS (inner product = cosine). A hit above
 ``paraphrase_threshold`` is confirmed only if the record also holds at least
 ``confirm_threshold`` of the item's numbers and content words, which a reworded leak keeps and
-an unrelated text on a similar theme does not: that keeps false positives low.
+an unrelated text on a similar theme does not: that keeps false positives low. For items with
+two or more numbers, ``confirm_numbers`` of those numbers must appear as well, unless the
+similarity is at least ``paraphrase_sure`` (an edited copy that lost a number).
 """
 
 from __future__ import annotations
@@ -109,6 +111,7 @@ class Decontaminator:
         self._indexes: dict[int, NgramIndex] = {}
         self._faiss = None
         self._item_terms = [key_terms(tokens(it.question)) for it in self.items]
+        self._item_numbers = [{t for t in terms if t.isdigit()} for terms in self._item_terms]
 
     def n_for(self, kind: str) -> int:
         if kind in self.cfg.n_by_kind:
@@ -145,7 +148,7 @@ class Decontaminator:
         windows, owner = [], []
         for r, text in enumerate(texts):
             words = text.split()
-            step = max(1, self.cfg.window_words // 2)
+            step = self.cfg.window_stride
             starts = range(0, max(1, len(words) - self.cfg.window_words + step), step)
             for s in starts:
                 windows.append(" ".join(words[s:s + self.cfg.window_words]))
@@ -159,14 +162,22 @@ class Decontaminator:
         for r, text in enumerate(texts):
             sim, item = best.get(r, (0.0, -1))
             match = None
-            if item >= 0 and sim >= self.cfg.paraphrase_threshold:
-                terms = self._item_terms[item]
-                shared = len(terms & set(tokens(text))) / len(terms) if terms else 0.0
-                if shared >= self.cfg.confirm_threshold:
-                    it = self.items[item]
-                    match = Match(it.benchmark, it.item_id, "paraphrase", round(sim, 4))
+            if item >= 0 and sim >= self.cfg.paraphrase_threshold and self._confirmed(item, text, sim):
+                it = self.items[item]
+                match = Match(it.benchmark, it.item_id, "paraphrase", round(sim, 4))
             out.append(match)
         return out
+
+    def _confirmed(self, item: int, text: str, sim: float) -> bool:
+        """A reworded leak keeps the item's numbers and most of its content words."""
+        present = set(tokens(text))
+        terms, numbers = self._item_terms[item], self._item_numbers[item]
+        shared = len(terms & present) / len(terms) if terms else 0.0
+        if len(numbers) >= 2:
+            if sim < self.cfg.paraphrase_sure and len(numbers & present) / len(numbers) < self.cfg.confirm_numbers:
+                return False
+            return shared >= self.cfg.confirm_threshold
+        return shared >= self.cfg.confirm_without_numbers
 
     def check(self, texts: Sequence[str], kinds: Sequence[str]) -> list[Match | None]:
         """One verdict per text: the n-gram match if any, else a confirmed paraphrase, else None."""
