@@ -83,7 +83,6 @@ def main() -> None:
     dec.check(["warm up"], ["instruction"])  # builds indexes and the cached item embeddings
 
     clean = clean_records(stores)
-    by_id = {it.item_id: it for it in items}
     picked = rng.sample(items, 100)
     plants = {
         "verbatim": [(it.item_id, f"{it.question}\n{it.texts[1]}") for it in picked],

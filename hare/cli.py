@@ -60,8 +60,29 @@ def _cmd_seeds_from_corpus(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_decontam(args: argparse.Namespace) -> int:
+def _write_kept_and_rejects(kept, rejects, args: argparse.Namespace):  # noqa: ANN001, ANN201 - Arrow tables
+    """The kept rows to --out, the dropped rows to --rejects (default <out>.rejects.parquet)."""
     from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(kept, out)
+    rej = Path(args.rejects) if args.rejects else out.with_name(out.stem + ".rejects.parquet")
+    pq.write_table(rejects, rej)
+    return out, rej
+
+
+def _add_table_io(parser: argparse.ArgumentParser, config_help: str, config_required: bool = False) -> None:
+    """Arguments every stage-on-a-Parquet-file command shares."""
+    parser.add_argument("input", help="Parquet file with a 'text' column")
+    parser.add_argument("--config", required=config_required, help=config_help)
+    parser.add_argument("--out", required=True, help="Parquet file for the kept rows")
+    parser.add_argument("--rejects", help="Parquet file for the dropped rows (default: <out>.rejects.parquet)")
+
+
+def _cmd_decontam(args: argparse.Namespace) -> int:
 
     import pyarrow.parquet as pq
 
@@ -74,11 +95,7 @@ def _cmd_decontam(args: argparse.Namespace) -> int:
         return 2
     table = pq.read_table(args.input)
     kept, rejects = decontaminate_table(table, build_decontaminator(cfg.decontamination), args.kind)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(kept, out)
-    rej = Path(args.rejects) if args.rejects else out.with_name(out.stem + ".rejects.parquet")
-    pq.write_table(rejects, rej)
+    out, rej = _write_kept_and_rejects(kept, rejects, args)
     report = contamination_report([rejects], table.num_rows)
     print(json.dumps(report, indent=2))
     print(f"kept {kept.num_rows} -> {out}; rejects {rejects.num_rows} -> {rej}")
@@ -86,7 +103,6 @@ def _cmd_decontam(args: argparse.Namespace) -> int:
 
 
 def _cmd_filter(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     import pyarrow.parquet as pq
 
@@ -95,11 +111,7 @@ def _cmd_filter(args: argparse.Namespace) -> int:
 
     qcfg = load_config(args.config).quality if args.config else QualityConfig()
     kept, rejects = filter_table(pq.read_table(args.input), qcfg, args.kind)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(kept, out)
-    rej = Path(args.rejects) if args.rejects else out.with_name(out.stem + ".rejects.parquet")
-    pq.write_table(rejects, rej)
+    out, rej = _write_kept_and_rejects(kept, rejects, args)
     report = quality_report([kept], [rejects])
     print(json.dumps({k: report[k] for k in ("checked", "kept", "rejected", "reject_reasons")}, indent=2))
     print(f"kept {kept.num_rows} -> {out}; rejects {rejects.num_rows} -> {rej}")
@@ -107,7 +119,6 @@ def _cmd_filter(args: argparse.Namespace) -> int:
 
 
 def _cmd_dedup(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -130,11 +141,7 @@ def _cmd_dedup(args: argparse.Namespace) -> int:
     prior = load_published(open_store(absolute_store_url(args.against)), "") if args.against else ([], None, None)
     verdicts = dedup_verdicts(*prior, "input", [("input", table, minhash_signatures(texts, cfg), embed(texts))], cfg)
     kept, rejects = apply_verdicts(table, verdicts["input"])
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(kept, out)
-    rej = Path(args.rejects) if args.rejects else out.with_name(out.stem + ".rejects.parquet")
-    pq.write_table(rejects, rej)
+    out, rej = _write_kept_and_rejects(kept, rejects, args)
     layers: dict[str, int] = {}
     for reason in rejects.column("reject_reason").to_pylist():
         layers[reason] = layers.get(reason, 0) + 1
@@ -173,26 +180,17 @@ def build_parser() -> argparse.ArgumentParser:
     fc.set_defaults(fn=_cmd_seeds_from_corpus)
 
     dc = sub.add_parser("decontam", help="decontaminate any Parquet dataset against a config's benchmarks")
-    dc.add_argument("input", help="Parquet file with a 'text' column (e.g. a run's dataset shard)")
-    dc.add_argument("--config", required=True, help="run YAML whose decontamination section to use")
-    dc.add_argument("--out", required=True, help="Parquet file for the kept rows")
-    dc.add_argument("--rejects", help="Parquet file for the dropped rows (default: <out>.rejects.parquet)")
+    _add_table_io(dc, "run YAML whose decontamination section to use", config_required=True)
     dc.add_argument("--kind", default="instruction", help="task kind for rows without a 'kind' column (picks N)")
     dc.set_defaults(fn=_cmd_decontam)
 
-    fl = sub.add_parser("filter", help="apply the quality rules to any Parquet dataset")
-    fl.add_argument("input", help="Parquet file with a 'text' column (optional 'kind', 'finish_reason')")
-    fl.add_argument("--config", help="run YAML whose quality section to use (default: the defaults)")
-    fl.add_argument("--out", required=True, help="Parquet file for the kept rows (with q_* score columns)")
-    fl.add_argument("--rejects", help="Parquet file for the rejected rows (default: <out>.rejects.parquet)")
+    fl = sub.add_parser("filter", help="apply the quality rules to any Parquet dataset (kept rows get q_* scores)")
+    _add_table_io(fl, "run YAML whose quality section to use (default: the defaults)")
     fl.add_argument("--kind", default="explanation", help="task kind for rows without a 'kind' column")
     fl.set_defaults(fn=_cmd_filter)
 
     dd = sub.add_parser("dedup", help="exact, near and semantic dedup of any Parquet dataset")
-    dd.add_argument("input", help="Parquet file with a 'text' column (an 'id' column is used if present)")
-    dd.add_argument("--out", required=True, help="Parquet file for the kept rows")
-    dd.add_argument("--rejects", help="Parquet file for the duplicates (default: <out>.rejects.parquet)")
-    dd.add_argument("--config", help="run YAML whose dedup section to use (default: the defaults)")
+    _add_table_io(dd, "run YAML whose dedup section to use (default: the defaults)")
     dd.add_argument("--against", help="store URL whose published index (index/runs/) counts as earlier data")
     dd.set_defaults(fn=_cmd_dedup)
 

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pyarrow as pa
-import pytest
 
 from hare.config import DedupConfig
 from hare.dedup import find_duplicates, minhash_signatures, semantic_duplicates
