@@ -69,14 +69,20 @@ def synthesize(config_path: str, run_id: str | None = None, store_url: str | Non
             f"resume with: hare run {config_path} --run-id {run_id}"
         )
     dataset_ids = [p for p in partition_ids if not is_baseline(p)]
-    if cfg.quality.enabled:
-        filter_quality(cfg, run_id, dataset_ids)
-    if cfg.decontamination.benchmarks:
-        decontaminate(cfg, run_id, dataset_ids)
-    if cfg.dedup.enabled:
-        deduplicate(cfg, run_id, dataset_ids)
-    measure_diversity(cfg, run_id, dataset_ids, [p for p in partition_ids if is_baseline(p)])
-    totals = publish(cfg, run_id, dataset_ids)
+    # The record stages run as Prefect tasks on Ray (.submit), one after the other: each reads
+    # what the previous one kept. The engines are gone by now, so their CPUs are free.
+    try:
+        if cfg.quality.enabled:
+            filter_quality.submit(cfg, run_id, dataset_ids).result()
+        if cfg.decontamination.benchmarks:
+            decontaminate.submit(cfg, run_id, dataset_ids).result()
+        if cfg.dedup.enabled:
+            deduplicate.submit(cfg, run_id, dataset_ids).result()
+        measure_diversity.submit(cfg, run_id, dataset_ids, [p for p in partition_ids if is_baseline(p)]).result()
+        totals = publish(cfg, run_id, dataset_ids)
+    except Exception as exc:  # a stage failed: its manifests say which partition; resume redoes it
+        _fail(store, run_id, "failed", {"error": f"{type(exc).__name__}: {exc}"[:1000]})
+        raise
     finish_run(store, run_id, "succeeded", totals)
     lineage.emit(store, run_id, "synthesize", "COMPLETE", facets={"totals": totals})
     return {"run_id": run_id, "store": store.url, "flow_run_id": str(prefect_runtime.flow_run.id), **totals}
