@@ -13,12 +13,16 @@ def run_prefix(run_id: str) -> str:
     return f"runs/{check_key_part(run_id, 'run id')}"
 
 
+def _partition_file(run_id: str, folder: str, partition_id: str, ext: str = "parquet") -> str:
+    return f"{run_prefix(run_id)}/{folder}/{check_key_part(partition_id, 'partition id')}.{ext}"
+
+
 def run_json(run_id: str) -> str:
     return f"{run_prefix(run_id)}/run.json"
 
 
 def plan_key(run_id: str, partition_id: str) -> str:
-    return f"{run_prefix(run_id)}/plan/{check_key_part(partition_id, 'partition id')}.parquet"
+    return _partition_file(run_id, "plan", partition_id)
 
 
 def plan_report_key(run_id: str) -> str:
@@ -30,14 +34,11 @@ def diversity_key(run_id: str) -> str:
 
 
 def generated_key(run_id: str, partition_id: str) -> str:
-    return f"{run_prefix(run_id)}/generated/{check_key_part(partition_id, 'partition id')}.parquet"
+    return _partition_file(run_id, "generated", partition_id)
 
 
 def rejects_key(run_id: str, stage: str, partition_id: str) -> str:
-    return (
-        f"{run_prefix(run_id)}/rejects/{check_key_part(stage, 'stage')}/"
-        f"{check_key_part(partition_id, 'partition id')}.parquet"
-    )
+    return _partition_file(run_id, f"rejects/{check_key_part(stage, 'stage')}", partition_id)
 
 
 def manifest_key(run_id: str, partition_id: str, stage: str = "generate") -> str:
@@ -48,7 +49,7 @@ def manifest_key(run_id: str, partition_id: str, stage: str = "generate") -> str
 
 
 def decontaminated_key(run_id: str, partition_id: str) -> str:
-    return f"{run_prefix(run_id)}/decontaminated/{check_key_part(partition_id, 'partition id')}.parquet"
+    return _partition_file(run_id, "decontaminated", partition_id)
 
 
 def records_key(run_id: str, partition_id: str, stage: str) -> str:
@@ -57,12 +58,12 @@ def records_key(run_id: str, partition_id: str, stage: str) -> str:
         return generated_key(run_id, partition_id)
     if stage == "decontam":
         return decontaminated_key(run_id, partition_id)
-    return f"{run_prefix(run_id)}/{check_key_part(stage, 'stage')}/{check_key_part(partition_id, 'partition id')}.parquet"
+    return _partition_file(run_id, check_key_part(stage, "stage"), partition_id)
 
 
 def features_key(run_id: str, partition_id: str) -> str:
     """MinHash signatures and embeddings of a partition's records, computed once."""
-    return f"{run_prefix(run_id)}/features/{check_key_part(partition_id, 'partition id')}.parquet"
+    return _partition_file(run_id, "features", partition_id)
 
 
 def dedup_report_key(run_id: str) -> str:
