@@ -10,6 +10,28 @@ import sys
 DEFAULT_STORE = os.environ.get("HARE_STORE", "file://.hare/store")
 
 
+def stage_drops(store, run_id: str) -> str:  # noqa: ANN001 - an ObjectStore
+    """One line saying what each record stage dropped, from the run's stage reports."""
+    from hare.layout import decontamination_key, dedup_report_key, quality_key
+    from hare.store import KeyNotFound
+
+    def load(key: str) -> dict | None:
+        try:
+            return json.loads(store.get_bytes(key))
+        except KeyNotFound:
+            return None
+
+    parts = []
+    if (q := load(quality_key(run_id))) is not None:
+        reasons = ", ".join(f"{k} {v}" for k, v in q["reject_reasons"].items())
+        parts.append(f"quality {q['rejected']}" + (f" ({reasons})" if reasons else ""))
+    if (c := load(decontamination_key(run_id))) is not None:
+        parts.append(f"decontam {c['records_dropped']}")
+    if (d := load(dedup_report_key(run_id))) is not None:
+        parts.append(f"dedup {d['dropped']} ({d['dropped_as_already_published']} already published by earlier runs)")
+    return "; ".join(parts)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from hare.flows.synthesize import run_synthesize
     from hare.layout import card_key
@@ -22,6 +44,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     render_status(store, result["run_id"])
     print(f"\ndataset: {result['dataset']}  ({result['records']} records, "
           f"{result['output_tokens_per_s']} output tokens/s)")
+    dropped = stage_drops(store, result["run_id"])
+    if dropped:
+        print(f"dropped: {dropped}")
     print(f"card:    {store.uri(card_key(result['run_id']))}")
     print(f"status:  hare status --store {store.url} {result['run_id']}")
     return 0
