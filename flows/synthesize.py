@@ -10,11 +10,12 @@ skipped, the rest are generated, and the dataset is published once all are commi
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import prefect.runtime as prefect_runtime
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect_ray import RayTaskRunner
 from prefect_ray.context import remote_options
 
@@ -59,7 +60,6 @@ def synthesize(config_path: str, run_id: str | None = None, store_url: str | Non
     except Exception as exc:  # engines could not start, Ray went away...: say so in run.json
         _fail(store, run_id, "failed", {"error": f"{type(exc).__name__}: {exc}"[:1000]})
         raise
-    _progress_artifact(run_id, outcomes)
 
     failed = [o["partition_id"] for o in outcomes if o["status"] == "failed"]
     if failed:
@@ -93,15 +93,22 @@ def _generate_all(cfg: RunConfig, run_id: str, partition_ids: list[str]) -> list
     engines = start_engines(cfg, run_id)
     names = list(engines)
     window = cfg.ray.partitions_in_flight_per_engine * len(names)
+    progress = RunProgress(run_id, len(partition_ids), len(names))
     outcomes: list[dict[str, Any]] = []
     in_flight: list[tuple[str, Any]] = []
+
+    def collect(pid: str, future: Any) -> None:
+        outcomes.append(_outcome(pid, future))
+        progress.update(outcomes)
+
     try:
         for i, pid in enumerate(partition_ids):
             if len(in_flight) >= window:  # oldest first: engines serve partitions in order
-                outcomes.append(_outcome(*in_flight.pop(0)))
+                collect(*in_flight.pop(0))
             with remote_options(num_cpus=cfg.ray.task_num_cpus):
                 in_flight.append((pid, generate_partition.submit(cfg, run_id, pid, names[i % len(names)])))
-        outcomes += [_outcome(pid, f) for pid, f in in_flight]
+        for pid, future in in_flight:
+            collect(pid, future)
         return outcomes
     finally:
         stop_engines(engines)
@@ -123,19 +130,32 @@ def _outcome(partition_id: str, future: Any) -> dict[str, Any]:
         return {"partition_id": partition_id, "status": "failed", "error": str(exc)[:300], "stats": {}}
 
 
-def _progress_artifact(run_id: str, outcomes: list[dict[str, Any]]) -> None:
-    rows = [
-        {
-            "partition": o["partition_id"],
-            "status": o["status"],
-            "records": o["stats"].get("records", ""),
-            "output_tokens": o["stats"].get("output_tokens", ""),
-            "tokens_per_s": o["stats"].get("output_tokens_per_s", ""),
-        }
-        for o in outcomes
-    ]
-    create_table_artifact(key="hare-partitions", table=rows,
-                          description=f"Partitions of run {run_id}")
+class RunProgress:
+    """Prefect artifacts updated as partitions finish: a progress bar and a throughput table
+    (totals, output tokens/s overall and per engine, ETA), visible in the flow run's UI page."""
+
+    def __init__(self, run_id: str, partitions: int, engines: int) -> None:
+        self.run_id, self.partitions, self.engines = run_id, partitions, engines
+        self.started = time.monotonic()
+        self.progress_id = create_progress_artifact(
+            progress=0.0, key="hare-progress", description=f"Partitions of run {run_id} generated")
+
+    def update(self, outcomes: list[dict[str, Any]]) -> None:
+        done = len(outcomes)
+        elapsed = time.monotonic() - self.started
+        tokens = sum(o["stats"].get("output_tokens", 0) for o in outcomes)
+        rate = tokens / elapsed if elapsed > 0 else 0.0
+        eta = elapsed / done * (self.partitions - done) if done else None
+        update_progress_artifact(self.progress_id, progress=100.0 * done / self.partitions)
+        rows = [{"partition": o["partition_id"], "status": o["status"],
+                 "records": o["stats"].get("records", ""), "output_tokens": o["stats"].get("output_tokens", ""),
+                 "tokens_per_s": o["stats"].get("output_tokens_per_s", ""), "engine": o["stats"].get("engine", "")}
+                for o in outcomes]
+        rows.append({"partition": f"total {done}/{self.partitions}", "status": f"ETA {eta:.0f} s" if eta else "",
+                     "records": sum(o["stats"].get("records", 0) for o in outcomes), "output_tokens": tokens,
+                     "tokens_per_s": round(rate, 2), "engine": f"{rate / self.engines:.2f} tok/s per engine"})
+        create_table_artifact(key="hare-partitions", table=rows,
+                              description=f"Run {self.run_id}: partitions as they finish (wall-clock throughput)")
 
 
 def run_synthesize(config_path: str, run_id: str | None = None, store_url: str | None = None) -> dict[str, Any]:

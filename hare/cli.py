@@ -56,7 +56,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from hare.status import render_status
     from hare.store import absolute_store_url, open_store
 
-    rows = render_status(open_store(absolute_store_url(args.store)), args.run_id)
+    store = open_store(absolute_store_url(args.store))
+    if args.watch:
+        from hare.status import watch_status
+
+        watch_status(store, args.run_id, args.interval)
+    rows = render_status(store, args.run_id)
     return 0 if all(r["status"] == "committed" for r in rows) else 3
 
 
@@ -188,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="partitions, records and tokens/s of a run")
     st.add_argument("run_id")
     st.add_argument("--store", default=DEFAULT_STORE, help=f"store URL (default {DEFAULT_STORE}, or $HARE_STORE)")
+    st.add_argument("--watch", action="store_true", help="refresh the table until the run is no longer running")
+    st.add_argument("--interval", type=float, default=5.0, help="seconds between refreshes with --watch")
     st.set_defaults(fn=_cmd_status)
 
     seeds = sub.add_parser("seeds", help="seed topics")

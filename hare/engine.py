@@ -33,9 +33,16 @@ class EngineActor:
     """One backend inside one Ray actor process."""
 
     def __init__(self, model_cfg: ModelConfig, resolved: ResolvedModel | None) -> None:
+        from ray.util.metrics import Counter
+
         started = time.perf_counter()
         self.backend = make_backend(model_cfg, resolved)
         self.load_seconds = time.perf_counter() - started
+        # Ray exports these to its dashboard / Prometheus endpoint: rate() gives tokens/s.
+        tags = ("model",)
+        self._tokens = Counter("hare_output_tokens", "Output tokens generated", tag_keys=tags)
+        self._requests = Counter("hare_requests", "Generation requests served", tag_keys=tags)
+        self._tags = {"model": model_cfg.name}
 
     def describe(self) -> dict[str, Any]:
         b = self.backend
@@ -47,7 +54,13 @@ class EngineActor:
     ) -> tuple[list[GenerationResult], float]:
         started = time.perf_counter()
         results = self.backend.generate(requests, sampling)
-        return results, time.perf_counter() - started
+        seconds = time.perf_counter() - started
+        tokens = sum(r.output_tokens for r in results)
+        if tokens:  # Ray counters only take positive increments
+            self._tokens.inc(tokens, tags=self._tags)
+        if results:
+            self._requests.inc(len(results), tags=self._tags)
+        return results, seconds
 
 
 def engine_name(run_id: str, index: int) -> str:

@@ -41,10 +41,31 @@ def partition_rows(store: ObjectStore, run_id: str) -> list[dict[str, Any]]:
     return rows
 
 
+def watch_status(store: ObjectStore, run_id: str, interval: float = 5.0, max_seconds: float | None = None) -> str:
+    """Redraw the table every ``interval`` s while run.json says running; returns the final status."""
+    import time
+
+    from rich.live import Live
+
+    started = time.monotonic()
+    with Live(status_table(store, run_id), refresh_per_second=1, transient=True) as live:
+        while read_run(store, run_id).get("status") == "running":
+            if max_seconds is not None and time.monotonic() - started > max_seconds:
+                break
+            time.sleep(interval)
+            live.update(status_table(store, run_id))
+    return read_run(store, run_id).get("status", "?")
+
+
 def render_status(store: ObjectStore, run_id: str, console: Console | None = None) -> list[dict[str, Any]]:
     if console is None:
         console = Console()
         console.width = max(console.width, 120)  # a piped/CI console defaults to 80 columns
+    console.print(status_table(store, run_id))
+    return partition_rows(store, run_id)
+
+
+def status_table(store: ObjectStore, run_id: str) -> Table:
     info = read_run(store, run_id)
     rows = partition_rows(store, run_id)
     table = Table(title=f"run {run_id} ({info.get('status')}) in {store.url}")
@@ -63,5 +84,4 @@ def render_status(store: ObjectStore, run_id: str, console: Console | None = Non
     table.add_row("total", f"{committed}/{len(rows)} committed", "", str(sum(r["records"] for r in rows)),
                   str(sum(r["rejects"] for r in rows)), str(tokens),
                   f"{tokens / gen_s:.1f}" if gen_s else "0.0", "", "")
-    console.print(table)
-    return rows
+    return table

@@ -86,3 +86,18 @@ def test_ids_cannot_escape_the_run_prefix(bad: str) -> None:
         generated_key(bad, "p00000")
     with pytest.raises(StoreError, match="unsafe"):
         manifest_key(RUN, bad)
+
+
+def test_status_watch_follows_the_run_until_it_ends(tmp_path: Path) -> None:
+    import threading
+
+    from hare.runs import finish_run
+    from hare.status import watch_status
+
+    cfg = load_config(write_run_config(tmp_path))
+    store = open_store(cfg.store.url)
+    start_run(store, cfg, RUN, ["p00000"])
+    timer = threading.Timer(0.5, finish_run, args=(store, RUN, "succeeded", {}))
+    timer.start()
+    assert watch_status(store, RUN, interval=0.1, max_seconds=10) == "succeeded"
+    timer.join()

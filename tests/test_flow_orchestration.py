@@ -80,7 +80,11 @@ def test_workers_report_to_the_driver_api(tmp_path: Path) -> None:
         assert names.count("generate-partition") == 4  # 3 dataset partitions + 1 baseline
         assert {"plan", "diversity", "publish"} <= set(names)
         arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["hare-partitions"])))
-        assert any(str(a.flow_run_id) == result["flow_run_id"] for a in arts)
+        mine = [a for a in arts if str(a.flow_run_id) == result["flow_run_id"]]
+        assert len(mine) == 4, "the throughput table is updated as each of the 4 partitions finishes"
+        assert any("total 4/4" in str(a.data) for a in mine)
+        progress = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["hare-progress"])))
+        assert [a.data for a in progress if str(a.flow_run_id) == result["flow_run_id"]] == [100.0]
 
 
 def test_resume_redoes_only_uncommitted_partitions(tmp_path: Path) -> None:
