@@ -13,12 +13,16 @@ def run_prefix(run_id: str) -> str:
     return f"runs/{check_key_part(run_id, 'run id')}"
 
 
+def _run_file(run_id: str, name: str) -> str:
+    return f"{run_prefix(run_id)}/{name}"
+
+
 def _partition_file(run_id: str, folder: str, partition_id: str, ext: str = "parquet") -> str:
     return f"{run_prefix(run_id)}/{folder}/{check_key_part(partition_id, 'partition id')}.{ext}"
 
 
 def run_json(run_id: str) -> str:
-    return f"{run_prefix(run_id)}/run.json"
+    return _run_file(run_id, "run.json")
 
 
 def plan_key(run_id: str, partition_id: str) -> str:
@@ -30,7 +34,7 @@ def plan_report_key(run_id: str) -> str:
 
 
 def diversity_key(run_id: str) -> str:
-    return f"{run_prefix(run_id)}/diversity.json"
+    return _run_file(run_id, "diversity.json")
 
 
 def generated_key(run_id: str, partition_id: str) -> str:
@@ -67,7 +71,7 @@ def features_key(run_id: str, partition_id: str) -> str:
 
 
 def dedup_report_key(run_id: str) -> str:
-    return f"{run_prefix(run_id)}/dedup.json"
+    return _run_file(run_id, "dedup.json")
 
 
 def published_index_key(run_id: str) -> str:
@@ -76,11 +80,11 @@ def published_index_key(run_id: str) -> str:
 
 
 def quality_key(run_id: str) -> str:
-    return f"{run_prefix(run_id)}/quality.json"
+    return _run_file(run_id, "quality.json")
 
 
 def decontamination_key(run_id: str) -> str:
-    return f"{run_prefix(run_id)}/decontamination.json"
+    return _run_file(run_id, "decontamination.json")
 
 
 def dataset_prefix(run_id: str) -> str:
@@ -96,7 +100,7 @@ def dataset_manifest_key(run_id: str) -> str:
 
 
 def card_key(run_id: str) -> str:
-    return f"{run_prefix(run_id)}/README.md"
+    return _run_file(run_id, "README.md")
 
 
 def lineage_key(run_id: str, name: str) -> str:

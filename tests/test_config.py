@@ -28,33 +28,20 @@ def test_relative_paths_resolve_against_config_folder(tmp_path: Path, monkeypatc
     assert cfg.topics.path == (tmp_path / "topics.yaml").resolve()
 
 
-def test_unknown_field_is_named(tmp_path: Path) -> None:
-    path = _edit(write_run_config(tmp_path), lambda r: r["sampling"].update(temprature=0.5))
-    with pytest.raises(ConfigError, match=r"sampling\.temprature: unknown field"):
-        load_config(path)
-
-
-def test_wrong_type_is_named(tmp_path: Path) -> None:
-    path = _edit(write_run_config(tmp_path), lambda r: r["plan"].update(partitions="many"))
-    with pytest.raises(ConfigError, match=r"plan\.partitions"):
-        load_config(path)
-
-
-def test_missing_section_is_named(tmp_path: Path) -> None:
-    path = _edit(write_run_config(tmp_path), lambda r: r.pop("plan"))
-    with pytest.raises(ConfigError, match=r"plan: Field required"):
-        load_config(path)
-
-
-def test_missing_topics_file_is_named(tmp_path: Path) -> None:
-    path = _edit(write_run_config(tmp_path), lambda r: r["topics"].update(path="nope.yaml"))
-    with pytest.raises(ConfigError, match=r"topics\.path: file not found: .*nope\.yaml"):
-        load_config(path)
-
-
-def test_unknown_task_kind_is_named(tmp_path: Path) -> None:
-    path = _edit(write_run_config(tmp_path), lambda r: r["axes"].update(kinds=["poetry"]))
-    with pytest.raises(ConfigError, match=r"axes\.kinds: unknown task kind\(s\) \['poetry'\]"):
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda r: r["sampling"].update(temprature=0.5), r"sampling\.temprature: unknown field"),
+        (lambda r: r["plan"].update(partitions="many"), r"plan\.partitions"),
+        (lambda r: r.pop("plan"), r"plan: Field required"),
+        (lambda r: r["topics"].update(path="nope.yaml"), r"topics\.path: file not found: .*nope\.yaml"),
+        (lambda r: r["axes"].update(kinds=["poetry"]), r"axes\.kinds: unknown task kind\(s\) \['poetry'\]"),
+    ],
+    ids=["unknown-field", "wrong-type", "missing-section", "missing-topics-file", "unknown-kind"],
+)
+def test_config_errors_name_the_field(tmp_path: Path, edit, message: str) -> None:
+    path = _edit(write_run_config(tmp_path), edit)
+    with pytest.raises(ConfigError, match=message):
         load_config(path)
 
 
