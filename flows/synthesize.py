@@ -22,6 +22,7 @@ from prefect_ray.context import remote_options
 from hare import lineage
 from hare.config import RunConfig, load_config
 from hare.engine import start_engines, stop_engines
+from hare.pool import EngineQueue
 from hare.runs import finish_run, new_run_id
 from hare.runtime import driver_runtime
 from hare.store import open_store
@@ -56,7 +57,7 @@ def synthesize(config_path: str, run_id: str | None = None, store_url: str | Non
 
     partition_ids = plan_run(cfg, run_id)
     try:
-        outcomes = _generate_all(cfg, run_id, partition_ids)
+        outcomes, generation = _generate_all(cfg, run_id, partition_ids)
     except Exception as exc:  # engines could not start, Ray went away...: say so in run.json
         _fail(store, run_id, "failed", {"error": f"{type(exc).__name__}: {exc}"[:1000]})
         raise
@@ -79,7 +80,7 @@ def synthesize(config_path: str, run_id: str | None = None, store_url: str | Non
         if cfg.dedup.enabled:
             deduplicate.submit(cfg, run_id, dataset_ids).result()
         measure_diversity.submit(cfg, run_id, dataset_ids, [p for p in partition_ids if is_baseline(p)]).result()
-        totals = publish(cfg, run_id, dataset_ids)
+        totals = {**publish(cfg, run_id, dataset_ids), "generation": generation}
     except Exception as exc:  # a stage failed: its manifests say which partition; resume redoes it
         _fail(store, run_id, "failed", {"error": f"{type(exc).__name__}: {exc}"[:1000]})
         raise
@@ -88,30 +89,34 @@ def synthesize(config_path: str, run_id: str | None = None, store_url: str | Non
     return {"run_id": run_id, "store": store.url, "flow_run_id": str(prefect_runtime.flow_run.id), **totals}
 
 
-def _generate_all(cfg: RunConfig, run_id: str, partition_ids: list[str]) -> list[dict[str, Any]]:
-    """One task per partition, spread over the engine actors; a failed one does not stop the rest."""
+def _generate_all(cfg: RunConfig, run_id: str, partition_ids: list[str]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """One task per partition, queued to the first engine with a free slot; a failed one does
+    not stop the rest. Returns the outcomes and the stage's wall-clock throughput."""
     engines = start_engines(cfg, run_id)
-    names = list(engines)
-    window = cfg.ray.partitions_in_flight_per_engine * len(names)
-    progress = RunProgress(run_id, len(partition_ids), len(names))
+    progress = RunProgress(run_id, len(partition_ids), list(engines), cfg.model.num_gpus)
+    queue: EngineQueue[Any] = EngineQueue(list(engines), cfg.ray.partitions_in_flight_per_engine)
     outcomes: list[dict[str, Any]] = []
-    in_flight: list[tuple[str, Any]] = []
 
-    def collect(pid: str, future: Any) -> None:
-        outcomes.append(_outcome(pid, future))
-        progress.update(outcomes)
+    def submit(pid: str, engine: str) -> Any:
+        with remote_options(num_cpus=cfg.ray.task_num_cpus):
+            return generate_partition.submit(cfg, run_id, pid, engine)
 
     try:
-        for i, pid in enumerate(partition_ids):
-            if len(in_flight) >= window:  # oldest first: engines serve partitions in order
-                collect(*in_flight.pop(0))
-            with remote_options(num_cpus=cfg.ray.task_num_cpus):
-                in_flight.append((pid, generate_partition.submit(cfg, run_id, pid, names[i % len(names)])))
-        for pid, future in in_flight:
-            collect(pid, future)
-        return outcomes
+        for done in queue.run(partition_ids, submit, _first_finished):
+            outcomes.append(_outcome(done.partition_id, done.handle))
+            progress.update(outcomes)
+        return outcomes, progress.totals(outcomes)
     finally:
         stop_engines(engines)
+
+
+def _first_finished(futures: list[Any]) -> Any:
+    """Block until one of the Prefect-on-Ray futures is done (a failed task counts as done)."""
+    import ray
+
+    by_ref = {f.wrapped_future: f for f in futures}
+    ready, _ = ray.wait(list(by_ref), num_returns=1)
+    return by_ref[ready[0]]
 
 
 def _fail(store: Any, run_id: str, status: str, summary: dict[str, Any]) -> None:
@@ -132,28 +137,48 @@ def _outcome(partition_id: str, future: Any) -> dict[str, Any]:
 
 class RunProgress:
     """Prefect artifacts updated as partitions finish: a progress bar and a throughput table
-    (totals, output tokens/s overall and per engine, ETA), visible in the flow run's UI page."""
+    (totals, output tokens/s overall, per engine and per GPU, GPU busy fraction, ETA), visible
+    in the flow run's UI page."""
 
-    def __init__(self, run_id: str, partitions: int, engines: int) -> None:
+    def __init__(self, run_id: str, partitions: int, engines: list[str], gpus_per_engine: float) -> None:
         self.run_id, self.partitions, self.engines = run_id, partitions, engines
+        self.gpus = len(engines) * gpus_per_engine
         self.started = time.monotonic()
         self.progress_id = create_progress_artifact(
             progress=0.0, key="hare-progress", description=f"Partitions of run {run_id} generated")
 
-    def update(self, outcomes: list[dict[str, Any]]) -> None:
-        done = len(outcomes)
+    def totals(self, outcomes: list[dict[str, Any]]) -> dict[str, Any]:
+        """Wall-clock throughput of the stage so far (what `hare status` and the bench report)."""
         elapsed = time.monotonic() - self.started
         tokens = sum(o["stats"].get("output_tokens", 0) for o in outcomes)
         rate = tokens / elapsed if elapsed > 0 else 0.0
-        eta = elapsed / done * (self.partitions - done) if done else None
+        out = {"partitions": len(outcomes), "engines": len(self.engines), "gpus": self.gpus,
+               "output_tokens": tokens, "wall_seconds": round(elapsed, 2), "output_tokens_per_s": round(rate, 2),
+               "output_tokens_per_s_per_engine": round(rate / len(self.engines), 2)}
+        if self.gpus:
+            out["output_tokens_per_s_per_gpu"] = round(rate / self.gpus, 2)
+            busy = [(o["stats"]["gpu_busy_fraction"], o["stats"].get("generate_seconds", 0.0))
+                    for o in outcomes if "gpu_busy_fraction" in o["stats"]]
+            weight = sum(w for _, w in busy)
+            if weight:
+                out["gpu_busy_fraction"] = round(sum(f * w for f, w in busy) / weight, 3)
+        return out
+
+    def update(self, outcomes: list[dict[str, Any]]) -> None:
+        done = len(outcomes)
+        t = self.totals(outcomes)
+        eta = t["wall_seconds"] / done * (self.partitions - done) if done else None
         update_progress_artifact(self.progress_id, progress=100.0 * done / self.partitions)
         rows = [{"partition": o["partition_id"], "status": o["status"],
                  "records": o["stats"].get("records", ""), "output_tokens": o["stats"].get("output_tokens", ""),
-                 "tokens_per_s": o["stats"].get("output_tokens_per_s", ""), "engine": o["stats"].get("engine", "")}
+                 "tokens_per_s": o["stats"].get("output_tokens_per_s", ""), "engine": o["stats"].get("engine", ""),
+                 "gpu_busy": o["stats"].get("gpu_busy_fraction", "")}
                 for o in outcomes]
+        per = (f"{t['output_tokens_per_s_per_gpu']:.2f} tok/s per GPU" if self.gpus
+               else f"{t['output_tokens_per_s_per_engine']:.2f} tok/s per engine")
         rows.append({"partition": f"total {done}/{self.partitions}", "status": f"ETA {eta:.0f} s" if eta else "",
-                     "records": sum(o["stats"].get("records", 0) for o in outcomes), "output_tokens": tokens,
-                     "tokens_per_s": round(rate, 2), "engine": f"{rate / self.engines:.2f} tok/s per engine"})
+                     "records": sum(o["stats"].get("records", 0) for o in outcomes), "output_tokens": t["output_tokens"],
+                     "tokens_per_s": t["output_tokens_per_s"], "engine": per, "gpu_busy": t.get("gpu_busy_fraction", "")})
         create_table_artifact(key="hare-partitions", table=rows,
                               description=f"Run {self.run_id}: partitions as they finish (wall-clock throughput)")
 

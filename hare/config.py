@@ -132,10 +132,22 @@ class ModelConfig(_Strict):
     gpu_memory_utilization: float = Field(default=0.85, gt=0.0, le=1.0)
     tensor_parallel_size: int = Field(default=1, ge=1)
     enforce_eager: bool = True
-    replicas: int = Field(default=1, ge=1, description="Engine actors (one engine each).")
+    replicas: int | None = Field(
+        default=None, ge=1,
+        description=("Engine actors (one engine each). null: one per `num_gpus` GPUs of the Ray cluster "
+                     "(every GPU busy), or 1 when the engines run on CPUs."),
+    )
     num_cpus: float = Field(default=2, ge=0, description="Ray CPUs reserved per engine actor.")
-    num_gpus: float = Field(default=0, ge=0, description="Ray GPUs per engine actor.")
+    num_gpus: float = Field(default=0, ge=0,
+                            description="Ray GPUs per engine actor; at least tensor_parallel_size on a GPU.")
     env: dict[str, str] = Field(default_factory=dict, description="Extra env for the engine.")
+
+    @model_validator(mode="after")
+    def _gpus_cover_tensor_parallel(self) -> "ModelConfig":
+        if self.num_gpus and self.num_gpus < self.tensor_parallel_size:
+            raise ValueError(f"num_gpus ({self.num_gpus}) must be at least tensor_parallel_size "
+                             f"({self.tensor_parallel_size}): each engine shards the model over its GPUs")
+        return self
 
 
 class StoreConfig(_Strict):

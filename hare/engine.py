@@ -1,6 +1,7 @@
 """Generation engines as Ray actors: the model is loaded once per actor, not per partition.
 
-The driver starts ``model.replicas`` named actors (each with ``model.num_cpus`` CPUs and
+The driver starts ``model.replicas`` named actors (default: one per ``num_gpus`` GPUs of the
+cluster) (each with ``model.num_cpus`` CPUs and
 ``model.num_gpus`` GPUs reserved in Ray) before any partition runs, and partition tasks look
 them up by name. Named actors keep Prefect task parameters plain strings (hashable, cacheable)
 instead of actor handles.
@@ -13,6 +14,7 @@ from typing import Any
 
 from hare.backends.base import GenerationBackend, GenerationRequest, GenerationResult
 from hare.config import ModelConfig, RunConfig, SamplingConfig
+from hare.gpu_monitor import GpuSampler
 from hare.models import ResolvedModel, resolve_model
 
 RAY_NAMESPACE = "hare"
@@ -51,16 +53,18 @@ class EngineActor:
 
     def generate(
         self, requests: list[GenerationRequest], sampling: SamplingConfig
-    ) -> tuple[list[GenerationResult], float]:
+    ) -> tuple[list[GenerationResult], float, dict[str, Any]]:
+        """Results, engine seconds, and GPU figures sampled during the call (empty on CPU)."""
         started = time.perf_counter()
-        results = self.backend.generate(requests, sampling)
+        with GpuSampler() as gpu:
+            results = self.backend.generate(requests, sampling)
         seconds = time.perf_counter() - started
         tokens = sum(r.output_tokens for r in results)
         if tokens:  # Ray counters only take positive increments
             self._tokens.inc(tokens, tags=self._tags)
         if results:
             self._requests.inc(len(results), tags=self._tags)
-        return results, seconds
+        return results, seconds, gpu.summary()
 
 
 def engine_name(run_id: str, index: int) -> str:
@@ -71,18 +75,30 @@ class CapacityError(RuntimeError):
     """The Ray cluster cannot hold the engines and a partition task at once."""
 
 
-def check_capacity(cfg: RunConfig, resources: dict[str, float]) -> None:
-    """Refuse plans that would wait forever: Ray queues what does not fit, silently."""
-    need_cpu = cfg.model.replicas * cfg.model.num_cpus
-    need_gpu = cfg.model.replicas * cfg.model.num_gpus
+def engine_count(model: ModelConfig, resources: dict[str, float]) -> int:
+    """``model.replicas``, or as many engines as the cluster's GPUs hold (1 on CPUs)."""
+    if model.replicas is not None:
+        return model.replicas
+    if model.num_gpus > 0:
+        return max(1, int(resources.get("GPU", 0.0) // model.num_gpus))
+    return 1
+
+
+def check_capacity(cfg: RunConfig, resources: dict[str, float]) -> int:
+    """Refuse plans that would wait forever (Ray queues what does not fit, silently);
+    return the number of engines to start."""
+    replicas = engine_count(cfg.model, resources)
+    need_cpu = replicas * cfg.model.num_cpus
+    need_gpu = replicas * cfg.model.num_gpus
     have_cpu, have_gpu = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
     if need_gpu > have_gpu:
-        raise CapacityError(f"model.replicas x model.num_gpus = {need_gpu} GPUs, the Ray cluster has {have_gpu}")
+        raise CapacityError(f"{replicas} engine(s) x model.num_gpus = {need_gpu} GPUs, the Ray cluster has {have_gpu}")
     if need_cpu + cfg.ray.task_num_cpus > have_cpu:
         raise CapacityError(
-            f"model.replicas x model.num_cpus = {need_cpu} CPUs plus ray.task_num_cpus = "
+            f"{replicas} engine(s) x model.num_cpus = {need_cpu} CPUs plus ray.task_num_cpus = "
             f"{cfg.ray.task_num_cpus} for a partition task exceed the cluster's {have_cpu} CPUs"
         )
+    return replicas
 
 
 def start_engines(cfg: RunConfig, run_id: str) -> dict[str, Any]:
@@ -93,10 +109,10 @@ def start_engines(cfg: RunConfig, run_id: str) -> dict[str, Any]:
     """
     import ray
 
-    check_capacity(cfg, ray.cluster_resources())
+    replicas = check_capacity(cfg, ray.cluster_resources())
     resolved = resolve_model(cfg.model.source) if cfg.model.backend == "vllm" else None
     actor_cls = ray.remote(EngineActor)
-    names = [engine_name(run_id, i) for i in range(cfg.model.replicas)]
+    names = [engine_name(run_id, i) for i in range(replicas)]
     actors = [
         actor_cls.options(
             name=name,

@@ -123,7 +123,7 @@ def generate_partition(cfg: RunConfig, run_id: str, partition_id: str, engine: s
         plan = from_parquet_bytes(store.get_bytes(plan_key(run_id, partition_id)), plan_key(run_id, partition_id))
         actor = get_engine(engine)
         info = ray.get(actor.describe.remote())
-        results, gen_seconds = ray.get(actor.generate.remote(requests_from_plan(plan), cfg.sampling))
+        results, gen_seconds, gpu = ray.get(actor.generate.remote(requests_from_plan(plan), cfg.sampling))
         ctx = RecordContext(run_id, partition_id, info["backend"], info["model"], info["model_revision"],
                             cfg.sampling.model_dump())
         kept, rejects = records_from_results(plan, results, ctx)
@@ -134,6 +134,7 @@ def generate_partition(cfg: RunConfig, run_id: str, partition_id: str, engine: s
             "rejects": rejects.num_rows,
             "engine": engine,
             "seconds": round(time.perf_counter() - started, 3),
+            **gpu,  # gpu_util_mean, gpu_busy_fraction, gpu_memory_used_max_mb... on a GPU
         }
         gk, rk = generated_key(run_id, partition_id), rejects_key(run_id, STAGE, partition_id)
         manifest = commit_partition(store, run_id, partition_id, STAGE, {gk: kept, rk: rejects}, stats, attempts)

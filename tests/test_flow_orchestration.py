@@ -240,3 +240,26 @@ def test_dedup_is_incremental_across_runs(tmp_path: Path, capsys: pytest.Capture
     rejects = from_parquet_bytes(store.get_bytes(f"runs/{second['run_id']}/rejects/dedup/p00000.parquet")).to_pylist()
     assert {r["duplicate_of_run"] for r in rejects} == {first["run_id"]}
     assert "## Deduplication" in store.get_bytes(f"runs/{second['run_id']}/README.md").decode()
+
+
+def test_engine_pool_serves_more_partitions_than_engines_once_each(tmp_path: Path) -> None:
+    """Two engine actors, seven partitions: every partition is generated and committed exactly
+    once, both engines serve, and the manifests and run.json carry the throughput figures."""
+    cfg = write_run_config(tmp_path, plan={"partitions": 6, "prompts_per_partition": 3},
+                           model={"backend": "deterministic-fake", "num_cpus": 0, "replicas": 2},
+                           ray={"partitions_in_flight_per_engine": 1})
+    result = run_synthesize(str(cfg))
+    store = open_store(result["store"])
+    run_id = result["run_id"]
+    pids = [f"p{i:05d}" for i in range(6)] + ["b00000"]
+    manifests = {pid: read_manifest(store, run_id, pid) for pid in pids}
+    assert all(m.status == "succeeded" and m.attempts == 1 for m in manifests.values())
+    assert {m.stats["engine"] for m in manifests.values()} == {f"hare-engine-{run_id}-0", f"hare-engine-{run_id}-1"}
+    for m in manifests.values():
+        assert m.stats["requests"] == m.stats["prompts"] and m.stats["output_tokens"] > 0
+        assert m.stats["output_tokens_per_s"] > 0 and "generate_seconds" in m.stats and "seconds" in m.stats
+    ids = [r["id"] for r in _dataset(store, result)]
+    assert len(ids) == len(set(ids)) == 18
+    generation = json.loads(store.get_bytes(f"runs/{run_id}/run.json"))["summary"]["generation"]
+    assert generation["partitions"] == 7 and generation["engines"] == 2
+    assert generation["output_tokens"] == sum(m.stats["output_tokens"] for m in manifests.values())
