@@ -3,6 +3,9 @@
     plan -> generate (one task a partition, on Ray, engines in actors) -> quality
          -> decontaminate -> dedup -> diversity -> publish
 
+Flow ``rerun-failed`` takes only a run id: it reads the config from run.json and redoes what the
+manifests say is missing, failed or altered, then the downstream stages.
+
 Call :func:`run_synthesize` (what ``hare run`` does): it prepares the Prefect API and Ray,
 then runs the flow. Re-running with the same ``run_id`` resumes: committed partitions are
 skipped, the rest are generated, and the dataset is published once all are committed.
@@ -10,22 +13,26 @@ skipped, the rest are generated, and the dataset is published once all are commi
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import prefect.runtime as prefect_runtime
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
-from prefect_ray import RayTaskRunner
+from pydantic import ValidationError
 from prefect_ray.context import remote_options
 
 from hare import lineage
-from hare.config import RunConfig, load_config
+from hare.config import ConfigError, RunConfig, load_config
 from hare.engine import start_engines, stop_engines
+from hare.layout import run_json
 from hare.pool import EngineQueue
-from hare.runs import finish_run, new_run_id
-from hare.runtime import driver_runtime
-from hare.store import open_store
+from hare.runs import finish_run, new_run_id, read_run
+from hare.runtime import HareRayTaskRunner, driver_runtime
+from hare.store import DEFAULT_STORE_URL, absolute_store_url, open_store
 from hare.tasks.generate import generate_partition
 from hare.tasks.decontam import decontaminate
 from hare.tasks.dedup import deduplicate
@@ -39,18 +46,52 @@ class RunIncomplete(RuntimeError):
     """Some partitions failed; the run can be resumed with the same run id."""
 
 
-@flow(name="synthesize", task_runner=RayTaskRunner(), log_prints=True)
-def synthesize(config_path: str, run_id: str | None = None, store_url: str | None = None) -> dict[str, Any]:
+class RunInterrupted(RuntimeError):
+    """The driver was interrupted (Ctrl-C); what was committed stays, `hare rerun` completes it."""
+
+
+DEFAULT_CONFIG = os.environ.get("HARE_CONFIG", "configs/demo.yaml")
+
+
+@flow(name="synthesize", task_runner=HareRayTaskRunner(), log_prints=True)
+def synthesize(config_path: str = DEFAULT_CONFIG, run_id: str | None = None,
+               store_url: str | None = None) -> dict[str, Any]:
     """Plan, generate every uncommitted partition on Ray, and publish the dataset.
 
     Args:
-        config_path: the run's YAML file.
-        run_id: resume this run (default: a new run id).
-        store_url: override ``store.url`` of the config (a folder, file:// or s3://).
+        config_path: The run's YAML file (paths inside it are relative to it).
+        run_id: Resume this run: only partitions that are not committed are redone. Empty: a new run.
+        store_url: Override the config's store.url: a folder, file:///abs/path or s3://bucket/prefix.
     """
-    logger = get_run_logger()
     cfg = _load(config_path, store_url)
-    run_id = run_id or new_run_id(cfg)
+    return execute_run(cfg, run_id or new_run_id(cfg))
+
+
+@flow(name="rerun-failed", task_runner=HareRayTaskRunner(), log_prints=True)
+def rerun_failed(run_id: str, store_url: str = DEFAULT_STORE_URL) -> dict[str, Any]:
+    """Redo only the partitions of a run that are missing, failed or whose objects no longer match
+    their sha256, then the downstream stages, so the run's dataset is complete.
+
+    Args:
+        run_id: The run to complete (its run.json holds the config it was started with).
+        store_url: The object store holding the run: a folder, file:///abs/path or s3://bucket/prefix.
+    """
+    return execute_run(config_of_run(store_url, run_id), run_id)
+
+
+def config_of_run(store_url: str, run_id: str) -> RunConfig:
+    """The config a run was started with (from its run.json), pointed at the store it lives in."""
+    store = open_store(absolute_store_url(store_url))
+    info = read_run(store, run_id)
+    try:
+        return RunConfig.model_validate({**info["config"], "store": {"url": store.url}})
+    except ValidationError as exc:  # e.g. a seed file moved since the run started
+        raise ConfigError(f"run {run_id}: its config no longer validates: {exc}") from None
+
+
+def execute_run(cfg: RunConfig, run_id: str) -> dict[str, Any]:
+    """The DAG for one run id; committed partitions and stages are skipped (the manifests say)."""
+    logger = get_run_logger()
     store = open_store(cfg.store.url)
     logger.info("run %s -> %s", run_id, store.uri(f"runs/{run_id}"))
     lineage.emit(store, run_id, "synthesize", "START", facets={"config_hash": cfg.config_hash()})
@@ -67,7 +108,7 @@ def synthesize(config_path: str, run_id: str | None = None, store_url: str | Non
         _fail(store, run_id, "incomplete", {"failed_partitions": failed})
         raise RunIncomplete(
             f"run {run_id}: {len(failed)} partition(s) failed ({', '.join(failed)}); "
-            f"resume with: hare run {config_path} --run-id {run_id}"
+            f"re-run them with: hare rerun {run_id} --store {store.url}"
         )
     dataset_ids = [p for p in partition_ids if not is_baseline(p)]
     # The record stages run as Prefect tasks on Ray (.submit), one after the other: each reads
@@ -184,7 +225,32 @@ class RunProgress:
 
 
 def run_synthesize(config_path: str, run_id: str | None = None, store_url: str | None = None) -> dict[str, Any]:
-    """Validate the config, bring up the Prefect API and Ray, run the flow."""
+    """Validate the config, bring up the Prefect API and Ray, run the flow (``hare run``)."""
     cfg = _load(config_path, store_url)  # a bad config fails here, before anything starts
-    with driver_runtime(cfg):
+    run_id = run_id or new_run_id(cfg)
+    with _interruptible(cfg, run_id), driver_runtime(cfg):
         return synthesize(config_path=config_path, run_id=run_id, store_url=store_url)
+
+
+def run_rerun_failed(run_id: str, store_url: str) -> dict[str, Any]:
+    """Check the run and its config exist, bring up the Prefect API and Ray, run the flow (``hare rerun``)."""
+    cfg = config_of_run(store_url, run_id)
+    with _interruptible(cfg, run_id), driver_runtime(cfg):
+        return rerun_failed(run_id=run_id, store_url=cfg.store.url)
+
+
+@contextlib.contextmanager
+def _interruptible(cfg: RunConfig, run_id: str) -> Iterator[None]:
+    """Ctrl-C: mark run.json interrupted (if the run had started) and say how to complete it.
+    Nothing committed is touched: partitions commit data first, manifest last."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        store = open_store(cfg.store.url)
+        started = store.exists(run_json(run_id))
+        if started:
+            finish_run(store, run_id, "interrupted", {"error": "interrupted (KeyboardInterrupt)"})
+        raise RunInterrupted(
+            f"interrupted: run {run_id}; committed partitions are kept"
+            + (f"; complete it with: hare rerun {run_id} --store {store.url}" if started else "; nothing was started")
+        ) from None

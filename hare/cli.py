@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
-DEFAULT_STORE = os.environ.get("HARE_STORE", "file://.hare/store")
+from hare.store import DEFAULT_STORE_URL as DEFAULT_STORE
 
 
 def stage_drops(store, run_id: str) -> str:  # noqa: ANN001 - an ObjectStore
@@ -32,13 +31,12 @@ def stage_drops(store, run_id: str) -> str:  # noqa: ANN001 - an ObjectStore
     return "; ".join(parts)
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    from hare.flows.synthesize import run_synthesize
+def _report(result: dict) -> int:
+    """What `hare run` and `hare rerun` print once a run is complete."""
     from hare.layout import card_key
     from hare.store import open_store
     from hare.status import render_status
 
-    result = run_synthesize(args.config, run_id=args.run_id, store_url=args.store)
     store = open_store(result["store"])
     print()
     render_status(store, result["run_id"])
@@ -49,6 +47,25 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"dropped: {dropped}")
     print(f"card:    {store.uri(card_key(result['run_id']))}")
     print(f"status:  hare status --store {store.url} {result['run_id']}")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from hare.flows.synthesize import run_synthesize
+
+    return _report(run_synthesize(args.config, run_id=args.run_id, store_url=args.store))
+
+
+def _cmd_rerun(args: argparse.Namespace) -> int:
+    from hare.flows.synthesize import run_rerun_failed
+
+    return _report(run_rerun_failed(args.run_id, args.store))
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from hare.deployments import serve_deployments
+
+    serve_deployments(args.config, store_url=args.store, name=args.name)
     return 0
 
 
@@ -190,6 +207,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--store", help="override store.url (folder, file:// or s3://)")
     run.set_defaults(fn=_cmd_run)
 
+    rr = sub.add_parser("rerun", help="complete a run: redo missing, failed or altered partitions, then publish")
+    rr.add_argument("run_id")
+    rr.add_argument("--store", default=DEFAULT_STORE, help=f"store URL (default {DEFAULT_STORE}, or $HARE_STORE)")
+    rr.set_defaults(fn=_cmd_rerun)
+
+    sv = sub.add_parser("serve", help="serve the synthesize and rerun-failed deployments (needs PREFECT_API_URL)")
+    sv.add_argument("config", help="run YAML; its schedule section gives the cron")
+    sv.add_argument("--store", help="override store.url (folder, file:// or s3://)")
+    sv.add_argument("--name", help="deployment name (default: the config's name)")
+    sv.set_defaults(fn=_cmd_serve)
+
     st = sub.add_parser("status", help="partitions, records and tokens/s of a run")
     st.add_argument("run_id")
     st.add_argument("--store", default=DEFAULT_STORE, help=f"store URL (default {DEFAULT_STORE}, or $HARE_STORE)")
@@ -237,7 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from hare.config import ConfigError
     from hare.engine import CapacityError
-    from hare.flows.synthesize import RunIncomplete
+    from hare.deployments import ServeError
+    from hare.flows.synthesize import RunIncomplete, RunInterrupted
     from hare.models import ModelSourceError
     from hare.benchmarks import BenchmarkError
     from hare.runs import RunError
@@ -249,12 +278,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.fn(args)
     except (ConfigError, ModelSourceError, RunError, StoreError, TaxonomyError, CapacityError,
-            CorpusError, BenchmarkError) as exc:
+            CorpusError, BenchmarkError, ServeError) as exc:
         print(f"hare: error: {exc}", file=sys.stderr)
         return 2
     except RunIncomplete as exc:
         print(f"hare: {exc}", file=sys.stderr)
         return 1
+    except RunInterrupted as exc:
+        print(f"hare: {exc}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # before a run existed (e.g. while Ray was starting): nothing to resume
+        print("hare: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -293,6 +293,25 @@ class PublishConfig(_Strict):
     shard_rows: int = Field(default=50_000, ge=1)
 
 
+class ScheduleConfig(_Strict):
+    """When ``hare serve`` runs this config from its Prefect deployment (null: on demand only)."""
+
+    cron: str | None = Field(default=None, description="Cron expression, e.g. '0 3 * * *'.")
+    timezone: str = Field(default="UTC", description="Time zone of the cron expression.")
+
+    @field_validator("cron")
+    @classmethod
+    def _five_fields(cls, cron: str | None) -> str | None:
+        if cron is not None and len(cron.split()) not in (5, 6):
+            raise ValueError(f"cron {cron!r}: expected 5 fields (minute hour day month weekday)")
+        return cron
+
+
+# Where and when a run executes, not what it generates: left out of the config hash, so a run
+# can be resumed from another store URL spelling, another Ray cluster or a deployment.
+PLACEMENT_SECTIONS = frozenset({"store", "ray", "schedule"})
+
+
 class RunConfig(_Strict):
     """A whole run. ``source_path`` and ``source_dir`` are set by :func:`load_config`."""
 
@@ -310,6 +329,7 @@ class RunConfig(_Strict):
     dedup: DedupConfig = DedupConfig()
     decontamination: DecontamConfig = DecontamConfig()
     publish: PublishConfig = PublishConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
 
     def record_stages(self) -> list[str]:
         """Per-partition stages in order; each reads the records the previous one kept."""
@@ -326,8 +346,9 @@ class RunConfig(_Strict):
         return stages[stages.index(stage) - 1]
 
     def config_hash(self) -> str:
-        """Hash of the normalized config: same run file content -> same hash."""
-        blob = json.dumps(self.to_jsonable(), sort_keys=True).encode()
+        """Hash of what the run generates: same content -> same hash (placement sections aside)."""
+        content = {k: v for k, v in self.to_jsonable().items() if k not in PLACEMENT_SECTIONS}
+        blob = json.dumps(content, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()
 
     def to_jsonable(self) -> dict[str, Any]:

@@ -9,6 +9,8 @@ instead of actor handles.
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from typing import Any
 
@@ -49,7 +51,7 @@ class EngineActor:
     def describe(self) -> dict[str, Any]:
         b = self.backend
         return {"backend": b.name, "model": b.model, "model_revision": b.model_revision,
-                "load_seconds": round(self.load_seconds, 2)}
+                "load_seconds": round(self.load_seconds, 2), "pid": os.getpid(), "node": socket.gethostname()}
 
     def generate(
         self, requests: list[GenerationRequest], sampling: SamplingConfig

@@ -14,6 +14,8 @@ import logging
 import os
 from collections.abc import Iterator
 
+from prefect_ray import RayTaskRunner
+
 from hare.config import RunConfig
 from hare.engine import RAY_NAMESPACE
 
@@ -65,6 +67,16 @@ def worker_env(api_url: str) -> dict[str, str]:
     return env
 
 
+def ray_init_kwargs(api_url: str, local: bool, include_dashboard: bool = False) -> dict[str, object]:
+    """What every hare driver passes to ``ray.init``: the namespace of the engine actors and the
+    worker environment (the shared Prefect API); a dashboard only for a local instance."""
+    kwargs: dict[str, object] = dict(namespace=RAY_NAMESPACE, runtime_env={"env_vars": worker_env(api_url)},
+                                     log_to_driver=True)
+    if local:
+        kwargs["include_dashboard"] = include_dashboard
+    return kwargs
+
+
 @contextlib.contextmanager
 def ray_connection(cfg: RunConfig, api_url: str) -> Iterator[None]:
     """Connect to ``ray.address`` / RAY_ADDRESS or start a local Ray; shut down what we start."""
@@ -74,15 +86,32 @@ def ray_connection(cfg: RunConfig, api_url: str) -> Iterator[None]:
         yield
         return
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS") or None
-    kwargs = dict(namespace=RAY_NAMESPACE, runtime_env={"env_vars": worker_env(api_url)},
-                  log_to_driver=True)
-    if address is None:
-        kwargs["include_dashboard"] = cfg.ray.include_dashboard
-    ray.init(address=address, **kwargs)
+    ray.init(address=address, **ray_init_kwargs(api_url, address is None, cfg.ray.include_dashboard))
     try:
         yield
     finally:
         ray.shutdown()
+
+
+class HareRayTaskRunner(RayTaskRunner):
+    """prefect-ray's runner, joining Ray the way ``hare run`` does when a flow starts on its own.
+
+    ``hare run`` initialises Ray before the flow (:func:`driver_runtime`) and this runner reuses
+    it. A flow run started by a deployment (``hare serve``, the Prefect UI) has no such driver:
+    then Ray is joined here, at flow start, at RAY_ADDRESS (a cluster) or locally, with the
+    worker environment pointing every Ray worker at the same Prefect API.
+    """
+
+    def __enter__(self) -> "HareRayTaskRunner":
+        import ray
+        from prefect.settings import PREFECT_API_URL
+
+        if not ray.is_initialized():
+            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+            self.address = os.environ.get("RAY_ADDRESS") or None
+            api_url = PREFECT_API_URL.value() or ""
+            self.init_kwargs = {**self.init_kwargs, **ray_init_kwargs(api_url, self.address is None)}
+        return super().__enter__()
 
 
 @contextlib.contextmanager

@@ -220,6 +220,10 @@ class S3Store:
         return f"s3://{self.bucket}/{self._key(key)}"
 
 
+# The store `hare status`/`hare rerun` and the served deployments use when none is named.
+DEFAULT_STORE_URL = os.environ.get("HARE_STORE", "file://.hare/store")
+
+
 def absolute_store_url(url: str) -> str:
     """Pin a local store URL (plain path or ``file://``) to an absolute ``file://`` URL."""
     if url.startswith("s3://"):

@@ -19,6 +19,8 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
+from tests.procs import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("HARE_CACHE_DIR", str(ROOT / ".hare" / "cache"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -58,16 +60,10 @@ def write_run_config(folder: Path, **overrides: Any) -> Path:
     return path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
     """moto's standalone S3 server: a real HTTP endpoint on 127.0.0.1, for the whole session."""
-    port = _free_port()
+    port = free_port()
     exe = shutil.which("moto_server", path=os.path.dirname(sys.executable)) or "moto_server"
     proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

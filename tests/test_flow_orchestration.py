@@ -120,7 +120,7 @@ def test_failed_partitions_leave_the_run_incomplete(tmp_path: Path, capsys: pyte
     doomed = {pid for pid, t in split_partitions(build_plan(cfg)).items()
               if any("CRASH_ENGINE" in p for p in t.column("prompt").to_pylist())}
     assert doomed and len(doomed) < 4
-    with pytest.raises(RunIncomplete, match="resume with: hare run .* --run-id"):
+    with pytest.raises(RunIncomplete, match="re-run them with: hare rerun "):
         run_synthesize(str(path))
     store = open_store(cfg.store.url)
     (run_id,) = {k.split("/")[1] for k in store.list("runs/")}

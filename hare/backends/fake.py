@@ -3,13 +3,16 @@
 It is not a model and never claims to be: its ``name`` says ``deterministic-fake`` in every
 record it touches. It exists so tests of Prefect/Ray wiring, the commit protocol and re-runs
 do not pay for an engine start. It answers ``text`` as a pure function of (prompt, seed),
-rejects prompts containing ``POISON`` the way an engine rejects an unservable request, and
-raises on a batch holding ``CRASH_ENGINE`` the way a dying engine fails a whole call.
+rejects prompts containing ``POISON`` the way an engine rejects an unservable request,
+raises on a batch holding ``CRASH_ENGINE`` the way a dying engine fails a whole call, and
+takes ``SLOW_SECONDS`` for a batch holding ``SLOW_ENGINE`` (a long generation, so fault tests
+can strike in the middle of a partition).
 """
 
 from __future__ import annotations
 
 import hashlib
+import time
 
 from hare.backends.base import GenerationRequest, GenerationResult
 from hare.config import SamplingConfig
@@ -19,12 +22,15 @@ class DeterministicFakeBackend:
     name = "deterministic-fake"
     model = "deterministic-fake"
     model_revision = "0"
+    SLOW_SECONDS = 2.0
 
     def generate(
         self, requests: list[GenerationRequest], sampling: SamplingConfig
     ) -> list[GenerationResult]:
         if any("CRASH_ENGINE" in r.prompt for r in requests):
             raise RuntimeError("deterministic-fake engine crashed (CRASH_ENGINE in a prompt)")
+        if any("SLOW_ENGINE" in r.prompt for r in requests):
+            time.sleep(self.SLOW_SECONDS)
         out = []
         for r in requests:
             if "POISON" in r.prompt:

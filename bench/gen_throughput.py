@@ -1,0 +1,101 @@
+"""Generation throughput: the same prompts through raw ``vllm.LLM.generate`` and through ``synthesize``.
+
+    PYTHONPATH=. .venv/bin/python -m bench.gen_throughput [--config bench/configs/gen-throughput.yaml]
+
+Both paths get the plan of one config (same prompts, chat template, sampling and per-prompt
+seeds, same engine settings), one after the other in one invocation:
+
+- raw: one ``LLM`` in a fresh process, every prompt in a single ``generate`` call (the best
+  continuous batching can do), timed around that call;
+- synthesize: the whole flow (Prefect + Ray, engine actors fed whole partitions by the queue);
+  its generation-stage wall time from run.json (first partition submitted -> last one committed,
+  engines already loaded, as for raw).
+
+Reports output tokens/s of each, the ratio (goal >= 0.95) and, on a GPU, the busy fraction
+sampled with NVML during generation (goal >= 0.90). Results go to bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import multiprocessing
+import platform
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = ROOT / "bench" / "configs" / "gen-throughput.yaml"
+
+
+def raw_vllm(config_path: str) -> dict[str, Any]:
+    """Runs in a spawned process: load the engine, then time one generate over all prompts."""
+    from hare.backends.vllm_backend import VLLMBackend
+    from hare.config import load_config
+    from hare.gpu_monitor import GpuSampler
+    from hare.models import resolve_model
+    from hare.tasks.generate import requests_from_plan
+    from hare.tasks.plan import build_plan
+
+    cfg = load_config(config_path)
+    resolved = resolve_model(cfg.model.source)
+    backend = VLLMBackend(cfg.model, resolved.path, resolved.revision)
+    requests = requests_from_plan(build_plan(cfg))
+    ids = [backend.prompt_ids(r) for r in requests]
+    prompts = [{"prompt_token_ids": i} for i in ids]
+    params = [backend.sampling_params(r, cfg.sampling, len(i)) for r, i in zip(requests, ids)]
+    started = time.perf_counter()
+    with GpuSampler() as gpu:
+        outputs = backend.llm.generate(prompts, params, use_tqdm=False)
+    seconds = time.perf_counter() - started
+    tokens = [len(o.outputs[0].token_ids) for o in outputs]
+    return {"requests": len(requests), "output_tokens": sum(tokens), "seconds": round(seconds, 2),
+            "output_tokens_per_s": round(sum(tokens) / seconds, 2), "per_request_tokens": tokens,
+            "engine": backend.name, **gpu.summary()}
+
+
+def through_synthesize(config_path: str, store: str) -> dict[str, Any]:
+    from hare.flows.synthesize import run_synthesize
+    from hare.runs import read_run
+    from hare.store import open_store
+
+    result = run_synthesize(config_path, store_url=store)
+    info = read_run(open_store(result["store"]), result["run_id"])
+    return {"run_id": result["run_id"], **info["summary"]["generation"]}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", default=str(DEFAULT_CONFIG))
+    p.add_argument("--out", default=None, help="result JSON (default: bench/results/gen_throughput-<date>.json)")
+    args = p.parse_args()
+
+    spawn = multiprocessing.get_context("spawn")  # the raw engine's memory is gone before synthesize starts
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+        raw = pool.submit(raw_vllm, args.config).result()
+    with tempfile.TemporaryDirectory(prefix="hare-gen-bench-") as tmp:
+        synth = through_synthesize(args.config, f"file://{tmp}/store")
+
+    ratio = synth["output_tokens_per_s"] / raw["output_tokens_per_s"]
+    result = {
+        "date": date.today().isoformat(),
+        "machine": f"{platform.node()} {platform.machine()} {multiprocessing.cpu_count()} cores",
+        "gpu": raw.get("gpu_name", "none (CPU)"),
+        "config": str(Path(args.config).resolve().relative_to(ROOT)),
+        "raw_vllm": {k: v for k, v in raw.items() if k != "per_request_tokens"},
+        "synthesize": synth,
+        "same_output_tokens": synth["output_tokens"] == raw["output_tokens"],
+        "ratio_synthesize_over_raw": round(ratio, 3),
+    }
+    out = Path(args.out or ROOT / "bench" / "results" / f"gen_throughput-{result['date']}.json")
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    print(f"ratio {ratio:.3f} (goal >= 0.95); written to {out}")
+
+
+if __name__ == "__main__":
+    main()

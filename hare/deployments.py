@@ -1,0 +1,66 @@
+"""``hare serve``: the two Prefect deployments a user schedules and re-runs from the UI.
+
+- ``synthesize/<name>``: the config's run; cron schedule from its ``schedule`` section, the
+  config path and store URL as default parameters (editable per run in the UI);
+- ``rerun-failed/<name>``: takes a run id and completes that run (what ``hare rerun`` does).
+
+``prefect.serve`` keeps a runner polling the API in PREFECT_API_URL; each flow run executes in
+its own process, which joins Ray at RAY_ADDRESS (or starts a local one) through
+:class:`hare.runtime.HareRayTaskRunner`. Stopping ``hare serve`` pauses the schedule.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from hare.config import load_config
+from hare.store import absolute_store_url
+
+
+class ServeError(RuntimeError):
+    """``hare serve`` cannot register its deployments (no API to register them with)."""
+
+
+def build_deployments(config_path: str, store_url: str | None = None, name: str | None = None) -> list[Any]:
+    """The RunnerDeployments for one config; validates the config first (a bad one names the field)."""
+    from prefect.schedules import Cron
+
+    from hare.flows.synthesize import rerun_failed, synthesize
+
+    cfg = load_config(config_path, {"store": {"url": store_url}} if store_url else None)
+    config_file = str(Path(config_path).resolve())
+    store = absolute_store_url(cfg.store.url)
+    name = name or cfg.name
+    schedule = Cron(cfg.schedule.cron, timezone=cfg.schedule.timezone) if cfg.schedule.cron else None
+    return [
+        synthesize.to_deployment(
+            name=name,
+            schedule=schedule,
+            parameters={"config_path": config_file, "store_url": store},
+            description=f"hare run of {config_file} into {store}. Leave run_id empty for a new run.",
+            tags=["hare", cfg.name],
+        ),
+        rerun_failed.to_deployment(
+            name=name,
+            parameters={"store_url": store},
+            description=f"Complete a run in {store}: redo its missing, failed or altered partitions.",
+            tags=["hare", cfg.name],
+        ),
+    ]
+
+
+def serve_deployments(config_path: str, store_url: str | None = None, name: str | None = None) -> None:
+    """Register the deployments and serve them until interrupted."""
+    from prefect import serve
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        raise ServeError(
+            "hare serve needs a Prefect server to register deployments with: run `prefect server start` "
+            "and `export PREFECT_API_URL=http://127.0.0.1:4200/api` (or set it in your Prefect profile)"
+        )
+    deployments = build_deployments(config_path, store_url, name)
+    names = ", ".join(f"{d.flow_name}/{d.name}" for d in deployments)
+    print(f"serving {names} against {PREFECT_API_URL.value()}", flush=True)
+    serve(*deployments, print_starting_message=False)

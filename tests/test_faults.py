@@ -1,0 +1,181 @@
+"""Faults during a run: each ends with a complete dataset after at most one `hare rerun`, no
+record lost and none duplicated, and a clear message in between.
+
+Generation is the DeterministicFakeBackend (orchestration under test, not the model); its
+``SLOW_ENGINE`` marker makes every partition take 2 s so a fault strikes mid-partition.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+from pathlib import Path
+
+import pytest
+
+from hare.cli import main
+from hare.engine import RAY_NAMESPACE, engine_name
+from hare.flows.synthesize import RunIncomplete, run_rerun_failed, run_synthesize
+from hare.layout import generated_key, manifest_key
+from hare.manifest import read_manifest
+from hare.store import open_store
+from hare.tables import from_parquet_bytes, to_parquet_bytes
+from tests.conftest import new_bucket, write_run_config
+from tests.procs import TcpOutage, hare_env, hare_process, wait_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_local")]
+
+SLOW_TOPICS = {"version": 1, "domains": {"Mechanics": {"Machines": ["SLOW_ENGINE gears", "SLOW_ENGINE levers"]}}}
+PARTITIONS, PER = 4, 2
+
+
+def _slow_config(folder: Path, **overrides: object) -> Path:
+    return write_run_config(folder, topics_doc=SLOW_TOPICS, plan={"partitions": PARTITIONS, "prompts_per_partition": PER},
+                            diversity={"baseline_prompts": 0}, **overrides)
+
+
+def assert_complete(store_url: str, run_id: str) -> list[str]:
+    """Every partition committed, the dataset holds every prompt once, run.json says succeeded."""
+    store = open_store(store_url)
+    info = json.loads(store.get_bytes(f"runs/{run_id}/run.json"))
+    assert info["status"] == "succeeded", info.get("summary")
+    for i in range(PARTITIONS):
+        assert read_manifest(store, run_id, f"p{i:05d}").status == "succeeded"
+    ids: list[str] = []
+    for key in store.list(f"runs/{run_id}/dataset/"):
+        if key.endswith(".parquet"):
+            ids += from_parquet_bytes(store.get_bytes(key), key).column("id").to_pylist()
+    assert len(ids) == PARTITIONS * PER, "nothing lost"
+    assert len(set(ids)) == len(ids), "nothing duplicated"
+    return ids
+
+
+def test_engine_worker_killed_mid_partition(tmp_path: Path) -> None:
+    """SIGKILL the engine actor's process while it generates: Ray restarts the actor, the
+    partition's task fails with the actor error and is retried; the run completes."""
+    import ray
+
+    cfg = _slow_config(tmp_path)
+    run_id = "fault-kill"
+    killed: dict[str, int] = {}
+
+    def kill_engine() -> None:
+        actor = wait_for(lambda: _named_actor(ray, engine_name(run_id, 0)), 120, "the engine actor")
+        pid = ray.get(actor.describe.remote())["pid"]  # answered between two partitions
+        wait_for(lambda: read_manifest(open_store(f"file://{tmp_path}/store"), run_id, "p00000"), 60,
+                 "the first commit", interval=0.05)
+        os.kill(pid, signal.SIGKILL)  # partitions take 2 s: the next one is mid-generation
+        killed["pid"] = pid
+
+    killer = threading.Thread(target=kill_engine, daemon=True)
+    killer.start()
+    try:
+        run_synthesize(str(cfg), run_id=run_id)
+    except RunIncomplete as exc:  # the retry may have hit the restarting actor: one rerun completes it
+        assert f"hare rerun {run_id}" in str(exc)
+        run_rerun_failed(run_id, f"file://{tmp_path}/store")
+    killer.join(timeout=5)
+    assert killed, "the engine was killed during the run"
+    assert_complete(f"file://{tmp_path}/store", run_id)
+    store = open_store(f"file://{tmp_path}/store")
+    attempts = [read_manifest(store, run_id, f"p{i:05d}").attempts for i in range(PARTITIONS)]
+    assert max(attempts) >= 2, "the partition under generation was redone"
+
+
+def _named_actor(ray, name: str):  # noqa: ANN001, ANN202
+    try:
+        return ray.get_actor(name, namespace=RAY_NAMESPACE)
+    except ValueError:
+        return None
+
+
+def test_driver_interrupted_then_rerun(tmp_path: Path, prefect_api: str) -> None:
+    """Ctrl-C on `hare run`: exit 130, run.json says interrupted, the message says how to
+    complete it; committed partitions are kept byte for byte and `hare rerun` completes it."""
+    cfg = _slow_config(tmp_path)
+    store_url = f"file://{tmp_path}/store"
+    store = open_store(store_url)
+    proc = hare_process("run", str(cfg), "--run-id", "fault-int", env=hare_env(PREFECT_API_URL=prefect_api))
+    wait_for(lambda: read_manifest(store, "fault-int", "p00000") or proc.poll() is not None, 180, "the first commit")
+    assert proc.poll() is None, proc.communicate()
+    first = store.get_bytes(manifest_key("fault-int", "p00000"))
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert f"interrupted: run fault-int; committed partitions are kept; complete it with: hare rerun fault-int" in err
+    assert json.loads(store.get_bytes("runs/fault-int/run.json"))["status"] == "interrupted"
+
+    run_rerun_failed("fault-int", store_url)
+    assert store.get_bytes(manifest_key("fault-int", "p00000")) == first, "a committed partition is not redone"
+    assert_complete(store_url, "fault-int")
+
+
+def test_s3_endpoint_down_mid_run(tmp_path: Path, moto_endpoint: str, prefect_api: str) -> None:
+    """The S3 endpoint goes away for 8 s in the middle of a run (connections refused and cut),
+    then comes back with its data: retries or one rerun give the complete dataset."""
+    bucket = new_bucket()
+    store_url = f"s3://{bucket}/faults"
+    outage = TcpOutage(int(moto_endpoint.rsplit(":", 1)[1]))
+    cfg = _slow_config(tmp_path)
+    env = hare_env(PREFECT_API_URL=prefect_api, AWS_ENDPOINT_URL=outage.url)
+    proc = hare_process("run", str(cfg), "--store", store_url, "--run-id", "fault-s3", env=env)
+    store = open_store(store_url)  # straight to moto, not through the proxy
+    wait_for(lambda: read_manifest(store, "fault-s3", "p00000") or proc.poll() is not None, 180, "the first commit")
+    assert proc.poll() is None, proc.communicate()
+    outage.down()
+    try:
+        threading.Event().wait(8)
+    finally:
+        outage.up()
+    out, err = proc.communicate(timeout=300)
+    if proc.returncode != 0:  # the outage outlasted the retries: the message says what and how to finish
+        assert proc.returncode in (1, 2), err[-3000:]
+        assert "hare rerun fault-s3" in err or "failed after" in err, err[-3000:]
+        run_rerun_failed("fault-s3", store_url)
+    assert_complete(store_url, "fault-s3")
+
+
+def test_object_corrupted_after_commit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A generated object altered after its commit no longer matches its manifest's sha256:
+    `hare status` flags it, `hare rerun` redoes that partition alone and republishes."""
+    cfg = _slow_config(tmp_path, topics_doc={"version": 1, "domains": {"M": {"M": ["gears", "levers"]}}})
+    store_url = f"file://{tmp_path}/store"
+    result = run_synthesize(str(cfg), run_id="fault-corrupt")
+    store = open_store(store_url)
+    before = assert_complete(store_url, "fault-corrupt")
+    untouched = store.get_bytes(manifest_key("fault-corrupt", "p00000"))
+    key = generated_key("fault-corrupt", "p00002")
+    store.put_bytes(key, to_parquet_bytes(from_parquet_bytes(store.get_bytes(key)).slice(0, 1)))
+    capsys.readouterr()
+    assert main(["status", "--store", store_url, "fault-corrupt"]) == 3
+    assert main(["rerun", "fault-corrupt", "--store", store_url]) == 0
+    assert sorted(assert_complete(store_url, "fault-corrupt")) == sorted(before)
+    assert store.get_bytes(manifest_key("fault-corrupt", "p00000")) == untouched
+    assert read_manifest(store, "fault-corrupt", "p00002").attempts == 2
+    assert result["records"] == PARTITIONS * PER
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda p: p.write_text("name: t\nplan: [unclosed\n"), "is not valid YAML"),
+        (lambda p: (p.parent / "topics.yaml").unlink(), "topics.path: file not found"),
+        (lambda p: p.write_text(p.read_text().replace("max_tokens: 16", "max_tokens: many")), "sampling.max_tokens"),
+    ],
+    ids=["malformed-yaml", "missing-seed-file", "wrong-type"],
+)
+def test_bad_config_runs_nothing_and_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                    mutate, message: str) -> None:  # noqa: ANN001
+    cfg = write_run_config(tmp_path)
+    mutate(cfg)
+    assert main(["run", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert not (tmp_path / "store").exists(), "nothing runs, nothing is written"
+
+
+def test_rerun_of_an_unknown_run_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["rerun", "no-such-run", "--store", str(tmp_path / "store")]) == 2
+    assert "no run 'no-such-run'" in capsys.readouterr().err

@@ -1,0 +1,164 @@
+"""`hare serve` against a real `prefect server`: deployments registered, runs triggered with
+`prefect deployment run`, the UI pages rendered by headless Chromium.
+
+What a user does (README): `prefect server start`, `hare serve CONFIG`, open the UI. Flow runs
+started from a deployment execute in the serve process's runner, join a local Ray through
+HareRayTaskRunner, and write to the config's store. Generation is the DeterministicFakeBackend.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from hare.layout import manifest_key
+from hare.manifest import read_manifest
+from hare.store import open_store
+from tests.conftest import write_run_config
+from tests.procs import ROOT, free_port, hare_env, hare_process, wait_for
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`prefect server start` on a free port with its own PREFECT_HOME (SQLite); yields the UI URL."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = free_port()
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    exe = Path(sys.executable).parent / "prefect"
+    proc = subprocess.Popen([str(exe), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        try:
+            return urllib.request.urlopen(f"{url}/api/health", timeout=2).status == 200
+        except OSError:
+            return False
+
+    try:
+        wait_for(healthy, 120, "prefect server health", interval=0.5)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def served(prefect_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """`hare serve` for a small config with a cron schedule, until the module's tests end."""
+    folder = tmp_path_factory.mktemp("served")
+    cfg = write_run_config(folder, plan={"partitions": 3, "prompts_per_partition": 2},
+                           schedule={"cron": "0 3 * * *", "timezone": "UTC"})
+    env = hare_env(PREFECT_API_URL=f"{prefect_server}/api", PREFECT_RUNNER_POLL_FREQUENCY="2",
+                   PREFECT_HOME=str(folder / "prefect-client"))
+    proc = hare_process("serve", str(cfg), env=env)
+    try:
+        wait_for(lambda: _prefect(env, "deployment", "inspect", "rerun-failed/t").returncode == 0
+                 or proc.poll() is not None, 120, "the deployments", interval=1)
+        assert proc.poll() is None, proc.communicate()
+        yield {"env": env, "store": f"file://{folder / 'store'}", "config": cfg, "api": f"{prefect_server}/api",
+               "ui": prefect_server}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+def _prefect(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    exe = Path(sys.executable).parent / "prefect"
+    return subprocess.run([str(exe), *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def _client(api: str):  # noqa: ANN202
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    class Client:
+        def __enter__(self):  # noqa: ANN204
+            self._settings = temporary_settings({PREFECT_API_URL: api})
+            self._settings.__enter__()
+            self._client = get_client(sync_client=True)
+            return self._client.__enter__()
+
+        def __exit__(self, *exc: object) -> None:
+            self._client.__exit__(*exc)
+            self._settings.__exit__(*exc)
+
+    return Client()
+
+
+def test_deployments_carry_schedule_defaults_and_descriptions(served: dict) -> None:
+    with _client(served["api"]) as client:
+        syn = client.read_deployment_by_name("synthesize/t")
+        rerun = client.read_deployment_by_name("rerun-failed/t")
+    assert [s.schedule.cron for s in syn.schedules] == ["0 3 * * *"]
+    assert syn.parameters == {"config_path": str(served["config"]), "store_url": served["store"]}
+    props = syn.parameter_openapi_schema["properties"]
+    assert set(props) == {"config_path", "run_id", "store_url"}
+    for name, prop in props.items():
+        assert prop.get("description"), f"synthesize parameter {name} has no description"
+        assert "default" in prop, f"synthesize parameter {name} has no default"
+    assert rerun.parameter_openapi_schema["required"] == ["run_id"]
+    assert rerun.parameters == {"store_url": served["store"]}
+
+
+def test_deployment_run_completes_and_rerun_failed_repairs(served: dict) -> None:
+    env = served["env"]
+    done = _prefect(env, "deployment", "run", "synthesize/t", "--watch", "--watch-timeout", "400", timeout=450)
+    assert done.returncode == 0 and "Completed" in done.stdout, done.stdout[-2000:] + done.stderr[-2000:]
+    store = open_store(served["store"])
+    (run_id,) = {k.split("/")[1] for k in store.list("runs/") if k.endswith("/run.json")}
+    assert json.loads(store.get_bytes(f"runs/{run_id}/run.json"))["status"] == "succeeded"
+
+    store.delete(manifest_key(run_id, "p00001"))  # a lost commit, repaired from the UI's rerun-failed
+    again = _prefect(env, "deployment", "run", "rerun-failed/t", "-p", f"run_id={run_id}",
+                     "--watch", "--watch-timeout", "400", timeout=450)
+    assert again.returncode == 0 and "Completed" in again.stdout, again.stdout[-2000:] + again.stderr[-2000:]
+    assert read_manifest(store, run_id, "p00001").status == "succeeded"
+    info = json.loads(store.get_bytes(f"runs/{run_id}/run.json"))
+    assert info["status"] == "succeeded" and len(info["resumed_at"]) == 1
+    served["run_id"] = run_id
+
+
+def _chromium(url: str, out: Path, *extra: str) -> str:
+    """Headless Chromium (flags from stack-notes): screenshot ``url`` into ``out``, return its DOM."""
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={out.parent / ('chromium-' + out.stem)}", "--virtual-time-budget=20000",
+             "--run-all-compositor-stages-before-draw", "--window-size=1400,1000", *extra]
+    subprocess.run([CHROMIUM, *flags, f"--screenshot={out}", url], capture_output=True, timeout=120, check=True)
+    dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120, check=True)
+    return dom.stdout
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium not installed (.ci/run installs it)")
+def test_ui_shows_deployments_and_the_throughput_artifact(served: dict, tmp_path: Path) -> None:
+    if "run_id" not in served:
+        pytest.skip("needs the deployment run of test_deployment_run_completes_and_rerun_failed_repairs")
+    shots = Path(os.environ.get("HARE_SCREENSHOTS", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
+    page = _chromium(f"{served['ui']}/deployments", shots / "deployments.png")
+    assert "synthesize" in page and "rerun-failed" in page
+    assert (shots / "deployments.png").stat().st_size > 10_000
+
+    with _client(served["api"]) as client:
+        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+        (artifact,) = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["hare-partitions"])), limit=1,
+            sort="CREATED_DESC")
+    page = _chromium(f"{served['ui']}/artifacts/artifact/{artifact.id}", shots / "throughput-artifact.png")
+    assert "hare-partitions" in page and "total 4/4" in page and "tokens_per_s" in page
+    assert (shots / "throughput-artifact.png").stat().st_size > 10_000
