@@ -5,7 +5,8 @@
 - ``rerun-failed/<name>``: takes a run id and completes that run (what ``hare rerun`` does).
 
 ``prefect.serve`` keeps a runner polling the API in PREFECT_API_URL; each flow run executes in
-its own process, which joins Ray at RAY_ADDRESS (or starts a local one) through
+its own process, which loads the flow by module path (``hare.flows.synthesize``: Ray workers
+must be able to import what the tasks were pickled with, a file-path entrypoint is not), which joins Ray at RAY_ADDRESS (or starts a local one) through
 :class:`hare.runtime.HareRayTaskRunner`. Stopping ``hare serve`` pauses the schedule.
 """
 
@@ -24,6 +25,7 @@ class ServeError(RuntimeError):
 
 def build_deployments(config_path: str, store_url: str | None = None, name: str | None = None) -> list[Any]:
     """The RunnerDeployments for one config; validates the config first (a bad one names the field)."""
+    from prefect.deployments.runner import EntrypointType
     from prefect.schedules import Cron
 
     from hare.flows.synthesize import rerun_failed, synthesize
@@ -40,12 +42,14 @@ def build_deployments(config_path: str, store_url: str | None = None, name: str 
             parameters={"config_path": config_file, "store_url": store},
             description=f"hare run of {config_file} into {store}. Leave run_id empty for a new run.",
             tags=["hare", cfg.name],
+            entrypoint_type=EntrypointType.MODULE_PATH,
         ),
         rerun_failed.to_deployment(
             name=name,
             parameters={"store_url": store},
             description=f"Complete a run in {store}: redo its missing, failed or altered partitions.",
             tags=["hare", cfg.name],
+            entrypoint_type=EntrypointType.MODULE_PATH,
         ),
     ]
 

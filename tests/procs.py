@@ -40,10 +40,13 @@ def hare_env(**extra: str) -> dict[str, str]:
     return {**os.environ, **extra}
 
 
-def hare_process(*args: str, env: dict[str, str] | None = None, cwd: Path = ROOT) -> subprocess.Popen[str]:
-    """Start ``python -m hare.cli ARGS`` (the `hare` command) with output captured."""
+def hare_process(*args: str, env: dict[str, str] | None = None, cwd: Path = ROOT,
+                 log: Path | None = None) -> subprocess.Popen[str]:
+    """Start ``python -m hare.cli ARGS`` (the `hare` command); output captured, or into ``log``
+    for a long-lived process nobody reads from (a full pipe would block it)."""
+    out = open(log, "w") if log is not None else subprocess.PIPE  # noqa: SIM115 - lives with the process
     return subprocess.Popen([sys.executable, "-m", "hare.cli", *args], cwd=cwd, env=env or hare_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=out, stderr=subprocess.STDOUT if log is not None else subprocess.PIPE, text=True)
 
 
 class TcpOutage:

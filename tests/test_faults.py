@@ -32,8 +32,9 @@ PARTITIONS, PER = 4, 2
 
 
 def _slow_config(folder: Path, **overrides: object) -> Path:
-    return write_run_config(folder, topics_doc=SLOW_TOPICS, plan={"partitions": PARTITIONS, "prompts_per_partition": PER},
-                            diversity={"baseline_prompts": 0}, **overrides)
+    settings = {"topics_doc": SLOW_TOPICS, "plan": {"partitions": PARTITIONS, "prompts_per_partition": PER},
+                "diversity": {"baseline_prompts": 0}, **overrides}
+    return write_run_config(folder, **settings)
 
 
 def assert_complete(store_url: str, run_id: str) -> list[str]:

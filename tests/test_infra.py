@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import inspect
 import re
 from pathlib import Path
@@ -62,12 +62,11 @@ def test_kuberay_cluster_has_a_gpu_worker_group() -> None:
 def test_prefect_yaml_deployments_point_at_real_flows() -> None:
     doc = _yaml("prefect.yaml")
     deployments = doc["deployments"]
-    assert {d["entrypoint"] for d in deployments} == {"flows/synthesize.py:synthesize", "flows/synthesize.py:rerun_failed"}
-    spec = importlib.util.spec_from_file_location("flows_synthesize", ROOT / "flows" / "synthesize.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    assert {d["entrypoint"] for d in deployments} == {"hare.flows.synthesize:synthesize",
+                                                      "hare.flows.synthesize:rerun_failed"}
     for d in deployments:
-        flow = getattr(module, d["entrypoint"].split(":")[1])
+        module, name = d["entrypoint"].split(":")
+        flow = getattr(importlib.import_module(module), name)
         accepted = set(inspect.signature(flow.fn).parameters)
         assert set(d["parameters"]) <= accepted, f"{d['entrypoint']}: unknown parameters"
         assert d["work_pool"]["name"] == "hare-ray"

@@ -35,12 +35,14 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`prefect server start` on a free port with its own PREFECT_HOME (SQLite); yields the UI URL."""
     home = tmp_path_factory.mktemp("prefect-home")
     port = free_port()
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    url = f"http://127.0.0.1:{port}"
+    # The UI's JavaScript calls the API at PREFECT_UI_API_URL (default :4200): point it at this port.
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_UI_API_URL": f"{url}/api"}
     env.pop("PREFECT_API_URL", None)
     exe = Path(sys.executable).parent / "prefect"
     proc = subprocess.Popen([str(exe), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
 
     def healthy() -> bool:
         try:
@@ -64,12 +66,13 @@ def served(prefect_server: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
                            schedule={"cron": "0 3 * * *", "timezone": "UTC"})
     env = hare_env(PREFECT_API_URL=f"{prefect_server}/api", PREFECT_RUNNER_POLL_FREQUENCY="2",
                    PREFECT_HOME=str(folder / "prefect-client"))
-    proc = hare_process("serve", str(cfg), env=env)
+    log = folder / "serve.log"
+    proc = hare_process("serve", str(cfg), env=env, log=log)
     try:
         wait_for(lambda: _prefect(env, "deployment", "inspect", "rerun-failed/t").returncode == 0
                  or proc.poll() is not None, 120, "the deployments", interval=1)
-        assert proc.poll() is None, proc.communicate()
-        yield {"env": env, "store": f"file://{folder / 'store'}", "config": cfg, "api": f"{prefect_server}/api",
+        assert proc.poll() is None, log.read_text()[-3000:]
+        yield {"log": log, "env": env, "store": f"file://{folder / 'store'}", "config": cfg, "api": f"{prefect_server}/api",
                "ui": prefect_server}
     finally:
         proc.terminate()
@@ -117,7 +120,7 @@ def test_deployments_carry_schedule_defaults_and_descriptions(served: dict) -> N
 def test_deployment_run_completes_and_rerun_failed_repairs(served: dict) -> None:
     env = served["env"]
     done = _prefect(env, "deployment", "run", "synthesize/t", "--watch", "--watch-timeout", "400", timeout=450)
-    assert done.returncode == 0 and "Completed" in done.stdout, done.stdout[-2000:] + done.stderr[-2000:]
+    assert done.returncode == 0 and "Completed" in done.stdout, served["log"].read_text()[-4000:]
     store = open_store(served["store"])
     (run_id,) = {k.split("/")[1] for k in store.list("runs/") if k.endswith("/run.json")}
     assert json.loads(store.get_bytes(f"runs/{run_id}/run.json"))["status"] == "succeeded"
@@ -125,7 +128,7 @@ def test_deployment_run_completes_and_rerun_failed_repairs(served: dict) -> None
     store.delete(manifest_key(run_id, "p00001"))  # a lost commit, repaired from the UI's rerun-failed
     again = _prefect(env, "deployment", "run", "rerun-failed/t", "-p", f"run_id={run_id}",
                      "--watch", "--watch-timeout", "400", timeout=450)
-    assert again.returncode == 0 and "Completed" in again.stdout, again.stdout[-2000:] + again.stderr[-2000:]
+    assert again.returncode == 0 and "Completed" in again.stdout, served["log"].read_text()[-4000:]
     assert read_manifest(store, run_id, "p00001").status == "succeeded"
     info = json.loads(store.get_bytes(f"runs/{run_id}/run.json"))
     assert info["status"] == "succeeded" and len(info["resumed_at"]) == 1
