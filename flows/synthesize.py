@@ -64,7 +64,17 @@ def synthesize(config_path: str = DEFAULT_CONFIG, run_id: str | None = None,
         store_url: Override the config's store.url: a folder, file:///abs/path or s3://bucket/prefix.
     """
     cfg = _load(config_path, store_url)
-    return execute_run(cfg, run_id or new_run_id(cfg))
+    return execute_run(cfg, run_id or run_id_of_flow_run(cfg))
+
+
+def run_id_of_flow_run(cfg: RunConfig) -> str:
+    """A run id derived from this flow run (its scheduled time and id), so that Prefect's retry
+    of the same flow run (`prefect flow-run retry`, the UI's Retry) resumes the same hare run."""
+    flow_run_id = prefect_runtime.flow_run.id
+    scheduled = prefect_runtime.flow_run.scheduled_start_time
+    if not flow_run_id or scheduled is None:
+        return new_run_id(cfg)
+    return new_run_id(cfg, when=scheduled, suffix=str(flow_run_id).replace("-", "")[:6])
 
 
 @flow(name="rerun-failed", task_runner=HareRayTaskRunner(), log_prints=True)

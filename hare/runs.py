@@ -23,9 +23,10 @@ class RunError(RuntimeError):
     """The run cannot start or resume as asked."""
 
 
-def new_run_id(cfg: RunConfig) -> str:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    return f"{cfg.name}-{stamp}-{secrets.token_hex(3)}"
+def new_run_id(cfg: RunConfig, when: datetime | None = None, suffix: str | None = None) -> str:
+    """``<name>-<UTC time>-<6 hex>``: sortable by time, unique without coordination."""
+    stamp = (when or datetime.now(timezone.utc)).astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return f"{cfg.name}-{stamp}-{suffix or secrets.token_hex(3)}"
 
 
 def read_run(store: ObjectStore, run_id: str) -> dict[str, Any]:

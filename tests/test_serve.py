@@ -135,6 +135,37 @@ def test_deployment_run_completes_and_rerun_failed_repairs(served: dict) -> None
     served["run_id"] = run_id
 
 
+def test_prefect_retry_of_a_flow_run_resumes_the_same_run(served: dict) -> None:
+    """The UI's Retry (`prefect flow-run retry`) re-executes the same flow run: its run id is
+    derived from the flow run, so it resumes that hare run instead of starting another."""
+    if "run_id" not in served:
+        pytest.skip("needs the deployment run of test_deployment_run_completes_and_rerun_failed_repairs")
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName, FlowRunFilter
+    from prefect.client.schemas.filters import FlowRunFilterState, FlowRunFilterStateType
+
+    run_id, store = served["run_id"], open_store(served["store"])
+    with _client(served["api"]) as client:
+        (flow_run,) = client.read_flow_runs(deployment_filter=DeploymentFilter(
+            name=DeploymentFilterName(any_=["t"])), flow_run_filter=FlowRunFilter(
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=["COMPLETED"]))),
+            sort="START_TIME_ASC", limit=1)
+    store.delete(manifest_key(run_id, "p00002"))
+    retried = _prefect(served["env"], "flow-run", "retry", str(flow_run.id))
+    assert retried.returncode == 0, retried.stdout + retried.stderr
+
+    def finished_again() -> bool:
+        with _client(served["api"]) as client:
+            state = client.read_flow_run(flow_run.id).state
+        return state is not None and state.is_final() and read_manifest(store, run_id, "p00002") is not None
+
+    wait_for(finished_again, 300, "the retried flow run", interval=2)
+    with _client(served["api"]) as client:
+        assert client.read_flow_run(flow_run.id).state.is_completed()
+    assert {k.split("/")[1] for k in store.list("runs/") if k.endswith("/run.json")} == {run_id}
+    info = json.loads(store.get_bytes(f"runs/{run_id}/run.json"))
+    assert info["status"] == "succeeded" and len(info["resumed_at"]) == 2
+
+
 def _chromium(url: str, out: Path, *extra: str) -> str:
     """Headless Chromium (flags from stack-notes): screenshot ``url`` into ``out``, return its DOM."""
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
