@@ -2,7 +2,9 @@
 
 from pathlib import Path
 
-from hare.backends.base import GenerationResult
+import pytest
+
+from hare.backends.base import GenerationResult, output_problem
 from hare.backends.fake import DeterministicFakeBackend
 from hare.config import SamplingConfig, load_config
 from hare.schema import RECORD_SCHEMA, REJECT_SCHEMA, record_id
@@ -49,3 +51,9 @@ def test_stats() -> None:
     res = [GenerationResult(0, "a", 5, 10, "stop"), GenerationResult(1, "b", 5, 30, "length")]
     s = generation_stats(res, 2.0)
     assert s["output_tokens"] == 40 and s["output_tokens_per_s"] == 20.0 and s["requests"] == 2
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ("", "empty_output"), ("  \n ", "empty_output"), ("caf\ufffd au lait", "non_utf8_output"), ("A fine answer.", None)])
+def test_output_problems_are_reject_reasons(text: str, problem: str | None) -> None:
+    assert output_problem(text) == problem

