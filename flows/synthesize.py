@@ -32,7 +32,7 @@ from hare.layout import run_json
 from hare.pool import EngineQueue
 from hare.runs import finish_run, new_run_id, read_run
 from hare.runtime import HareRayTaskRunner, driver_runtime
-from hare.store import DEFAULT_STORE_URL, absolute_store_url, open_store
+from hare.store import DEFAULT_STORE_URL, absolute_store_url, check_key_part, open_store
 from hare.tasks.generate import generate_partition
 from hare.tasks.decontam import decontaminate
 from hare.tasks.dedup import deduplicate
@@ -238,8 +238,8 @@ class RunProgress:
 
 def run_synthesize(config_path: str, run_id: str | None = None, store_url: str | None = None) -> dict[str, Any]:
     """Validate the config, bring up the Prefect API and Ray, run the flow (``hare run``)."""
-    cfg = _load(config_path, store_url)  # a bad config fails here, before anything starts
-    run_id = run_id or new_run_id(cfg)
+    cfg = _load(config_path, store_url)  # a bad config or run id fails here, before anything starts
+    run_id = check_key_part(run_id or new_run_id(cfg), "run id")
     with _interruptible(cfg, run_id), driver_runtime(cfg):
         return synthesize(config_path=config_path, run_id=run_id, store_url=store_url)
 

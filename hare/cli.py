@@ -197,6 +197,16 @@ def _cmd_dedup(args: argparse.Namespace) -> int:
     return 0
 
 
+def _store_override(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", help="override store.url (folder, file:// or s3://)")
+
+
+def _run_in_store(p: argparse.ArgumentParser) -> None:
+    """A command on an existing run: its id and the store holding it."""
+    p.add_argument("run_id")
+    p.add_argument("--store", default=DEFAULT_STORE, help=f"store URL (default {DEFAULT_STORE}, or $HARE_STORE)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hare", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -204,23 +214,21 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the synthesize flow for a config (resume with --run-id)")
     run.add_argument("config", help="run YAML, e.g. configs/demo.yaml")
     run.add_argument("--run-id", help="resume this run: redo only uncommitted partitions")
-    run.add_argument("--store", help="override store.url (folder, file:// or s3://)")
+    _store_override(run)
     run.set_defaults(fn=_cmd_run)
 
     rr = sub.add_parser("rerun", help="complete a run: redo missing, failed or altered partitions, then publish")
-    rr.add_argument("run_id")
-    rr.add_argument("--store", default=DEFAULT_STORE, help=f"store URL (default {DEFAULT_STORE}, or $HARE_STORE)")
+    _run_in_store(rr)
     rr.set_defaults(fn=_cmd_rerun)
 
     sv = sub.add_parser("serve", help="serve the synthesize and rerun-failed deployments (needs PREFECT_API_URL)")
     sv.add_argument("config", help="run YAML; its schedule section gives the cron")
-    sv.add_argument("--store", help="override store.url (folder, file:// or s3://)")
+    _store_override(sv)
     sv.add_argument("--name", help="deployment name (default: the config's name)")
     sv.set_defaults(fn=_cmd_serve)
 
     st = sub.add_parser("status", help="partitions, records and tokens/s of a run")
-    st.add_argument("run_id")
-    st.add_argument("--store", default=DEFAULT_STORE, help=f"store URL (default {DEFAULT_STORE}, or $HARE_STORE)")
+    _run_in_store(st)
     st.add_argument("--watch", action="store_true", help="refresh the table until the run is no longer running")
     st.add_argument("--interval", type=float, default=5.0, help="seconds between refreshes with --watch")
     st.set_defaults(fn=_cmd_status)

@@ -54,17 +54,40 @@ def build_deployments(config_path: str, store_url: str | None = None, name: str 
     ]
 
 
-def serve_deployments(config_path: str, store_url: str | None = None, name: str | None = None) -> None:
-    """Register the deployments and serve them until interrupted."""
-    from prefect import serve
-    from prefect.settings import PREFECT_API_URL
+LOCAL_SERVER = "http://127.0.0.1:4200/api"  # where `prefect server start` listens by default
 
-    if not PREFECT_API_URL.value():
-        raise ServeError(
-            "hare serve needs a Prefect server to register deployments with: run `prefect server start` "
-            "and `export PREFECT_API_URL=http://127.0.0.1:4200/api` (or set it in your Prefect profile)"
-        )
+
+def _local_server_up(api_url: str = LOCAL_SERVER) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{api_url}/health", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def serve_deployments(config_path: str, store_url: str | None = None, name: str | None = None) -> None:
+    """Register the deployments and serve them until interrupted.
+
+    The API is PREFECT_API_URL, else a `prefect server start` on this machine's default port, so
+    the README's three commands work without exporting anything.
+    """
+    import os
+
+    from prefect import serve
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    api_url = PREFECT_API_URL.value()
+    if not api_url:
+        if not _local_server_up():
+            raise ServeError(
+                "hare serve needs a Prefect server to register deployments with: run `prefect server start` "
+                f"(it listens on {LOCAL_SERVER}) or set PREFECT_API_URL to your server's API"
+            )
+        api_url = os.environ["PREFECT_API_URL"] = LOCAL_SERVER  # the flow-run processes inherit it
     deployments = build_deployments(config_path, store_url, name)
     names = ", ".join(f"{d.flow_name}/{d.name}" for d in deployments)
-    print(f"serving {names} against {PREFECT_API_URL.value()}", flush=True)
-    serve(*deployments, print_starting_message=False)
+    print(f"serving {names} against {api_url}; stop with Ctrl-C (pauses the schedule)", flush=True)
+    with temporary_settings({PREFECT_API_URL: api_url}):
+        serve(*deployments, print_starting_message=False)

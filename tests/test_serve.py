@@ -196,3 +196,18 @@ def test_ui_shows_deployments_and_the_throughput_artifact(served: dict, tmp_path
     page = _chromium(f"{served['ui']}/artifacts/artifact/{artifact.id}", shots / "throughput-artifact.png")
     assert "hare-partitions" in page and "total 4/4" in page and "tokens_per_s" in page
     assert (shots / "throughput-artifact.png").stat().st_size > 10_000
+
+
+def test_serve_without_a_server_says_how_to_start_one(tmp_path: Path) -> None:
+    """No PREFECT_API_URL and nothing on 127.0.0.1:4200 (a port the tests never use): exit 2."""
+    from hare.deployments import _local_server_up
+
+    if _local_server_up():
+        pytest.skip("a Prefect server is running on 127.0.0.1:4200 on this machine")
+    cfg = write_run_config(tmp_path)
+    env = hare_env()
+    env.pop("PREFECT_API_URL", None)
+    proc = hare_process("serve", str(cfg), env={**env, "PREFECT_HOME": str(tmp_path / "home")})
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    assert "hare serve needs a Prefect server" in err and "prefect server start" in err
