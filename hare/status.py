@@ -37,7 +37,8 @@ def partition_rows(store: ObjectStore, run_id: str) -> list[dict[str, Any]]:
                      "records": stats.get("records", 0), "rejects": stats.get("rejects", 0),
                      "output_tokens": stats.get("output_tokens", 0),
                      "tokens_per_s": stats.get("output_tokens_per_s", 0.0),
-                     "seconds": stats.get("seconds", 0.0), "error": error})
+                     "seconds": stats.get("seconds", 0.0), "gpu_busy": stats.get("gpu_busy_fraction"),
+                     "error": error})
     return rows
 
 
@@ -69,12 +70,15 @@ def status_table(store: ObjectStore, run_id: str) -> Table:
     info = read_run(store, run_id)
     rows = partition_rows(store, run_id)
     table = Table(title=f"run {run_id} ({info.get('status')}) in {store.url}")
-    for col in ("partition", "status", "attempts", "records", "rejects", "output tokens", "tokens/s",
-                "later stages", "error"):
+    on_gpu = any(r["gpu_busy"] is not None for r in rows)  # NVML figures only exist on a GPU
+    columns = ["partition", "status", "attempts", "records", "rejects", "output tokens", "tokens/s",
+               *(["gpu busy"] if on_gpu else []), "later stages", "error"]
+    for col in columns:
         table.add_column(col, justify="left" if col in ("partition", "status", "later stages", "error") else "right")
     for r in rows:
+        gpu = [f"{r['gpu_busy']:.0%}" if r["gpu_busy"] is not None else ""] if on_gpu else []
         table.add_row(r["partition"], r["status"], str(r["attempts"]), str(r["records"]), str(r["rejects"]),
-                      str(r["output_tokens"]), f"{r['tokens_per_s']:.1f}", r["stages"], r["error"][:60])
+                      str(r["output_tokens"]), f"{r['tokens_per_s']:.1f}", *gpu, r["stages"], r["error"][:60])
     tokens = sum(r["output_tokens"] for r in rows)
     gen_s = sum(
         r["output_tokens"] / r["tokens_per_s"] for r in rows if r["tokens_per_s"]
@@ -83,5 +87,5 @@ def status_table(store: ObjectStore, run_id: str) -> Table:
     table.add_section()
     table.add_row("total", f"{committed}/{len(rows)} committed", "", str(sum(r["records"] for r in rows)),
                   str(sum(r["rejects"] for r in rows)), str(tokens),
-                  f"{tokens / gen_s:.1f}" if gen_s else "0.0", "", "")
+                  f"{tokens / gen_s:.1f}" if gen_s else "0.0", *([""] if on_gpu else []), "", "")
     return table
