@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -254,10 +256,30 @@ def run_rerun_failed(run_id: str, store_url: str) -> dict[str, Any]:
 @contextlib.contextmanager
 def _interruptible(cfg: RunConfig, run_id: str) -> Iterator[None]:
     """Ctrl-C: mark run.json interrupted (if the run had started) and say how to complete it.
-    Nothing committed is touched: partitions commit data first, manifest last."""
+    Nothing committed is touched: partitions commit data first, manifest last.
+
+    The KeyboardInterrupt can land anywhere, also inside a library that wraps it in its own
+    error (pydantic serialising a task's context, seen here), so the SIGINT itself is noted and
+    whatever error follows it counts as the interruption.
+    """
+    sigint = threading.Event()
+    previous = signal.getsignal(signal.SIGINT)
+    in_main = threading.current_thread() is threading.main_thread()
+
+    def note_sigint(signum: int, frame: Any) -> None:
+        sigint.set()
+        if callable(previous):
+            previous(signum, frame)
+        else:
+            raise KeyboardInterrupt
+
+    if in_main:
+        signal.signal(signal.SIGINT, note_sigint)
     try:
         yield
-    except KeyboardInterrupt:
+    except BaseException as exc:
+        if not (sigint.is_set() or _caused_by_interrupt(exc)):
+            raise
         store = open_store(cfg.store.url)
         started = store.exists(run_json(run_id))
         if started:
@@ -266,3 +288,17 @@ def _interruptible(cfg: RunConfig, run_id: str) -> Iterator[None]:
             f"interrupted: run {run_id}; committed partitions are kept"
             + (f"; complete it with: hare rerun {run_id} --store {store.url}" if started else "; nothing was started")
         ) from None
+    finally:
+        if in_main:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _caused_by_interrupt(exc: BaseException | None) -> bool:
+    """A KeyboardInterrupt, or an error some library raised from one (also when it kept only
+    the name in its message), anywhere in the exception chain."""
+    seen = 0
+    while exc is not None and seen < 20:
+        if isinstance(exc, KeyboardInterrupt) or "KeyboardInterrupt" in str(exc):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False

@@ -180,3 +180,20 @@ def test_bad_config_runs_nothing_and_writes_nothing(tmp_path: Path, capsys: pyte
 def test_rerun_of_an_unknown_run_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["rerun", "no-such-run", "--store", str(tmp_path / "store")]) == 2
     assert "no run 'no-such-run'" in capsys.readouterr().err
+
+
+def test_an_interrupt_wrapped_by_a_library_still_counts_as_one() -> None:
+    from hare.flows.synthesize import _caused_by_interrupt
+
+    class Wrapped(Exception):
+        pass
+
+    try:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as inner:
+            raise Wrapped("Error calling function `_ser_model`") from inner
+    except Wrapped as exc:
+        assert _caused_by_interrupt(exc)
+    assert _caused_by_interrupt(ValueError("Error calling function `_ser_model`: KeyboardInterrupt: "))
+    assert not _caused_by_interrupt(ValueError("a plain failure"))
