@@ -112,7 +112,7 @@ class TcpOutage:
                     if not data:
                         return
                     (b if s is a else a).sendall(data)
-        except OSError:
+        except (OSError, ValueError):  # ValueError: down() closed a socket under select()
             return
         finally:
             a.close()
