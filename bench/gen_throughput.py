@@ -45,12 +45,10 @@ def raw_vllm(config_path: str) -> dict[str, Any]:
     resolved = resolve_model(cfg.model.source)
     backend = VLLMBackend(cfg.model, resolved.path, resolved.revision)
     requests = requests_from_plan(build_plan(cfg))
-    ids = [backend.prompt_ids(r) for r in requests]
-    prompts = [{"prompt_token_ids": i} for i in ids]
-    params = [backend.sampling_params(r, cfg.sampling, len(i)) for r, i in zip(requests, ids)]
+    items = [(r, backend.prompt_ids(r)) for r in requests]  # chat template, as synthesize does
     started = time.perf_counter()
     with GpuSampler() as gpu:
-        outputs = backend.llm.generate(prompts, params, use_tqdm=False)
+        outputs = backend.run_batch(items, cfg.sampling)  # one LLM.generate over every prompt
     seconds = time.perf_counter() - started
     tokens = [len(o.outputs[0].token_ids) for o in outputs]
     return {"requests": len(requests), "output_tokens": sum(tokens), "seconds": round(seconds, 2),

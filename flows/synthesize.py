@@ -65,7 +65,7 @@ def synthesize(config_path: str = DEFAULT_CONFIG, run_id: str | None = None,
         run_id: Resume this run: only partitions that are not committed are redone. Empty: a new run.
         store_url: Override the config's store.url: a folder, file:///abs/path or s3://bucket/prefix.
     """
-    cfg = _load(config_path, store_url)
+    cfg = load_config(config_path, store_url=store_url)
     return execute_run(cfg, run_id or run_id_of_flow_run(cfg))
 
 
@@ -177,10 +177,6 @@ def _fail(store: Any, run_id: str, status: str, summary: dict[str, Any]) -> None
     lineage.emit(store, run_id, "synthesize", "FAIL", facets=summary)
 
 
-def _load(config_path: str, store_url: str | None) -> RunConfig:
-    return load_config(config_path, {"store": {"url": store_url}} if store_url else None)
-
-
 def _outcome(partition_id: str, future: Any) -> dict[str, Any]:
     try:
         return future.result()
@@ -240,7 +236,7 @@ class RunProgress:
 
 def run_synthesize(config_path: str, run_id: str | None = None, store_url: str | None = None) -> dict[str, Any]:
     """Validate the config, bring up the Prefect API and Ray, run the flow (``hare run``)."""
-    cfg = _load(config_path, store_url)  # a bad config or run id fails here, before anything starts
+    cfg = load_config(config_path, store_url=store_url)  # a bad config or run id fails here, before anything starts
     run_id = check_key_part(run_id or new_run_id(cfg), "run id")
     with _interruptible(cfg, run_id), driver_runtime(cfg):
         return synthesize(config_path=config_path, run_id=run_id, store_url=store_url)

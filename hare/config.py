@@ -400,11 +400,15 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     return raw
 
 
-def load_config(path: str | os.PathLike[str], overrides: dict[str, Any] | None = None) -> RunConfig:
+def load_config(path: str | os.PathLike[str], overrides: dict[str, Any] | None = None,
+                store_url: str | None = None) -> RunConfig:
     """Read, resolve and validate a run file; raise :class:`ConfigError` naming what is wrong.
 
-    ``overrides`` is a nested dict merged over the file (the CLI's ``--store`` uses it).
+    ``overrides`` is a nested dict merged over the file; ``store_url`` replaces ``store.url``
+    (``--store`` of the CLI, the ``store_url`` parameter of the flows and deployments).
     """
+    if store_url:
+        overrides = {**(overrides or {}), "store": {"url": store_url}}
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"run config not found: {p}")

@@ -4,10 +4,11 @@
   config path and store URL as default parameters (editable per run in the UI);
 - ``rerun-failed/<name>``: takes a run id and completes that run (what ``hare rerun`` does).
 
-``prefect.serve`` keeps a runner polling the API in PREFECT_API_URL; each flow run executes in
-its own process, which loads the flow by module path (``hare.flows.synthesize``: Ray workers
-must be able to import what the tasks were pickled with, a file-path entrypoint is not), which joins Ray at RAY_ADDRESS (or starts a local one) through
-:class:`hare.runtime.HareRayTaskRunner`. Stopping ``hare serve`` pauses the schedule.
+``prefect.serve`` keeps a runner polling the Prefect API; each flow run executes in its own
+process and joins Ray at RAY_ADDRESS (or starts a local one) through
+:class:`hare.runtime.HareRayTaskRunner`. The flows are loaded by module path
+(``hare.flows.synthesize``), not file path: Ray workers must import the module the tasks were
+pickled with. Stopping ``hare serve`` pauses the schedule.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def build_deployments(config_path: str, store_url: str | None = None, name: str 
 
     from hare.flows.synthesize import rerun_failed, synthesize
 
-    cfg = load_config(config_path, {"store": {"url": store_url}} if store_url else None)
+    cfg = load_config(config_path, store_url=store_url)
     config_file = str(Path(config_path).resolve())
     store = absolute_store_url(cfg.store.url)
     name = name or cfg.name

@@ -1,8 +1,8 @@
 """Generation engines as Ray actors: the model is loaded once per actor, not per partition.
 
 The driver starts ``model.replicas`` named actors (default: one per ``num_gpus`` GPUs of the
-cluster) (each with ``model.num_cpus`` CPUs and
-``model.num_gpus`` GPUs reserved in Ray) before any partition runs, and partition tasks look
+cluster), each with ``model.num_cpus`` CPUs and ``model.num_gpus`` GPUs reserved in Ray,
+before any partition runs, and partition tasks look
 them up by name. Named actors keep Prefect task parameters plain strings (hashable, cacheable)
 instead of actor handles.
 """

@@ -67,6 +67,12 @@ def worker_env(api_url: str) -> dict[str, str]:
     return env
 
 
+def ray_address(configured: str | None = None) -> str | None:
+    """``ray.address`` of the config, else RAY_ADDRESS, else None (a local instance)."""
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local Ray: no token file in ~/.ray
+    return configured or os.environ.get("RAY_ADDRESS") or None
+
+
 def ray_init_kwargs(api_url: str, local: bool, include_dashboard: bool = False) -> dict[str, object]:
     """What every hare driver passes to ``ray.init``: the namespace of the engine actors and the
     worker environment (the shared Prefect API); a dashboard only for a local instance."""
@@ -85,7 +91,7 @@ def ray_connection(cfg: RunConfig, api_url: str) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
-    address = cfg.ray.address or os.environ.get("RAY_ADDRESS") or None
+    address = ray_address(cfg.ray.address)
     ray.init(address=address, **ray_init_kwargs(api_url, address is None, cfg.ray.include_dashboard))
     try:
         yield
@@ -107,8 +113,7 @@ class HareRayTaskRunner(RayTaskRunner):
         from prefect.settings import PREFECT_API_URL
 
         if not ray.is_initialized():
-            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-            self.address = os.environ.get("RAY_ADDRESS") or None
+            self.address = ray_address()
             api_url = PREFECT_API_URL.value() or ""
             self.init_kwargs = {**self.init_kwargs, **ray_init_kwargs(api_url, self.address is None)}
         return super().__enter__()
@@ -117,6 +122,5 @@ class HareRayTaskRunner(RayTaskRunner):
 @contextlib.contextmanager
 def driver_runtime(cfg: RunConfig) -> Iterator[str]:
     """Prefect API + Ray, ready for a flow run; yields the API URL."""
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     with prefect_api() as url, ray_connection(cfg, url):
         yield url

@@ -8,6 +8,7 @@ HareRayTaskRunner, and write to the config's store. Generation is the Determinis
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -15,7 +16,7 @@ import subprocess
 import sys
 import urllib.request
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
@@ -84,22 +85,14 @@ def _prefect(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess
     return subprocess.run([str(exe), *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
-def _client(api: str):  # noqa: ANN202
+@contextlib.contextmanager
+def _client(api: str) -> Iterator[Any]:
+    """A sync Prefect client on this module's server (not the session's test harness)."""
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    class Client:
-        def __enter__(self):  # noqa: ANN204
-            self._settings = temporary_settings({PREFECT_API_URL: api})
-            self._settings.__enter__()
-            self._client = get_client(sync_client=True)
-            return self._client.__enter__()
-
-        def __exit__(self, *exc: object) -> None:
-            self._client.__exit__(*exc)
-            self._settings.__exit__(*exc)
-
-    return Client()
+    with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
+        yield client
 
 
 def test_deployments_carry_schedule_defaults_and_descriptions(served: dict) -> None:

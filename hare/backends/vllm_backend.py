@@ -107,7 +107,8 @@ class VLLMBackend:
             seed=r.seed,
         )
 
-    def _run(self, items: list[tuple[GenerationRequest, list[int]]], sampling: SamplingConfig) -> list[Any]:
+    def run_batch(self, items: list[tuple[GenerationRequest, list[int]]], sampling: SamplingConfig) -> list[Any]:
+        """One ``LLM.generate`` call over (request, prompt token ids) pairs; vLLM's raw outputs."""
         prompts = [{"prompt_token_ids": ids} for _, ids in items]
         params = [self.sampling_params(r, sampling, len(ids)) for r, ids in items]
         return self.llm.generate(prompts, params, use_tqdm=False)
@@ -127,13 +128,13 @@ class VLLMBackend:
             else:
                 todo.append((r, ids))
         try:
-            outputs = self._run(todo, sampling) if todo else []
+            outputs = self.run_batch(todo, sampling) if todo else []
             pairs = list(zip(todo, outputs))
         except Exception:  # one bad request must not fail the batch: isolate it
             pairs = []
             for item in todo:
                 try:
-                    pairs.append((item, self._run([item], sampling)[0]))
+                    pairs.append((item, self.run_batch([item], sampling)[0]))
                 except Exception as exc:  # noqa: BLE001 - kept as a reject reason
                     r, ids = item
                     results[r.prompt_index] = GenerationResult(
