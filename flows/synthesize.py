@@ -23,17 +23,20 @@ from typing import Any
 
 import prefect.runtime as prefect_runtime
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
 from pydantic import ValidationError
 from prefect_ray.context import remote_options
 
 from hare import lineage
 from hare.config import ConfigError, RunConfig, load_config
-from hare.engine import start_engines, stop_engines
-from hare.layout import run_json
+from hare.engine import CapacityError, start_engines, stop_engines
+from hare.models import ModelSourceError
+from hare.estimate import plan_and_estimate, plan_markdown, render_plan
+from hare.layout import estimate_key, run_json
 from hare.pool import EngineQueue
 from hare.runs import finish_run, new_run_id, read_run
-from hare.runtime import HareRayTaskRunner, driver_runtime
+from hare.run_progress import terminal_view
+from hare.runtime import HareRayTaskRunner, StartupError, check_store, driver_runtime
 from hare.store import DEFAULT_STORE_URL, absolute_store_url, check_key_part, open_store
 from hare.tasks.generate import generate_partition
 from hare.tasks.decontam import decontaminate
@@ -109,6 +112,7 @@ def execute_run(cfg: RunConfig, run_id: str) -> dict[str, Any]:
     lineage.emit(store, run_id, "synthesize", "START", facets={"config_hash": cfg.config_hash()})
 
     partition_ids = plan_run(cfg, run_id)
+    _show_estimate(cfg, run_id, store)
     try:
         outcomes, generation = _generate_all(cfg, run_id, partition_ids)
     except Exception as exc:  # engines could not start, Ray went away...: say so in run.json
@@ -133,7 +137,7 @@ def execute_run(cfg: RunConfig, run_id: str) -> dict[str, Any]:
         if cfg.dedup.enabled:
             deduplicate.submit(cfg, run_id, dataset_ids).result()
         measure_diversity.submit(cfg, run_id, dataset_ids, [p for p in partition_ids if is_baseline(p)]).result()
-        totals = {**publish(cfg, run_id, dataset_ids), "generation": generation}
+        totals = {**publish(cfg, run_id, dataset_ids, generation), "generation": generation}
     except Exception as exc:  # a stage failed: its manifests say which partition; resume redoes it
         _fail(store, run_id, "failed", {"error": f"{type(exc).__name__}: {exc}"[:1000]})
         raise
@@ -145,7 +149,7 @@ def execute_run(cfg: RunConfig, run_id: str) -> dict[str, Any]:
 def _generate_all(cfg: RunConfig, run_id: str, partition_ids: list[str]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """One task per partition, queued to the first engine with a free slot; a failed one does
     not stop the rest. Returns the outcomes and the stage's wall-clock throughput."""
-    engines = start_engines(cfg, run_id)
+    engines = _start_engines(cfg, run_id)
     progress = RunProgress(run_id, len(partition_ids), list(engines), cfg.model.num_gpus)
     queue: EngineQueue[Any] = EngineQueue(list(engines), cfg.ray.partitions_in_flight_per_engine)
     outcomes: list[dict[str, Any]] = []
@@ -161,6 +165,36 @@ def _generate_all(cfg: RunConfig, run_id: str, partition_ids: list[str]) -> tupl
         return outcomes, progress.totals(outcomes)
     finally:
         stop_engines(engines)
+
+
+def _show_estimate(cfg: RunConfig, run_id: str, store: Any) -> None:
+    """The plan's cost estimate (``hare plan``) for this cluster, kept in ``plan/estimate.json``
+    at the run's first start (a resume keeps it, so the card compares with what was expected)
+    and shown on the flow run's page."""
+    import json
+
+    import ray
+
+    key = estimate_key(run_id)
+    if not store.exists(key):
+        summary, est = plan_and_estimate(cfg, ray.cluster_resources().get("GPU") or None)
+        store.put_bytes(key, json.dumps({"plan": summary, "estimate": est}, indent=2).encode())
+    doc = json.loads(store.get_bytes(key))
+    create_markdown_artifact(key="hare-plan", markdown=plan_markdown(doc["plan"], doc["estimate"]),
+                             description=f"Run {run_id}: the plan and its estimated generation cost")
+
+
+def _start_engines(cfg: RunConfig, run_id: str) -> dict[str, Any]:
+    """The engine actors, or one line saying why the model could not be loaded."""
+    try:
+        return start_engines(cfg, run_id)
+    except (CapacityError, ModelSourceError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - Ray wraps the actor's error; keep its last line
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        raise StartupError(f"engine: could not load model {cfg.model.name!r} from {cfg.model.source}: "
+                           f"{(lines[-1] if lines else type(exc).__name__)[:300]}; check model.source, "
+                           f"model.max_model_len and the engine's memory (model.env)") from None
 
 
 def _first_finished(futures: list[Any]) -> Any:
@@ -193,6 +227,9 @@ class RunProgress:
         self.run_id, self.partitions, self.engines = run_id, partitions, engines
         self.gpus = len(engines) * gpus_per_engine
         self.started = time.monotonic()
+        self._seen = 0
+        self._per_minute: dict[int, int] = {}
+        self._partitions_per_minute: dict[int, int] = {}
         self.progress_id = create_progress_artifact(
             progress=0.0, key="hare-progress", description=f"Partitions of run {run_id} generated")
 
@@ -218,35 +255,85 @@ class RunProgress:
     def update(self, outcomes: list[dict[str, Any]]) -> None:
         done = len(outcomes)
         t = self.totals(outcomes)
-        eta = t["wall_seconds"] / done * (self.partitions - done) if done else None
+        generated = [o for o in outcomes if o["status"] == "succeeded"]
+        eta = t["wall_seconds"] / len(generated) * (self.partitions - done) if generated else None
         update_progress_artifact(self.progress_id, progress=100.0 * done / self.partitions)
-        rows = [{"partition": o["partition_id"], "status": o["status"],
-                 "records": o["stats"].get("records", ""), "output_tokens": o["stats"].get("output_tokens", ""),
-                 "tokens_per_s": o["stats"].get("output_tokens_per_s", ""), "engine": o["stats"].get("engine", ""),
-                 "gpu_busy": o["stats"].get("gpu_busy_fraction", "")}
-                for o in outcomes]
+        self._minute_tokens(outcomes)
+        rows = [self._row(o) for o in outcomes]
         per = (f"{t['output_tokens_per_s_per_gpu']:.2f} tok/s per GPU" if self.gpus
                else f"{t['output_tokens_per_s_per_engine']:.2f} tok/s per engine")
-        rows.append({"partition": f"total {done}/{self.partitions}", "status": f"ETA {eta:.0f} s" if eta else "",
-                     "records": sum(o["stats"].get("records", 0) for o in outcomes), "output_tokens": t["output_tokens"],
+        skipped = done - len(generated)
+        rows.append({"partition": f"total {done}/{self.partitions}",
+                     "status": (f"ETA {eta:.0f} s" if eta else "") + (f"; {skipped} skipped" if skipped else ""),
+                     "records": sum(o["stats"].get("records", 0) for o in generated), "output_tokens": t["output_tokens"],
                      "tokens_per_s": t["output_tokens_per_s"], "engine": per, "gpu_busy": t.get("gpu_busy_fraction", "")})
         create_table_artifact(key="hare-partitions", table=rows,
-                              description=f"Run {self.run_id}: partitions as they finish (wall-clock throughput)")
+                              description=f"Run {self.run_id}: partitions as they finish (wall-clock throughput; "
+                                          "partitions committed by an earlier attempt are skipped and carry no rate)")
+        create_table_artifact(key="hare-throughput", table=self._timeline(),
+                              description=f"Run {self.run_id}: output tokens/s per minute of generation")
+
+    @staticmethod
+    def _row(o: dict[str, Any]) -> dict[str, Any]:
+        """A finished partition; one skipped as already committed shows no rate (nothing ran now)."""
+        st, skipped = o["stats"], o["status"] == "skipped"
+        return {"partition": o["partition_id"], "status": "skipped (committed earlier)" if skipped else o["status"],
+                "records": st.get("records", ""), "output_tokens": "" if skipped else st.get("output_tokens", ""),
+                "tokens_per_s": "" if skipped else st.get("output_tokens_per_s", ""),
+                "engine": "" if skipped else st.get("engine", ""),
+                "gpu_busy": "" if skipped else st.get("gpu_busy_fraction", "")}
+
+    def _minute_tokens(self, outcomes: list[dict[str, Any]]) -> None:
+        """Credit the output tokens of partitions generated since the last update to this minute."""
+        minute = int((time.monotonic() - self.started) // 60)
+        for o in outcomes[self._seen:]:
+            if o["status"] == "succeeded":
+                self._per_minute[minute] = self._per_minute.get(minute, 0) + o["stats"].get("output_tokens", 0)
+                self._partitions_per_minute[minute] = self._partitions_per_minute.get(minute, 0) + 1
+        self._seen = len(outcomes)
+
+    def _timeline(self) -> list[dict[str, Any]]:
+        """One row per minute since generation started: partitions finished, tokens, tokens/s.
+        A partition's tokens count in the minute it finished (a partition is the unit of commit)."""
+        last = max(self._per_minute, default=0)
+        return [{"minute": m + 1, "partitions": self._partitions_per_minute.get(m, 0),
+                 "output_tokens": self._per_minute.get(m, 0),
+                 "output_tokens_per_s": round(self._per_minute.get(m, 0) / 60.0, 2)}
+                for m in range(last + 1)]
 
 
-def run_synthesize(config_path: str, run_id: str | None = None, store_url: str | None = None) -> dict[str, Any]:
-    """Validate the config, bring up the Prefect API and Ray, run the flow (``hare run``)."""
+def run_synthesize(config_path: str, run_id: str | None = None, store_url: str | None = None,
+                   progress: bool = False) -> dict[str, Any]:
+    """Validate the config, bring up the Prefect API and Ray, run the flow (``hare run``).
+
+    ``progress``: show the live terminal view and send log lines to a file (the CLI's default).
+    """
     cfg = load_config(config_path, store_url=store_url)  # a bad config or run id fails here, before anything starts
     run_id = check_key_part(run_id or new_run_id(cfg), "run id")
-    with _interruptible(cfg, run_id), driver_runtime(cfg):
+    with _driver(cfg, run_id, progress):
         return synthesize(config_path=config_path, run_id=run_id, store_url=store_url)
 
 
-def run_rerun_failed(run_id: str, store_url: str) -> dict[str, Any]:
+def run_rerun_failed(run_id: str, store_url: str, progress: bool = False) -> dict[str, Any]:
     """Check the run and its config exist, bring up the Prefect API and Ray, run the flow (``hare rerun``)."""
     cfg = config_of_run(store_url, run_id)
-    with _interruptible(cfg, run_id), driver_runtime(cfg):
+    with _driver(cfg, run_id, progress):
         return rerun_failed(run_id=run_id, store_url=cfg.store.url)
+
+
+@contextlib.contextmanager
+def _driver(cfg: RunConfig, run_id: str, progress: bool) -> Iterator[None]:
+    """What a driver command wraps a flow in: Ctrl-C handling, the terminal view, the runtime."""
+    check_store(cfg.store.url)  # before anything starts: an unreachable store is one line, exit 2
+    store = open_store(cfg.store.url)
+    if progress:  # the dry run's figures first, as `hare plan` prints them
+        from rich.console import Console
+
+        Console().print(render_plan(*plan_and_estimate(cfg), compact=True))
+    with (_interruptible(cfg, run_id),
+          terminal_view(store, run_id, cfg.record_stages()[1:], progress),
+          driver_runtime(cfg)):
+        yield
 
 
 @contextlib.contextmanager

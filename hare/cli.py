@@ -33,7 +33,7 @@ def stage_drops(store, run_id: str) -> str:  # noqa: ANN001 - an ObjectStore
 
 def _report(result: dict) -> int:
     """What `hare run` and `hare rerun` print once a run is complete."""
-    from hare.layout import card_key
+    from hare.layout import card_key, run_log_key
     from hare.store import open_store
     from hare.status import render_status
 
@@ -46,6 +46,7 @@ def _report(result: dict) -> int:
     if dropped:
         print(f"dropped: {dropped}")
     print(f"card:    {store.uri(card_key(result['run_id']))}")
+    print(f"log:     {store.uri(run_log_key(result['run_id']))}")
     print(f"status:  hare status --store {store.url} {result['run_id']}")
     return 0
 
@@ -53,13 +54,13 @@ def _report(result: dict) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from hare.flows.synthesize import run_synthesize
 
-    return _report(run_synthesize(args.config, run_id=args.run_id, store_url=args.store))
+    return _report(run_synthesize(args.config, run_id=args.run_id, store_url=args.store, progress=not args.verbose))
 
 
 def _cmd_rerun(args: argparse.Namespace) -> int:
     from hare.flows.synthesize import run_rerun_failed
 
-    return _report(run_rerun_failed(args.run_id, args.store))
+    return _report(run_rerun_failed(args.run_id, args.store, progress=not args.verbose))
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -107,98 +108,14 @@ def _cmd_seeds_from_corpus(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_kept_and_rejects(kept, rejects, args: argparse.Namespace):  # noqa: ANN001, ANN201 - Arrow tables
-    """The kept rows to --out, the dropped rows to --rejects (default <out>.rejects.parquet)."""
-    from pathlib import Path
-
-    import pyarrow.parquet as pq
-
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(kept, out)
-    rej = Path(args.rejects) if args.rejects else out.with_name(out.stem + ".rejects.parquet")
-    pq.write_table(rejects, rej)
-    return out, rej
-
-
-def _add_table_io(parser: argparse.ArgumentParser, config_help: str, config_required: bool = False) -> None:
-    """Arguments every stage-on-a-Parquet-file command shares."""
-    parser.add_argument("input", help="Parquet file with a 'text' column")
-    parser.add_argument("--config", required=config_required, help=config_help)
-    parser.add_argument("--out", required=True, help="Parquet file for the kept rows")
-    parser.add_argument("--rejects", help="Parquet file for the dropped rows (default: <out>.rejects.parquet)")
-
-
-def _cmd_decontam(args: argparse.Namespace) -> int:
-
-    import pyarrow.parquet as pq
-
-    from hare.config import load_config
-    from hare.tasks.decontam import build_decontaminator, contamination_report, decontaminate_table
-
-    cfg = load_config(args.config)
-    if not cfg.decontamination.benchmarks:
-        print(f"hare: error: {args.config} names no decontamination.benchmarks", file=sys.stderr)
-        return 2
-    table = pq.read_table(args.input)
-    kept, rejects = decontaminate_table(table, build_decontaminator(cfg.decontamination), args.kind)
-    out, rej = _write_kept_and_rejects(kept, rejects, args)
-    report = contamination_report([rejects], table.num_rows)
-    print(json.dumps(report, indent=2))
-    print(f"kept {kept.num_rows} -> {out}; rejects {rejects.num_rows} -> {rej}")
-    return 0
-
-
-def _cmd_filter(args: argparse.Namespace) -> int:
-
-    import pyarrow.parquet as pq
-
-    from hare.config import QualityConfig, load_config
-    from hare.tasks.quality import filter_table, quality_report
-
-    qcfg = load_config(args.config).quality if args.config else QualityConfig()
-    kept, rejects = filter_table(pq.read_table(args.input), qcfg, args.kind)
-    out, rej = _write_kept_and_rejects(kept, rejects, args)
-    report = quality_report([kept], [rejects])
-    print(json.dumps({k: report[k] for k in ("checked", "kept", "rejected", "reject_reasons")}, indent=2))
-    print(f"kept {kept.num_rows} -> {out}; rejects {rejects.num_rows} -> {rej}")
-    return 0
-
-
-def _cmd_dedup(args: argparse.Namespace) -> int:
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from hare.config import DedupConfig, load_config
-    from hare.dedup import minhash_signatures
-    from hare.embed import embed
-    from hare.schema import record_id
-    from hare.store import absolute_store_url, open_store
-    from hare.tasks.dedup import apply_verdicts, dedup_verdicts, load_published
-
-    cfg = load_config(args.config).dedup if args.config else DedupConfig()
-    table = pq.read_table(args.input)
-    if "text" not in table.column_names:
-        print(f"hare: error: {args.input} has no 'text' column (columns: {table.column_names})", file=sys.stderr)
-        return 2
-    texts = [t or "" for t in table.column("text").to_pylist()]
-    if "id" not in table.column_names:
-        table = table.append_column("id", pa.array([record_id(t) for t in texts], pa.string()))
-    prior = load_published(open_store(absolute_store_url(args.against)), "") if args.against else ([], None, None)
-    verdicts = dedup_verdicts(*prior, "input", [("input", table, minhash_signatures(texts, cfg), embed(texts))], cfg)
-    kept, rejects = apply_verdicts(table, verdicts["input"])
-    out, rej = _write_kept_and_rejects(kept, rejects, args)
-    layers: dict[str, int] = {}
-    for reason in rejects.column("reject_reason").to_pylist():
-        layers[reason] = layers.get(reason, 0) + 1
-    print(json.dumps({"checked": table.num_rows, "kept": kept.num_rows, "dropped": layers}, indent=2))
-    print(f"kept {kept.num_rows} -> {out}; duplicates {rejects.num_rows} -> {rej}")
-    return 0
-
-
 def _store_override(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", help="override store.url (folder, file:// or s3://)")
+
+
+def _verbose(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--verbose", action="store_true",
+                   help="print Prefect/Ray log lines here instead of the live progress view "
+                        "(without it they go to .hare/logs/<run_id>.log and the run folder)")
 
 
 def _run_in_store(p: argparse.ArgumentParser) -> None:
@@ -210,15 +127,20 @@ def _run_in_store(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hare", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
+    from hare import estimate
+
+    estimate.register(sub)  # hare plan CONFIG: the dry run and its cost estimate
 
     run = sub.add_parser("run", help="run the synthesize flow for a config (resume with --run-id)")
     run.add_argument("config", help="run YAML, e.g. configs/demo.yaml")
     run.add_argument("--run-id", help="resume this run: redo only uncommitted partitions")
     _store_override(run)
+    _verbose(run)
     run.set_defaults(fn=_cmd_run)
 
     rr = sub.add_parser("rerun", help="complete a run: redo missing, failed or altered partitions, then publish")
     _run_in_store(rr)
+    _verbose(rr)
     rr.set_defaults(fn=_cmd_rerun)
 
     sv = sub.add_parser("serve", help="serve the synthesize and rerun-failed deployments (needs PREFECT_API_URL)")
@@ -247,20 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     fc.add_argument("--seed", type=int, default=0)
     fc.set_defaults(fn=_cmd_seeds_from_corpus)
 
-    dc = sub.add_parser("decontam", help="decontaminate any Parquet dataset against a config's benchmarks")
-    _add_table_io(dc, "run YAML whose decontamination section to use", config_required=True)
-    dc.add_argument("--kind", default="instruction", help="task kind for rows without a 'kind' column (picks N)")
-    dc.set_defaults(fn=_cmd_decontam)
+    from hare import table_tools
 
-    fl = sub.add_parser("filter", help="apply the quality rules to any Parquet dataset (kept rows get q_* scores)")
-    _add_table_io(fl, "run YAML whose quality section to use (default: the defaults)")
-    fl.add_argument("--kind", default="explanation", help="task kind for rows without a 'kind' column")
-    fl.set_defaults(fn=_cmd_filter)
-
-    dd = sub.add_parser("dedup", help="exact, near and semantic dedup of any Parquet dataset")
-    _add_table_io(dd, "run YAML whose dedup section to use (default: the defaults)")
-    dd.add_argument("--against", help="store URL whose published index (index/runs/) counts as earlier data")
-    dd.set_defaults(fn=_cmd_dedup)
+    table_tools.register(sub)  # filter, dedup, decontam: one stage on any Parquet/JSONL file
 
     model = sub.add_parser("model", help="model utilities")
     msub = model.add_subparsers(dest="model_command", required=True)
@@ -281,12 +192,13 @@ def main(argv: list[str] | None = None) -> int:
     from hare.seeds import CorpusError
     from hare.store import StoreError
     from hare.taxonomy import TaxonomyError
+    from hare.runtime import StartupError
 
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
     except (ConfigError, ModelSourceError, RunError, StoreError, TaxonomyError, CapacityError,
-            CorpusError, BenchmarkError, ServeError) as exc:
+            CorpusError, BenchmarkError, ServeError, StartupError) as exc:
         print(f"hare: error: {exc}", file=sys.stderr)
         return 2
     except RunIncomplete as exc:

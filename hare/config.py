@@ -13,10 +13,10 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from hare.taxonomy import DEFAULT_AXES, DEFAULT_TAXONOMY
 
@@ -355,8 +355,8 @@ class RunConfig(_Strict):
         return self.model_dump(mode="json")
 
 
-def _format_errors(path: Path, err: ValidationError) -> str:
-    lines = [f"invalid run config {path}:"]
+def _format_errors(path: Path, err: ValidationError, what: str = "run config") -> str:
+    lines = [f"invalid {what} {path}:"]
     for e in err.errors():
         where = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"].removeprefix("Value error, ")
@@ -400,6 +400,19 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     return raw
 
 
+def _read_yaml(p: Path, what: str) -> dict[str, Any]:
+    """The top-level mapping of a YAML file; :class:`ConfigError` when missing or not one."""
+    if not p.is_file():
+        raise ConfigError(f"{what} not found: {p}")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} {p} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{what} {p}: expected a mapping at the top level")
+    return raw
+
+
 def load_config(path: str | os.PathLike[str], overrides: dict[str, Any] | None = None,
                 store_url: str | None = None) -> RunConfig:
     """Read, resolve and validate a run file; raise :class:`ConfigError` naming what is wrong.
@@ -410,14 +423,7 @@ def load_config(path: str | os.PathLike[str], overrides: dict[str, Any] | None =
     if store_url:
         overrides = {**(overrides or {}), "store": {"url": store_url}}
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"run config not found: {p}")
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"run config {p} is not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise ConfigError(f"run config {p}: expected a mapping at the top level")
+    raw = _read_yaml(p, "run config")
     for key, value in (overrides or {}).items():
         if isinstance(value, dict):
             raw.setdefault(key, {}).update(value)
@@ -428,3 +434,26 @@ def load_config(path: str | os.PathLike[str], overrides: dict[str, Any] | None =
         return RunConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_format_errors(p, exc)) from None
+
+
+_S = TypeVar("_S", bound=BaseModel)
+
+
+def load_section(path: str | os.PathLike[str], name: str, model: type[_S]) -> _S:
+    """One section (``quality``, ``dedup``, ``decontamination``...) of a config file.
+
+    The file may hold only that section or be a whole run file; only the section is validated
+    (the other run-file sections are ignored, an unknown top-level key is an error). A missing
+    section gives its defaults. Paths resolve as in :func:`load_config`; errors read the same.
+    """
+    p = Path(path)
+    raw = _read_yaml(p, "config")
+    if name not in RunConfig.model_fields:
+        raise ValueError(f"{name!r} is not a run config section")
+    data = {k: v for k, v in raw.items() if k == name or k not in RunConfig.model_fields}
+    data = _resolve_paths(data, p.parent.resolve())
+    wrapper = create_model(f"{model.__name__}File", __base__=_Strict, **{name: (model, model())})
+    try:
+        return getattr(wrapper.model_validate(data), name)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(p, exc, "config")) from None

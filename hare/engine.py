@@ -37,16 +37,18 @@ class EngineActor:
     """One backend inside one Ray actor process."""
 
     def __init__(self, model_cfg: ModelConfig, resolved: ResolvedModel | None) -> None:
-        from ray.util.metrics import Counter
+        import ray
+        from ray.util.metrics import Counter, Gauge
 
         started = time.perf_counter()
         self.backend = make_backend(model_cfg, resolved)
         self.load_seconds = time.perf_counter() - started
         # Ray exports these to its dashboard / Prometheus endpoint: rate() gives tokens/s.
-        tags = ("model",)
+        tags = ("model", "engine")
         self._tokens = Counter("hare_output_tokens", "Output tokens generated", tag_keys=tags)
         self._requests = Counter("hare_requests", "Generation requests served", tag_keys=tags)
-        self._tags = {"model": model_cfg.name}
+        self._gpu_busy = Gauge("hare_gpu_busy_fraction", "GPU busy fraction of the last generate call", tag_keys=tags)
+        self._tags = {"model": model_cfg.name, "engine": ray.get_runtime_context().get_actor_name() or ""}
 
     def describe(self) -> dict[str, Any]:
         b = self.backend
@@ -66,7 +68,10 @@ class EngineActor:
             self._tokens.inc(tokens, tags=self._tags)
         if results:
             self._requests.inc(len(results), tags=self._tags)
-        return results, seconds, gpu.summary()
+        summary = gpu.summary()
+        if "gpu_busy_fraction" in summary:  # only with NVML and a GPU
+            self._gpu_busy.set(summary["gpu_busy_fraction"], tags=self._tags)
+        return results, seconds, summary
 
 
 def engine_name(run_id: str, index: int) -> str:

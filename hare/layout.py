@@ -33,6 +33,11 @@ def plan_report_key(run_id: str) -> str:
     return f"{run_prefix(run_id)}/plan/report.json"
 
 
+def estimate_key(run_id: str) -> str:
+    """The plan's estimate of generation (``hare plan``), kept at the run's first start."""
+    return f"{run_prefix(run_id)}/plan/estimate.json"
+
+
 def diversity_key(run_id: str) -> str:
     return _run_file(run_id, "diversity.json")
 
@@ -101,6 +106,11 @@ def dataset_manifest_key(run_id: str) -> str:
 
 def card_key(run_id: str) -> str:
     return _run_file(run_id, "README.md")
+
+
+def run_log_key(run_id: str) -> str:
+    """The driver's log of ``hare run`` (Prefect, Ray and engine lines), copied at the end."""
+    return _run_file(run_id, "logs/hare-run.log")
 
 
 def lineage_key(run_id: str, name: str) -> str:

@@ -16,6 +16,7 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from hare.paths import cache_dir
 
@@ -59,20 +60,27 @@ def _package_gguf(spec: str) -> tuple[Path, str]:
     return path, f"{pkg.replace('_', '-')}=={version}"
 
 
-def convert_gguf(gguf: Path, out_dir: Path) -> None:
-    """De-quantize a GGUF into an fp32 HF folder (model, tokenizer, chat template)."""
+def convert_gguf(gguf: Path, out_dir: Path, step: Callable[[str], None] = lambda _name: None) -> None:
+    """De-quantize a GGUF into an fp32 HF folder (model, tokenizer, chat template).
+
+    ``step`` is told the name of each step as it starts (the CLI shows it in a spinner).
+    """
+    step("importing torch and transformers")
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
+    step("reading the tokenizer")
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    step("de-quantizing the weights to fp32")
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # A gguf-loaded model refuses save_pretrained while it still looks quantized; its weights
     # are plain fp32 by now, so drop the quantizer markers (stack-notes).
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
+    step(f"saving the HF folder {out_dir.name}")
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
     if not getattr(tok, "chat_template", None):
@@ -82,16 +90,21 @@ def convert_gguf(gguf: Path, out_dir: Path) -> None:
 
 
 def _converted(gguf: Path, origin: str) -> ResolvedModel:
-    sha = _sha256_file(gguf)
-    revision = f"{origin}+sha256:{sha[:16]}"
-    root = cache_dir() / "models"
-    root.mkdir(parents=True, exist_ok=True)
-    out = root / f"{gguf.stem}-{sha[:16]}"
-    with open(root / f".{out.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (out / _DONE).is_file():
-            convert_gguf(gguf, out)
-            (out / _DONE).write_text(json.dumps({"gguf": str(gguf), "revision": revision}))
+    from hare.progress import status
+
+    with status(f"model {gguf.name}") as step:
+        step("hashing the GGUF")
+        sha = _sha256_file(gguf)
+        revision = f"{origin}+sha256:{sha[:16]}"
+        root = cache_dir() / "models"
+        root.mkdir(parents=True, exist_ok=True)
+        out = root / f"{gguf.stem}-{sha[:16]}"
+        with open(root / f".{out.name}.lock", "w") as lock:
+            step("waiting for another conversion")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not (out / _DONE).is_file():
+                convert_gguf(gguf, out, step)
+                (out / _DONE).write_text(json.dumps({"gguf": str(gguf), "revision": revision}))
     return ResolvedModel(str(out), revision)
 
 

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 from prefect_ray import RayTaskRunner
 
@@ -37,28 +38,103 @@ _FORWARDED = (
 )
 
 
+class StartupError(RuntimeError):
+    """Something a run needs did not come up (the Prefect API, Ray, the store, an engine).
+
+    The message is one line: what failed and what to do. ``hare`` prints it and exits 2.
+    """
+
+
+# The first start of the temporary API migrates a new SQLite database: 19.9 s on a quiet
+# 2-core machine, longer on a busy one, while Prefect waits 20 s by default. hare migrates
+# first (no timeout) and then waits this long for the server itself.
+SERVER_STARTUP_TIMEOUT_S = 300
+
+
+def prefect_database_path() -> Path | None:
+    """The SQLite file the temporary API would use, or None for another database."""
+    from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL, PREFECT_HOME
+
+    url = PREFECT_API_DATABASE_CONNECTION_URL.value() or ""
+    if url and not url.startswith("sqlite"):
+        return None
+    if url:
+        return Path(url.split("///", 1)[-1]).expanduser()
+    return Path(PREFECT_HOME.value()) / "prefect.db"
+
+
+def migrate_prefect_database() -> None:
+    """Create / upgrade Prefect's database in a subprocess before the temporary server starts,
+    so the server's own start never races Prefect's 20 s startup wait on a slow first run."""
+    import subprocess
+    import sys
+
+    db = prefect_database_path()
+    if db is None or db.exists():
+        return  # an existing database: the server's own migration check is quick
+    db.parent.mkdir(parents=True, exist_ok=True)
+    log.info("first start: creating Prefect's database %s (once; 20-60 s on 2 cores)", db)
+    proc = subprocess.run([sys.executable, "-m", "prefect", "server", "database", "upgrade", "-y"],
+                          capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise StartupError(f"Prefect API: could not create its database {db}: {last[0]} "
+                           f"(check PREFECT_HOME, or run `prefect server database upgrade -y`)")
+
+
+def check_prefect_api(url: str, timeout_s: float = 10.0) -> None:
+    """Fail with one line unless ``url`` answers as a Prefect API (GET /health -> 200)."""
+    import httpx
+
+    try:
+        response = httpx.get(f"{url.rstrip('/')}/health", timeout=timeout_s)
+    except httpx.HTTPError as exc:
+        raise StartupError(f"Prefect API at {url} is not reachable ({type(exc).__name__}): start it with "
+                           f"`prefect server start`, or unset PREFECT_API_URL to use a temporary one") from None
+    if response.status_code != 200:
+        raise StartupError(f"Prefect API at {url} answered {response.status_code} to /health: the port is "
+                           f"held by something else, or the URL lacks /api; fix PREFECT_API_URL") from None
+
+
 @contextlib.contextmanager
 def prefect_api() -> Iterator[str]:
     """Yield the Prefect API URL all processes use, starting a temporary server if none."""
-    from prefect.settings import PREFECT_API_URL
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
 
     url = PREFECT_API_URL.value()
     if url:
+        check_prefect_api(url)
         os.environ["PREFECT_API_URL"] = url
         yield url
         return
     from prefect.server.api.server import SubprocessASGIServer
     from prefect.settings import temporary_settings
 
+    migrate_prefect_database()
     server = SubprocessASGIServer()
-    server.start()
+    wait_s = max(SERVER_STARTUP_TIMEOUT_S, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value())
+    try:
+        server.start(timeout=wait_s)
+    except Exception as exc:  # noqa: BLE001 - Prefect raises RuntimeError with the server's output
+        server.stop()
+        first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise StartupError(f"Prefect API: the temporary server did not come up in {wait_s} s ({first}); "
+                           f"start one with `prefect server start` and set PREFECT_API_URL") from None
     os.environ["PREFECT_API_URL"] = server.api_url
     try:
         with temporary_settings({PREFECT_API_URL: server.api_url}):
             yield server.api_url
     finally:
+        _drain_api_logs()  # else Prefect sends the last log lines at exit, to a server that is gone
         os.environ.pop("PREFECT_API_URL", None)
         server.stop()
+
+
+def _drain_api_logs() -> None:
+    from prefect.logging.handlers import APILogWorker
+
+    with contextlib.suppress(Exception):
+        APILogWorker.drain_all(timeout=5)
 
 
 def worker_env(api_url: str) -> dict[str, str]:
@@ -83,6 +159,23 @@ def ray_init_kwargs(api_url: str, local: bool, include_dashboard: bool = False) 
     return kwargs
 
 
+def check_ray_address(address: str, timeout_s: float = 5.0) -> None:
+    """Fail with one line when nothing listens at a ``host:port`` / ``ray://host:port`` address:
+    ``ray.init`` would otherwise retry the GCS for minutes before giving up."""
+    import socket
+
+    hostport = address.removeprefix("ray://")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        return  # "auto" or another form Ray resolves itself
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise StartupError(f"Ray: nothing answers at {address} ({exc.strerror or type(exc).__name__}); "
+                           f"start the cluster (`ray start --head`) or fix ray.address / RAY_ADDRESS, "
+                           f"or leave both unset for a local Ray") from None
+
+
 @contextlib.contextmanager
 def ray_connection(cfg: RunConfig, api_url: str) -> Iterator[None]:
     """Connect to ``ray.address`` / RAY_ADDRESS or start a local Ray; shut down what we start."""
@@ -92,7 +185,16 @@ def ray_connection(cfg: RunConfig, api_url: str) -> Iterator[None]:
         yield
         return
     address = ray_address(cfg.ray.address)
-    ray.init(address=address, **ray_init_kwargs(api_url, address is None, cfg.ray.include_dashboard))
+    if address:
+        check_ray_address(address)
+    try:
+        ray.init(address=address, **ray_init_kwargs(api_url, address is None, cfg.ray.include_dashboard))
+    except Exception as exc:  # noqa: BLE001 - ConnectionError, RuntimeError, ValueError...: one line
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+        fix = ("check ray.address / RAY_ADDRESS and that the cluster is up (`ray status`)" if address
+               else "check free memory and /tmp space, or `ray stop` a stale local instance")
+        raise StartupError(f"Ray: could not connect to {where}: {first}; {fix}") from None
     try:
         yield
     finally:
@@ -117,6 +219,17 @@ class HareRayTaskRunner(RayTaskRunner):
             api_url = PREFECT_API_URL.value() or ""
             self.init_kwargs = {**self.init_kwargs, **ray_init_kwargs(api_url, self.address is None)}
         return super().__enter__()
+
+
+def check_store(url: str) -> None:
+    """Fail with one line unless the store answers (a list of ``runs/``), before anything starts."""
+    from hare.store import StoreError, open_store
+
+    try:
+        open_store(url).list("runs/")
+    except StoreError as exc:
+        raise StartupError(f"store {url} is not reachable: {str(exc).splitlines()[0][:200]}; check the URL, "
+                           f"the endpoint (AWS_ENDPOINT_URL) and credentials") from None
 
 
 @contextlib.contextmanager

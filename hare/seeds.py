@@ -104,10 +104,15 @@ def seeds_from_texts(
     snippets: int = 3, seed: int = 0, domain: str = "Corpus", snippet_chars: int = 240,
 ) -> dict[str, Any]:
     """The topic file (a dict in the taxonomy format), one topic per cluster, largest first."""
-    emb = embed(texts)
-    assign, centroids = cluster(emb, clusters, seed)
-    members = [np.flatnonzero(assign == c) for c in range(clusters)]
-    names = distinctive_words([[texts[i] for i in m] for m in members])
+    from hare.progress import embed_in_batches, status
+
+    emb = embed_in_batches(embed, texts, "embedding the corpus")
+    with status("seed topics") as step:
+        step(f"k-means, {clusters} clusters")
+        assign, centroids = cluster(emb, clusters, seed)
+        step("naming the clusters")
+        members = [np.flatnonzero(assign == c) for c in range(clusters)]
+        names = distinctive_words([[texts[i] for i in m] for m in members])
     topics: list[dict[str, Any]] = []
     used: Counter = Counter()
     for c in sorted(range(clusters), key=lambda c: (-len(members[c]), c)):

@@ -80,6 +80,7 @@ class ObjectStore(Protocol):
     def get_bytes(self, key: str) -> bytes: ...
     def exists(self, key: str) -> bool: ...
     def list(self, prefix: str = "") -> list[str]: ...
+    def folders(self, prefix: str) -> list[str]: ...
     def delete(self, key: str) -> None: ...
     def uri(self, key: str) -> str: ...
 
@@ -132,6 +133,11 @@ class LocalStore:
                 if key.startswith(prefix):
                     out.append(key)
         return sorted(out)
+
+    def folders(self, prefix: str) -> list[str]:
+        """Names of the folders right under ``prefix`` (ends with ``/``): one directory read."""
+        base = self.root / check_key(prefix.rstrip("/"))
+        return sorted(d.name for d in base.iterdir() if d.is_dir()) if base.is_dir() else []
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
@@ -209,6 +215,20 @@ class S3Store:
             for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
                 keys.extend(obj["Key"][strip:] for obj in page.get("Contents", []))
             return keys
+
+        return sorted(self._call(f"list {self.url}/{prefix}", pages))
+
+    def folders(self, prefix: str) -> list[str]:
+        """Names of the "folders" right under ``prefix`` (a delimiter listing: no object of
+        theirs is listed, so this stays cheap on a store of many runs)."""
+        full = self._key(prefix.rstrip("/")) + "/"
+
+        def pages() -> list[str]:
+            out: list[str] = []
+            for page in self._client.get_paginator("list_objects_v2").paginate(
+                    Bucket=self.bucket, Prefix=full, Delimiter="/"):
+                out.extend(p["Prefix"][len(full):].rstrip("/") for p in page.get("CommonPrefixes", []))
+            return out
 
         return sorted(self._call(f"list {self.url}/{prefix}", pages))
 

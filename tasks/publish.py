@@ -12,6 +12,7 @@ from collections import Counter
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 - pa.compute.sum
 from prefect import task
 
 from hare import lineage
@@ -23,6 +24,7 @@ from hare.layout import (
     decontamination_key,
     dedup_report_key,
     diversity_key,
+    estimate_key,
     quality_key,
     records_key,
 )
@@ -70,7 +72,8 @@ def _diversity_section(report: dict[str, Any] | None) -> list[str]:
 
 def dataset_card(run_id: str, cfg: RunConfig, records: pa.Table, totals: dict[str, Any],
                  diversity: dict[str, Any] | None = None, contamination: dict[str, Any] | None = None,
-                 quality: dict[str, Any] | None = None, dedup: dict[str, Any] | None = None) -> str:
+                 quality: dict[str, Any] | None = None, dedup: dict[str, Any] | None = None,
+                 cost: list[str] | None = None) -> str:
     """A Hugging Face dataset card (YAML header + Markdown) for the published run."""
     kinds = Counter(records.column("kind").to_pylist())
     domains = Counter(p.split(" > ")[0] for p in records.column("topic_path").to_pylist())
@@ -107,6 +110,7 @@ def dataset_card(run_id: str, cfg: RunConfig, records: pa.Table, totals: dict[st
         *_dedup_section(dedup),
         *_diversity_section(diversity),
         *_contamination_section(contamination),
+        *(cost or []),
         "## Lineage",
         "",
         "Every record carries its prompt, template id/version, model and revision, backend, sampling "
@@ -115,6 +119,15 @@ def dataset_card(run_id: str, cfg: RunConfig, records: pa.Table, totals: dict[st
         "",
     ]
     return "\n".join(lines)
+
+
+def _cost_section(estimate: dict[str, Any] | None, generation: dict[str, Any] | None, kept_tokens: int) -> list[str]:
+    """Estimate beside actual, and GPU-hours per 1M kept tokens (hare.estimate.card_section)."""
+    if estimate is None or generation is None:
+        return []
+    from hare.estimate import card_section
+
+    return card_section(estimate["estimate"], {**generation, "kept_output_tokens": kept_tokens})
 
 
 def _optional_json(store: ObjectStore, key: str) -> dict[str, Any] | None:
@@ -169,9 +182,13 @@ def _contamination_section(report: dict[str, Any] | None) -> list[str]:
 
 
 def publish_records(
-    store: ObjectStore, cfg: RunConfig, run_id: str, partition_ids: list[str]
+    store: ObjectStore, cfg: RunConfig, run_id: str, partition_ids: list[str],
+    generation: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write the shards, the card and the dataset manifest; return the run totals."""
+    """Write the shards, the card and the dataset manifest; return the run totals.
+
+    ``generation``: the generation stage's wall-clock figures (run.json ``summary.generation``),
+    shown on the card beside the plan's estimate."""
     stage = cfg.final_stage()
     missing = sorted({p for st in cfg.record_stages() for p in uncommitted(store, run_id, partition_ids, st)})
     if missing:
@@ -196,10 +213,12 @@ def publish_records(
         "generate_seconds": round(gen_seconds, 2),
         "output_tokens_per_s": round(out_tokens / gen_seconds, 2) if gen_seconds else 0.0,
     }
+    kept_tokens = int(pa.compute.sum(records.column("output_tokens")).as_py() or 0) if records.num_rows else 0
     store.put_bytes(card_key(run_id), dataset_card(
         run_id, cfg, records, totals, _optional_json(store, diversity_key(run_id)),
         _optional_json(store, decontamination_key(run_id)), _optional_json(store, quality_key(run_id)),
-        _optional_json(store, dedup_report_key(run_id))).encode())
+        _optional_json(store, dedup_report_key(run_id)),
+        _cost_section(_optional_json(store, estimate_key(run_id)), generation, kept_tokens)).encode())
     body = {"run_id": run_id, "published_at": utc_now(), "totals": totals,
             "shards": [s.__dict__ for s in shards]}
     if cfg.dedup.enabled:
@@ -218,5 +237,6 @@ def publish_records(
 
 
 @task(name="publish")
-def publish(cfg: RunConfig, run_id: str, partition_ids: list[str]) -> dict[str, Any]:
-    return publish_records(open_store(cfg.store.url), cfg, run_id, partition_ids)
+def publish(cfg: RunConfig, run_id: str, partition_ids: list[str],
+            generation: dict[str, Any] | None = None) -> dict[str, Any]:
+    return publish_records(open_store(cfg.store.url), cfg, run_id, partition_ids, generation)

@@ -107,6 +107,28 @@ def test_resume_redoes_only_uncommitted_partitions(tmp_path: Path) -> None:
     assert read_manifest(store, run_id, "p00002").attempts == 2
     info = json.loads(store.get_bytes(f"runs/{run_id}/run.json"))
     assert info["status"] == "succeeded" and len(info["resumed_at"]) == 1
+    rows = _latest_table(second["flow_run_id"], "hare-partitions")
+    skipped = {r["partition"]: r for r in rows if r["partition"] in ("p00000", "p00003", "b00000")}
+    assert all(r["status"].startswith("skipped") and r["tokens_per_s"] == "" for r in skipped.values()), \
+        "a partition committed by the first run shows no rate in the resume's table"
+    redone = {r["partition"]: r for r in rows if r["partition"] in ("p00001", "p00002")}
+    assert all(isinstance(r["tokens_per_s"], (int, float)) and r["tokens_per_s"] > 0 for r in redone.values())
+    total = rows[-1]
+    assert total["output_tokens"] == sum(r["output_tokens"] for r in redone.values()), "totals count only redone ones"
+    timeline = _latest_table(second["flow_run_id"], "hare-throughput")
+    assert sum(r["partitions"] for r in timeline) == 2 and timeline[0]["minute"] == 1
+
+
+def _latest_table(flow_run_id: str, key: str) -> list[dict]:
+    """The newest version of a table artifact of one flow run, as rows."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+    mine = sorted((a for a in arts if str(a.flow_run_id) == flow_run_id), key=lambda a: a.created)
+    data = mine[-1].data
+    return json.loads(data) if isinstance(data, str) else data
 
 
 def test_failed_partitions_leave_the_run_incomplete(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

