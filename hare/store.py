@@ -9,15 +9,31 @@ AWS_ENDPOINT_URL) or the AWS config files, so they cannot leak into manifests or
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import io
+import logging
 import os
 import random
+import stat
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol, TypeVar
 
 T = TypeVar("T")
+
+log = logging.getLogger("hare.store")
+
+# How long a store call keeps retrying transient errors (an endpoint down, 5xx, throttling)
+# before it fails for good; HARE_STORE_RETRY_SECONDS overrides it, read at each call.
+DEFAULT_RETRY_SECONDS = 120.0
+RETRY_SECONDS_ENV = "HARE_STORE_RETRY_SECONDS"
+
+# S3 objects at or above this size are uploaded as multipart in parts of this size (S3 refuses
+# a single PUT over 5 GiB; parts must be >= 5 MiB). S3Store.multipart_bytes overrides it.
+MULTIPART_BYTES = 64 * 1024 * 1024
 
 
 class StoreError(RuntimeError):
@@ -50,25 +66,82 @@ def sha256_bytes(data: bytes) -> str:
 
 
 @dataclass(frozen=True)
-class RetryPolicy:
-    """Exponential backoff with jitter for transient store errors."""
+class ObjectInfo:
+    """One listed object: its size and what changes whenever it is rewritten.
 
-    attempts: int = 5
+    ``mtime`` is epoch seconds (S3: LastModified, one-second resolution); ``etag`` is S3's
+    ETag, or ``<inode>-<mtime ns>`` for a local file (a rewrite is an ``os.replace``, so a new
+    inode), so (size, mtime, etag) tells a rewritten object apart even within one second."""
+
+    key: str
+    size: int
+    mtime: float
+    etag: str = ""
+
+
+_retry_lock = threading.Lock()
+_retries = 0
+
+
+def retry_count() -> int:
+    """Transient store errors retried by this process so far (every store, every thread)."""
+    return _retries
+
+
+def _count_retry() -> int:
+    global _retries
+    with _retry_lock:
+        _retries += 1
+        return _retries
+
+
+def retry_budget_s() -> float:
+    """Seconds of retrying allowed per store call: HARE_STORE_RETRY_SECONDS, else 120."""
+    raw = os.environ.get(RETRY_SECONDS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_RETRY_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        raise StoreError(f"{RETRY_SECONDS_ENV}={raw!r} is not a number of seconds") from None
+    if value < 0:
+        raise StoreError(f"{RETRY_SECONDS_ENV}={raw!r} must be >= 0")
+    return value
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Retry transient store errors with exponential backoff (jittered, capped at
+    ``max_delay_s``) until ``max_elapsed_s`` have passed since the first try, so an endpoint
+    outage shorter than the budget is ridden out. ``max_elapsed_s`` None: HARE_STORE_RETRY_SECONDS
+    or 120 s, read at each call. ``attempts`` optionally caps the tries as well (None: no cap).
+    Every retry is counted (``retry_count()``) and logged on ``hare.store``."""
+
+    attempts: int | None = None
     base_delay_s: float = 0.2
-    max_delay_s: float = 5.0
+    max_delay_s: float = 4.0
+    max_elapsed_s: float | None = None
 
     def call(self, what: str, fn: Callable[[], T], transient: tuple[type[BaseException], ...]) -> T:
-        last: BaseException | None = None
-        for attempt in range(1, self.attempts + 1):
+        budget = retry_budget_s() if self.max_elapsed_s is None else self.max_elapsed_s
+        start = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 return fn()
             except transient as exc:  # noqa: PERF203 - retry loop
-                last = exc
-                if attempt == self.attempts:
-                    break
-                delay = min(self.max_delay_s, self.base_delay_s * 2 ** (attempt - 1))
-                time.sleep(delay * (0.5 + random.random() / 2))
-        raise StoreError(f"{what} failed after {self.attempts} attempts: {last}") from last
+                elapsed = time.monotonic() - start
+                left = budget - elapsed
+                if left <= 0 or (self.attempts is not None and attempt >= self.attempts):
+                    raise StoreError(
+                        f"{what} failed after {attempt} attempts: {exc} (retried for {elapsed:.1f} s of "
+                        f"a {budget:g} s budget; {RETRY_SECONDS_ENV} sets it)") from exc
+                delay = min(self.max_delay_s, self.base_delay_s * 2 ** (attempt - 1)) * (0.5 + random.random() / 2)
+                n = _count_retry()
+                log.warning("store: retry %d of %s after %s: %s (attempt %d, %.1f s of a %g s budget)",
+                            n, what, type(exc).__name__, exc, attempt, elapsed, budget)
+                time.sleep(min(delay, left))
 
 
 class ObjectStore(Protocol):
@@ -79,7 +152,9 @@ class ObjectStore(Protocol):
     def put_bytes(self, key: str, data: bytes) -> str: ...
     def get_bytes(self, key: str) -> bytes: ...
     def exists(self, key: str) -> bool: ...
+    def head(self, key: str) -> int | None: ...
     def list(self, prefix: str = "") -> list[str]: ...
+    def list_info(self, prefix: str = "") -> list[ObjectInfo]: ...
     def folders(self, prefix: str) -> list[str]: ...
     def delete(self, key: str) -> None: ...
     def uri(self, key: str) -> str: ...
@@ -88,10 +163,10 @@ class ObjectStore(Protocol):
 class LocalStore:
     """A folder. Writes go to a temp file then ``os.replace`` so a reader never sees half."""
 
-    def __init__(self, root: str | os.PathLike[str], retry: RetryPolicy = RetryPolicy()) -> None:
+    def __init__(self, root: str | os.PathLike[str], retry: RetryPolicy | None = None) -> None:
         self.root = Path(root).resolve()
         self.url = f"file://{self.root}"
-        self.retry = retry
+        self.retry = retry or RetryPolicy()
 
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
@@ -108,7 +183,7 @@ class LocalStore:
                 os.fsync(fh.fileno())
             os.replace(tmp, path)
 
-        self.retry.call(f"put {self.uri(key)}", write, (OSError,))
+        self.retry.call(f"put {self.uri(key)}", lambda: _local_io(f"put {self.uri(key)}", write), (OSError,))
         return sha256_bytes(data)
 
     def get_bytes(self, key: str) -> bytes:
@@ -121,7 +196,15 @@ class LocalStore:
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
-    def list(self, prefix: str = "") -> list[str]:
+    def head(self, key: str) -> int | None:
+        """The object's size in bytes, None when it does not exist."""
+        try:
+            st = self._path(key).stat()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return st.st_size if stat.S_ISREG(st.st_mode) else None
+
+    def _walk(self, prefix: str) -> list[tuple[str, Path]]:
         base = self.root / prefix if prefix else self.root
         start = base if base.is_dir() else base.parent
         if not start.is_dir():
@@ -131,8 +214,22 @@ class LocalStore:
             if p.is_file() and not p.name.endswith(".tmp"):
                 key = p.relative_to(self.root).as_posix()
                 if key.startswith(prefix):
-                    out.append(key)
+                    out.append((key, p))
         return sorted(out)
+
+    def list(self, prefix: str = "") -> list[str]:
+        return [key for key, _ in self._walk(prefix)]
+
+    def list_info(self, prefix: str = "") -> list[ObjectInfo]:
+        """Keys under ``prefix`` with size and mtime, sorted by key (one walk, one stat each)."""
+        out = []
+        for key, p in self._walk(prefix):
+            try:
+                st = p.stat()
+            except FileNotFoundError:  # deleted since the walk
+                continue
+            out.append(ObjectInfo(key, st.st_size, st.st_mtime_ns / 1e9, f"{st.st_ino:x}-{st.st_mtime_ns:x}"))
+        return out
 
     def folders(self, prefix: str) -> list[str]:
         """Names of the folders right under ``prefix`` (ends with ``/``): one directory read."""
@@ -149,18 +246,21 @@ class LocalStore:
 class S3Store:
     """``s3://bucket/prefix`` through boto3; endpoint and credentials from the environment."""
 
-    def __init__(self, bucket: str, prefix: str = "", retry: RetryPolicy = RetryPolicy()) -> None:
+    def __init__(self, bucket: str, prefix: str = "", retry: RetryPolicy | None = None) -> None:
         import boto3
         from botocore.config import Config
 
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.url = f"s3://{bucket}/{self.prefix}".rstrip("/")
-        self.retry = retry
+        self.retry = retry or RetryPolicy()
+        self.multipart_bytes = MULTIPART_BYTES
         # boto3 honours AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3 itself; botocore's own retries are
-        # kept short so our backoff (which also covers connection refusals) decides.
+        # kept short so our backoff (which also covers connection refusals) decides. The pool
+        # fits the parallel HEADs/GETs of status and verify (16 threads by default).
         self._client = boto3.client(
-            "s3", config=Config(retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=5)
+            "s3", config=Config(retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=5,
+                                max_pool_connections=32)
         )
         from botocore.exceptions import BotoCoreError, ClientError
 
@@ -171,7 +271,9 @@ class S3Store:
         check_key(key)
         return f"{self.prefix}/{key}" if self.prefix else key
 
-    def _call(self, what: str, fn: Callable[[], T]) -> T:
+    def _call(self, what: str, fn: Callable[[], T], verb: str = "") -> T:
+        """``fn`` with S3's errors sorted: missing key, transient (retried), or final. ``what``
+        names the object or listing; ``verb`` (put, get, ...) is added to retry messages."""
         def guarded() -> T:
             try:
                 return fn()
@@ -184,39 +286,66 @@ class S3Store:
                     raise ConnectionError(f"{code or status}: {exc}") from exc
                 raise StoreError(f"{what}: {code or status}: {exc}") from exc
 
-        return self.retry.call(what, guarded, self._transient)
+        return self.retry.call(f"{verb} {what}" if verb else what, guarded, self._transient)
 
     def put_bytes(self, key: str, data: bytes) -> str:
+        """One PUT below ``multipart_bytes``; at or above it boto3's managed transfer uploads
+        parts of ``multipart_bytes`` (so no single request carries a huge body). A retry redoes
+        the whole upload; s3transfer aborts a failed one, but an abort can fail too while the
+        endpoint is down, so buckets want an AbortIncompleteMultipartUpload lifecycle rule."""
         k = self._key(key)
-        self._call(self.uri(key), lambda: self._client.put_object(Bucket=self.bucket, Key=k, Body=data))
+        if len(data) < self.multipart_bytes:
+            self._call(self.uri(key), lambda: self._client.put_object(Bucket=self.bucket, Key=k, Body=data), "put")
+        else:
+            from boto3.s3.transfer import TransferConfig
+
+            config = TransferConfig(multipart_threshold=self.multipart_bytes,
+                                    multipart_chunksize=self.multipart_bytes, max_concurrency=4)
+            self._call(self.uri(key), lambda: self._client.upload_fileobj(
+                io.BytesIO(data), self.bucket, k, Config=config), "multipart put")
         return sha256_bytes(data)
 
     def get_bytes(self, key: str) -> bytes:
         k = self._key(key)
         return self._call(
-            self.uri(key), lambda: self._client.get_object(Bucket=self.bucket, Key=k)["Body"].read()
+            self.uri(key), lambda: self._client.get_object(Bucket=self.bucket, Key=k)["Body"].read(), "get"
         )
 
     def exists(self, key: str) -> bool:
+        return self.head(key) is not None
+
+    def head(self, key: str) -> int | None:
+        """The object's size in bytes (one HEAD request), None when it does not exist."""
         k = self._key(key)
         try:
-            self._call(self.uri(key), lambda: self._client.head_object(Bucket=self.bucket, Key=k))
-            return True
+            return int(self._call(self.uri(key), lambda: self._client.head_object(Bucket=self.bucket, Key=k),
+                                  "head")["ContentLength"])
         except KeyNotFound:
-            return False
+            return None
 
-    def list(self, prefix: str = "") -> list[str]:
+    def _list_objects(self, prefix: str) -> list[dict]:
         full = f"{self.prefix}/{prefix}" if self.prefix else prefix
-        strip = len(self.prefix) + 1 if self.prefix else 0
 
-        def pages() -> list[str]:
-            keys: list[str] = []
+        def pages() -> list[dict]:
+            objs: list[dict] = []
             paginator = self._client.get_paginator("list_objects_v2")
             for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
-                keys.extend(obj["Key"][strip:] for obj in page.get("Contents", []))
-            return keys
+                objs.extend(page.get("Contents", []))
+            return objs
 
-        return sorted(self._call(f"list {self.url}/{prefix}", pages))
+        return self._call(f"list {self.url}/{prefix}", pages)
+
+    def list(self, prefix: str = "") -> list[str]:
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        return sorted(obj["Key"][strip:] for obj in self._list_objects(prefix))
+
+    def list_info(self, prefix: str = "") -> list[ObjectInfo]:
+        """Keys under ``prefix`` with size, LastModified and ETag: the same LIST requests as
+        ``list`` (1,000 keys a page), no request per object."""
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        return sorted((ObjectInfo(obj["Key"][strip:], int(obj["Size"]), obj["LastModified"].timestamp(),
+                                  str(obj.get("ETag", "")).strip('"'))
+                       for obj in self._list_objects(prefix)), key=lambda o: o.key)
 
     def folders(self, prefix: str) -> list[str]:
         """Names of the "folders" right under ``prefix`` (a delimiter listing: no object of
@@ -234,10 +363,24 @@ class S3Store:
 
     def delete(self, key: str) -> None:
         k = self._key(key)
-        self._call(self.uri(key), lambda: self._client.delete_object(Bucket=self.bucket, Key=k))
+        self._call(self.uri(key), lambda: self._client.delete_object(Bucket=self.bucket, Key=k), "delete")
 
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._key(key)}"
+
+
+# Local I/O errors that retrying cannot fix: fail at once rather than after the retry budget.
+_LOCAL_PERMANENT = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG,
+                    errno.EISDIR, errno.ENOTDIR, errno.EEXIST}
+
+
+def _local_io(what: str, fn: Callable[[], T]) -> T:
+    try:
+        return fn()
+    except OSError as exc:
+        if exc.errno in _LOCAL_PERMANENT:
+            raise StoreError(f"{what}: {exc}") from exc
+        raise
 
 
 # The store `hare status`/`hare rerun` and the served deployments use when none is named.

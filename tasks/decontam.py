@@ -1,28 +1,23 @@
 """Stage ``decontam``: drop records that leak benchmark items (n-gram, then paraphrase).
 
 :func:`decontaminate_table` is the plain function over an Arrow table of records;
-:func:`decontaminate` is the Prefect task that runs it over a run's partitions, committing each
-partition's kept records and rejects (with benchmark, item id, method and score) under a
-``decontam`` manifest, and writes the run's contamination report.
+:class:`Decontam` is the stage object the flow runs on each partition as soon as its quality
+commit lands: kept records and rejects (with benchmark, item id, method and score) under a
+``decontam`` manifest, whose aggregate merges into the run's contamination report.
 """
 
 from __future__ import annotations
 
-import json
-from collections import defaultdict
+import functools
 from typing import Any
 
 import pyarrow as pa
-from prefect import get_run_logger, task
 
-from hare import lineage
 from hare.benchmarks import load_benchmark
 from hare.config import DecontamConfig, RunConfig
 from hare.decontam import Decontaminator
-from hare.layout import decontaminated_key, decontamination_key
 from hare.schema import DECONTAM_REJECT_SCHEMA
-from hare.stage import run_record_stage
-from hare.store import open_store
+from hare.stage import StageResult, add_counts
 
 STAGE = "decontam"
 
@@ -64,44 +59,65 @@ def decontaminate_table(
     return records.filter(pa.array([m is None for m in matches])), rejects
 
 
-def contamination_report(rejects: list[pa.Table], checked: int) -> dict[str, Any]:
-    """Per benchmark: records matched, by method, and which items."""
-    per: dict[str, dict[str, Any]] = defaultdict(lambda: {"records": 0, "by_method": defaultdict(int), "items": set()})
-    for table in rejects:
-        for r in table.select(["benchmark", "benchmark_item", "match_method"]).to_pylist():
-            b = per[r["benchmark"]]
-            b["records"] += 1
-            b["by_method"][r["match_method"]] += 1
-            b["items"].add(r["benchmark_item"])
+def contamination_aggregate(rejects: pa.Table, checked: int) -> dict[str, Any]:
+    """One partition's figures: records matched per benchmark, by method, and which items."""
+    per: dict[str, dict[str, Any]] = {}
+    rows = rejects.select(["benchmark", "benchmark_item", "match_method"]).to_pylist() if rejects.num_rows else []
+    for r in rows:
+        b = per.setdefault(r["benchmark"], {"records": 0, "by_method": {}, "items": []})
+        b["records"] += 1
+        add_counts(b["by_method"], {r["match_method"]: 1})
+        if r["benchmark_item"] not in b["items"]:
+            b["items"].append(r["benchmark_item"])
+    return {"records_checked": checked, "benchmarks": per}
+
+
+def merge_contamination(aggregates: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run's contamination report: per benchmark, records matched, by method, and items."""
+    per: dict[str, dict[str, Any]] = {}
+    for agg in aggregates:
+        for name, b in agg["benchmarks"].items():
+            slot = per.setdefault(name, {"records": 0, "by_method": {}, "items": set()})
+            slot["records"] += b["records"]
+            add_counts(slot["by_method"], b["by_method"])
+            slot["items"].update(b["items"])
     return {
-        "records_checked": checked,
+        "records_checked": sum(a["records_checked"] for a in aggregates),
         "records_dropped": sum(b["records"] for b in per.values()),
-        "benchmarks": {name: {"records": b["records"], "by_method": dict(b["by_method"]),
+        "benchmarks": {name: {"records": b["records"], "by_method": b["by_method"],
                               "items": sorted(b["items"], key=lambda x: (len(x), x))}
                        for name, b in per.items()},
     }
 
 
-@task(name="decontaminate", retries=1, retry_delay_seconds=2)
-def decontaminate(cfg: RunConfig, run_id: str, partition_ids: list[str]) -> dict[str, Any]:
-    """Decontaminate every dataset partition of a run; write the run's contamination report."""
-    logger = get_run_logger()
-    store = open_store(cfg.store.url)
-    dec = build_decontaminator(cfg.decontamination)
+def contamination_report(rejects: list[pa.Table], checked: int) -> dict[str, Any]:
+    """Per benchmark: records matched, by method, and which items (``hare decontam`` on a file)."""
+    return {**merge_contamination([contamination_aggregate(r, 0) for r in rejects]), "records_checked": checked}
 
-    def stage_fn(records: pa.Table) -> tuple[pa.Table, pa.Table, dict[str, Any]]:
-        return (*decontaminate_table(records, dec), {})
 
-    results = [run_record_stage(store, run_id, pid, STAGE, cfg.stage_input(STAGE), stage_fn)
-               for pid in partition_ids]
-    report = contamination_report([r for r, _ in results], sum(st["checked"] for _, st in results))
-    store.put_bytes(decontamination_key(run_id), json.dumps(report, indent=2).encode())
-    lineage.emit(
-        store, run_id, "synthesize.decontam", "COMPLETE",
-        inputs=[lineage.dataset(b.source if "://" in b.source else f"file://{b.source}")
-                for b in cfg.decontamination.benchmarks],
-        outputs=[lineage.dataset(store.uri(decontaminated_key(run_id, p))) for p in partition_ids],
-        facets={"stage": STAGE, "records_dropped": report["records_dropped"]},
-    )
-    logger.info("decontamination: %d of %d records dropped", report["records_dropped"], report["records_checked"])
-    return report
+@functools.lru_cache(maxsize=2)
+def _decontaminator(section_json: str, run_id: str) -> Decontaminator:
+    """Built once per worker process and config (benchmark n-grams and item embeddings), and
+    reused by every partition that worker decontaminates."""
+    from hare.embedders import pool_embed
+
+    cfg = DecontamConfig.model_validate_json(section_json)
+    items = [item for spec in cfg.benchmarks for item in load_benchmark(spec)]
+    return Decontaminator(cfg, items, pool_embed(run_id))
+
+
+class Decontam:
+    """Stage ``decontam``: n-gram overlap, then confirmed paraphrase search, per benchmark."""
+
+    name, section, report, produces_records = STAGE, "decontamination", "decontamination.json", True
+
+    def enabled(self, cfg: RunConfig) -> bool:
+        return bool(cfg.decontamination.benchmarks)
+
+    def process(self, cfg: RunConfig, run_id: str, partition_id: str, records: pa.Table) -> StageResult:
+        dec = _decontaminator(cfg.decontamination.model_dump_json(), run_id)
+        kept, rejects = decontaminate_table(records, dec)
+        return StageResult(kept, rejects, contamination_aggregate(rejects, records.num_rows))
+
+    def merge(self, aggregates: list[dict[str, Any]]) -> dict[str, Any]:
+        return merge_contamination(aggregates)

@@ -1,73 +1,43 @@
 """Stage ``dedup``: exact, near (MinHash) and semantic (FAISS) duplicates, global and incremental.
 
-Global: all dataset partitions of a run are deduplicated together, in partition order.
-Incremental: what earlier runs published (``index/runs/<run_id>.parquet`` in the store: ids,
-MinHash signatures, embeddings) comes first, so a new run drops what is already published.
-Features (signatures and embeddings) are computed once per partition and stored beside it
-(``runs/<id>/features/<pid>.parquet``); a re-run reads them instead of recomputing.
+Global: all dataset partitions of a run are deduplicated together, in partition order, from
+the features each partition's streamed ``features`` stage stored (no record is read for the
+decision). Incremental: what earlier runs published (``index/runs/<run_id>/<pid>.parquet``:
+ids, MinHash signatures, embeddings) comes first, so a new run drops what is already
+published. The verdicts are then applied one partition at a time (one partition's records in
+memory), each committed under a ``dedup`` manifest whose aggregate (layers, the kept records'
+axes and tokens) the run report, the diversity coverage and the card merge.
 Every dropped record names the layer, the record it duplicates (id and run) and the score.
 """
 
 from __future__ import annotations
 
 import json
-from collections import Counter
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from prefect import get_run_logger, task
 
 from hare import lineage
 from hare.config import DedupConfig, RunConfig
-from hare.dedup import Duplicate, find_duplicates, minhash_signatures
+from hare.dedup import Duplicate, find_duplicates
 from hare.layout import dedup_report_key, features_key, published_index_key, records_key
-from hare.stage import run_record_stage
+from hare.stage import StageResult, add_counts, reject_reasons, run_record_stage
 from hare.store import KeyNotFound, ObjectStore, open_store
 from hare.tables import from_parquet_bytes, to_parquet_bytes
+from hare.tasks.features import split_features
 
 STAGE = "dedup"
-Embed = Callable[[Sequence[str]], np.ndarray]
-
-
-def features_table(ids: Sequence[str], sigs: np.ndarray, vecs: np.ndarray) -> pa.Table:
-    return pa.table({
-        "id": pa.array(list(ids), pa.string()),
-        "minhash": pa.array(list(sigs), pa.list_(pa.uint64())),
-        "embedding": pa.array(list(vecs), pa.list_(pa.float32())),
-    })
-
-
-def split_features(table: pa.Table) -> tuple[list[str], np.ndarray, np.ndarray]:
-    ids = table.column("id").to_pylist()
-    sigs = np.array(table.column("minhash").to_pylist(), dtype=np.uint64).reshape(len(ids), -1)
-    vecs = np.array(table.column("embedding").to_pylist(), dtype=np.float32).reshape(len(ids), -1)
-    return ids, sigs, vecs
-
-
-def partition_features(store: ObjectStore, run_id: str, pid: str, records: pa.Table,
-                       cfg: DedupConfig, embed: Embed) -> tuple[np.ndarray, np.ndarray]:
-    """Signatures and embeddings of these records, from the stored features when they match."""
-    ids = records.column("id").to_pylist()
-    key = features_key(run_id, pid)
-    try:
-        stored = from_parquet_bytes(store.get_bytes(key), key)
-        s_ids, sigs, vecs = split_features(stored)
-        if s_ids == ids and sigs.shape[1] == cfg.num_perm:
-            return sigs, vecs
-    except KeyNotFound:
-        pass
-    texts = records.column("text").to_pylist()
-    sigs, vecs = minhash_signatures(texts, cfg), embed(texts)
-    store.put_bytes(key, to_parquet_bytes(features_table(ids, sigs, vecs)))
-    return sigs, vecs
 
 
 def load_published(store: ObjectStore, exclude_run: str) -> tuple[list[tuple[str, str]], np.ndarray | None, np.ndarray | None]:
     """(run id, record id) of everything earlier runs published, with their features."""
     refs, sigs, vecs = [], [], []
     for key in store.list("index/runs/"):
-        run = key.rsplit("/", 1)[1].removesuffix(".parquet")
+        # index/runs/<run>/<pid>.parquet (one shard per partition), or index/runs/<run>.parquet (older runs)
+        run = key.split("/")[2].removesuffix(".parquet")
         if run == exclude_run or not key.endswith(".parquet"):
             continue
         ids, s, v = split_features(from_parquet_bytes(store.get_bytes(key), key))
@@ -115,37 +85,71 @@ def apply_verdicts(records: pa.Table, verdicts: list[tuple[Duplicate, str, str] 
     return records.filter(pa.array([v is None for v in verdicts])), rejects
 
 
-@task(name="dedup", retries=1, retry_delay_seconds=2)
-def deduplicate(cfg: RunConfig, run_id: str, partition_ids: list[str]) -> dict[str, Any]:
-    """Deduplicate the run's dataset partitions against each other and what is published."""
-    from hare.embed import embed
+def axes_counts(records: pa.Table) -> dict[str, dict[str, int]]:
+    """Kept records per domain, audience, style and kind: the coverage figures, per partition."""
+    out: dict[str, dict[str, int]] = {}
+    for axis, col in (("domains", "topic_path"), ("audiences", "audience"), ("styles", "style"), ("kinds", "kind")):
+        values = records.column(col).to_pylist() if col in records.column_names else []
+        if axis == "domains":
+            values = [(v or "").split(" > ")[0] for v in values]
+        out[axis] = {}
+        for v in values:
+            out[axis][v] = out[axis].get(v, 0) + 1
+    return out
 
-    store = open_store(cfg.store.url)
-    source = cfg.stage_input(STAGE)
-    parts = []
+
+class Dedup:
+    """Applies the run's global verdicts to one partition (the decision itself is global)."""
+
+    name, section, report, produces_records = STAGE, "dedup", "dedup.json", True
+
+    def __init__(self, verdicts: dict[str, list[tuple[Duplicate, str, str] | None]] | None = None,
+                 prior_records: int = 0) -> None:
+        self.verdicts, self.prior_records = verdicts or {}, prior_records
+
+    def enabled(self, cfg: RunConfig) -> bool:
+        return cfg.dedup.enabled
+
+    def process(self, cfg: RunConfig, run_id: str, partition_id: str, records: pa.Table) -> StageResult:
+        kept, rejects = apply_verdicts(records, self.verdicts[partition_id])
+        earlier = sum(1 for r in rejects.column("duplicate_of_run").to_pylist() if r != run_id)
+        tokens = int(pc.sum(kept.column("output_tokens")).as_py() or 0) if "output_tokens" in kept.column_names else 0
+        return StageResult(kept, rejects, {"checked": records.num_rows, "layers": reject_reasons(rejects),
+                                           "dropped_as_already_published": earlier,
+                                           "against_published_records": self.prior_records,
+                                           "axes": axes_counts(kept), "output_tokens": tokens})
+
+    def merge(self, aggregates: list[dict[str, Any]]) -> dict[str, Any]:
+        layers: dict[str, int] = {}
+        for a in aggregates:
+            add_counts(layers, a["layers"])
+        return {"checked": sum(a["checked"] for a in aggregates), "dropped": sum(layers.values()),
+                "by_layer": {k.removeprefix("duplicate:"): v for k, v in sorted(layers.items())},
+                "against_published_records": max((a["against_published_records"] for a in aggregates), default=0),
+                "dropped_as_already_published": sum(a["dropped_as_already_published"] for a in aggregates)}
+
+
+def stored_features(store: ObjectStore, run_id: str, partition_ids: list[str]) -> list[tuple[str, list[str], np.ndarray, np.ndarray]]:
+    """(partition, ids, signatures, embeddings) from each partition's features commit."""
+    out = []
     for pid in partition_ids:
-        key = records_key(run_id, pid, source)
-        records = from_parquet_bytes(store.get_bytes(key), key)
-        parts.append((pid, records, *partition_features(store, run_id, pid, records, cfg.dedup, embed)))
+        key = features_key(run_id, pid)
+        out.append((pid, *split_features(from_parquet_bytes(store.get_bytes(key), key))))
+    return out
+
+
+@task(name="dedup", retries=1, retry_delay_seconds=2)
+def deduplicate(cfg: RunConfig, run_id: str, partition_ids: list[str], source: str) -> dict[str, Any]:
+    """The global decision over stored features (this run and what is published), then each
+    partition's verdicts committed one partition at a time; returns the merged report."""
+    store = open_store(cfg.store.url)
+    feats = stored_features(store, run_id, partition_ids)
     prior_refs, prior_sigs, prior_vecs = load_published(store, run_id)
+    parts = [(pid, pa.table({"id": ids}), sigs, vecs) for pid, ids, sigs, vecs in feats]
     verdicts = dedup_verdicts(prior_refs, prior_sigs, prior_vecs, run_id, parts, cfg.dedup)
-
-    results = []
-    for pid, _, _, _ in parts:
-        def stage_fn(records: pa.Table, pid: str = pid) -> tuple[pa.Table, pa.Table, dict[str, Any]]:
-            kept, rejects = apply_verdicts(records, verdicts[pid])
-            return kept, rejects, {"layers": dict(Counter(rejects.column("reject_reason").to_pylist()))}
-
-        results.append(run_record_stage(store, run_id, pid, STAGE, source, stage_fn))
-    layers = Counter(r for rej, _ in results for r in rej.column("reject_reason").to_pylist())
-    report = {
-        "checked": sum(st["checked"] for _, st in results),
-        "dropped": sum(layers.values()),
-        "by_layer": {k.removeprefix("duplicate:"): v for k, v in sorted(layers.items())},
-        "against_published_records": len(prior_refs),
-        "dropped_as_already_published": sum(
-            1 for rej, _ in results for run in rej.column("duplicate_of_run").to_pylist() if run != run_id),
-    }
+    stage = Dedup(verdicts, len(prior_refs))
+    stats = [run_record_stage(store, cfg, run_id, pid, stage, source) for pid in partition_ids]
+    report = stage.merge([st["aggregate"] for st in stats])
     store.put_bytes(dedup_report_key(run_id), json.dumps(report, indent=2).encode())
     lineage.emit(store, run_id, "synthesize.dedup", "COMPLETE",
                  inputs=[lineage.dataset(store.uri(k)) for k in store.list("index/runs/") if run_id not in k],
@@ -155,15 +159,15 @@ def deduplicate(cfg: RunConfig, run_id: str, partition_ids: list[str]) -> dict[s
     return report
 
 
-def write_published_index(store: ObjectStore, run_id: str, partition_ids: list[str], final: pa.Table) -> None:
-    """Record what this run published so later runs deduplicate against it."""
-    keep = set(final.column("id").to_pylist())
-    tables = []
+def write_published_index(store: ObjectStore, run_id: str, partition_ids: list[str], final_stage: str) -> None:
+    """Record what this run published, one index shard per partition (features of the kept
+    records), so later runs deduplicate against it without one huge object."""
     for pid in partition_ids:
         try:
             feats = from_parquet_bytes(store.get_bytes(features_key(run_id, pid)))
         except KeyNotFound:
             continue
-        tables.append(feats.filter(pa.array([i in keep for i in feats.column("id").to_pylist()])))
-    if tables:
-        store.put_bytes(published_index_key(run_id), to_parquet_bytes(pa.concat_tables(tables)))
+        key = records_key(run_id, pid, final_stage)
+        keep = set(from_parquet_bytes(store.get_bytes(key), key).column("id").to_pylist())
+        shard = feats.filter(pa.array([i in keep for i in feats.column("id").to_pylist()]))
+        store.put_bytes(published_index_key(run_id, pid), to_parquet_bytes(shard))

@@ -12,7 +12,7 @@ from collections import Counter
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute  # noqa: F401 - pa.compute.sum
+import pyarrow.compute as pc
 from prefect import task
 
 from hare import lineage
@@ -28,7 +28,7 @@ from hare.layout import (
     quality_key,
     records_key,
 )
-from hare.manifest import OutputRef, committed_manifest, utc_now
+from hare.manifest import OutputRef, read_manifest, utc_now
 from hare.schema import RECORD_SCHEMA
 from hare.store import KeyNotFound, ObjectStore, open_store
 from hare.tables import from_parquet_bytes, to_parquet_bytes
@@ -36,10 +36,6 @@ from hare.tables import from_parquet_bytes, to_parquet_bytes
 
 class PublishError(RuntimeError):
     """Some partitions are not committed; the message lists them."""
-
-
-def uncommitted(store: ObjectStore, run_id: str, partition_ids: list[str], stage: str = "generate") -> list[str]:
-    return [p for p in partition_ids if committed_manifest(store, run_id, p, stage) is None]
 
 
 def collect_records(store: ObjectStore, run_id: str, partition_ids: list[str], stage: str = "generate") -> pa.Table:
@@ -70,13 +66,11 @@ def _diversity_section(report: dict[str, Any] | None) -> list[str]:
     return [*lines, ""]
 
 
-def dataset_card(run_id: str, cfg: RunConfig, records: pa.Table, totals: dict[str, Any],
+def dataset_card(run_id: str, cfg: RunConfig, kinds: Counter[str], domains: Counter[str], totals: dict[str, Any],
                  diversity: dict[str, Any] | None = None, contamination: dict[str, Any] | None = None,
                  quality: dict[str, Any] | None = None, dedup: dict[str, Any] | None = None,
                  cost: list[str] | None = None) -> str:
     """A Hugging Face dataset card (YAML header + Markdown) for the published run."""
-    kinds = Counter(records.column("kind").to_pylist())
-    domains = Counter(p.split(" > ")[0] for p in records.column("topic_path").to_pylist())
     lines = [
         "---",
         "configs:",
@@ -181,41 +175,78 @@ def _contamination_section(report: dict[str, Any] | None) -> list[str]:
     return [*lines, ""]
 
 
+class ShardWriter:
+    """Cuts the published records into shards of ``shard_rows`` as partitions stream in: it
+    holds at most one shard's rows, never the dataset."""
+
+    def __init__(self, store: ObjectStore, run_id: str, shard_rows: int) -> None:
+        self.store, self.run_id, self.shard_rows = store, run_id, shard_rows
+        self.pending: list[pa.Table] = []
+        self.rows = 0
+        self.shards: list[OutputRef] = []
+
+    def add(self, table: pa.Table) -> None:
+        self.pending.append(table)
+        self.rows += table.num_rows
+        while self.rows >= self.shard_rows:
+            self._write(self.shard_rows)
+
+    def close(self) -> list[OutputRef]:
+        if self.rows or not self.shards:  # an empty dataset still gets one (empty) shard
+            self._write(self.rows)
+        return self.shards
+
+    def _write(self, rows: int) -> None:
+        merged = pa.concat_tables(self.pending) if self.pending else RECORD_SCHEMA.empty_table()
+        shard, rest = merged.slice(0, rows), merged.slice(rows)
+        data = to_parquet_bytes(shard)
+        key = dataset_shard_key(self.run_id, len(self.shards))
+        self.shards.append(OutputRef(key, self.store.put_bytes(key, data), len(data), shard.num_rows))
+        self.pending, self.rows = ([rest] if rest.num_rows else []), rest.num_rows
+
+
 def publish_records(
     store: ObjectStore, cfg: RunConfig, run_id: str, partition_ids: list[str],
     generation: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write the shards, the card and the dataset manifest; return the run totals.
 
+    Partitions stream through one at a time (shards hold ``publish.shard_rows`` rows); the
+    card's figures come from the stage manifests and reports, not from re-reading records.
     ``generation``: the generation stage's wall-clock figures (run.json ``summary.generation``),
     shown on the card beside the plan's estimate."""
-    stage = cfg.final_stage()
-    missing = sorted({p for st in cfg.record_stages() for p in uncommitted(store, run_id, partition_ids, st)})
+    from hare.tasks.stages import records_source, stage_names
+
+    stage = records_source(cfg, "publish")
+    manifests = {(p, st): read_manifest(store, run_id, p, st) for st in stage_names(cfg) for p in partition_ids}
+    missing = sorted({p for (p, _), m in manifests.items() if m is None or m.status != "succeeded"})
     if missing:
         raise PublishError(f"run {run_id}: {len(missing)} partition(s) not committed: {', '.join(missing)}")
-    manifests = [committed_manifest(store, run_id, p) for p in partition_ids]
-    later = [committed_manifest(store, run_id, p, st) for st in cfg.record_stages()[1:] for p in partition_ids]
-    final = [m for m in later if m and m.stage == stage]
-    records = collect_records(store, run_id, partition_ids, stage)
-    shards: list[OutputRef] = []
-    for i, start in enumerate(range(0, max(records.num_rows, 1), cfg.publish.shard_rows)):
-        shard = records.slice(start, cfg.publish.shard_rows)
-        data = to_parquet_bytes(shard)
-        key = dataset_shard_key(run_id, i)
-        shards.append(OutputRef(key, store.put_bytes(key, data), len(data), shard.num_rows))
-    out_tokens = sum(m.stats.get("output_tokens", 0) for m in manifests if m)
-    gen_seconds = sum(m.stats.get("generate_seconds", 0.0) for m in manifests if m)
+    writer = ShardWriter(store, run_id, cfg.publish.shard_rows)
+    kinds: Counter[str] = Counter()
+    domains: Counter[str] = Counter()
+    kept_tokens = 0
+    for pid in partition_ids:
+        key = records_key(run_id, pid, stage)
+        table = from_parquet_bytes(store.get_bytes(key), key)
+        writer.add(table)
+        kinds.update(table.column("kind").to_pylist())
+        domains.update(p.split(" > ")[0] for p in table.column("topic_path").to_pylist())
+        kept_tokens += int(pc.sum(table.column("output_tokens")).as_py() or 0)
+    shards = writer.close()
+    generated = [m for (_, st), m in manifests.items() if st == "generate" and m]
+    out_tokens = sum(m.stats.get("output_tokens", 0) for m in generated)
+    gen_seconds = sum(m.stats.get("generate_seconds", 0.0) for m in generated)
     totals = {
         "partitions": len(partition_ids),
-        "records": records.num_rows,
-        "rejects": sum(m.stats.get("rejects", 0) for m in [*manifests, *later] if m),
+        "records": sum(s.rows for s in shards),
+        "rejects": sum(m.stats.get("rejects", 0) for m in manifests.values() if m),
         "output_tokens": out_tokens,
         "generate_seconds": round(gen_seconds, 2),
         "output_tokens_per_s": round(out_tokens / gen_seconds, 2) if gen_seconds else 0.0,
     }
-    kept_tokens = int(pa.compute.sum(records.column("output_tokens")).as_py() or 0) if records.num_rows else 0
     store.put_bytes(card_key(run_id), dataset_card(
-        run_id, cfg, records, totals, _optional_json(store, diversity_key(run_id)),
+        run_id, cfg, kinds, domains, totals, _optional_json(store, diversity_key(run_id)),
         _optional_json(store, decontamination_key(run_id)), _optional_json(store, quality_key(run_id)),
         _optional_json(store, dedup_report_key(run_id)),
         _cost_section(_optional_json(store, estimate_key(run_id)), generation, kept_tokens)).encode())
@@ -224,12 +255,13 @@ def publish_records(
     if cfg.dedup.enabled:
         from hare.tasks.dedup import write_published_index
 
-        write_published_index(store, run_id, partition_ids, records)
+        write_published_index(store, run_id, partition_ids, stage)
     store.put_bytes(dataset_manifest_key(run_id), json.dumps(body, indent=2).encode())
+    final = [m for (_, st), m in manifests.items() if st == stage and m]
     lineage.emit(
         store, run_id, "synthesize.publish", "COMPLETE",
         inputs=[lineage.dataset(store.uri(o.key), o.sha256, o.rows)
-                for m in (final or manifests) if m for o in m.outputs if "/rejects/" not in o.key],
+                for m in final for o in m.outputs if "/rejects/" not in o.key],
         outputs=[lineage.dataset(store.uri(s.key), s.sha256, s.rows) for s in shards],
         facets={"stage": "publish", "totals": totals},
     )

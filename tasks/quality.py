@@ -1,29 +1,23 @@
 """Stage ``quality``: rules first, every reject with its rule's name; scores kept for the report.
 
 :func:`filter_table` is the plain function over a table of records (any table with ``text``;
-``kind`` and ``finish_reason`` when present); :func:`filter_quality` is the Prefect task that runs
-it over a run's partitions under the common stage wrapper and writes the quality-consistency
-report (`runs/<run_id>/quality.json`, also on the dataset card).
+``kind`` and ``finish_reason`` when present); :class:`Quality` is the stage object the flow runs
+on each partition as soon as it is generated; its per-partition aggregate (counts, reasons, a
+sketch per score) merges into the quality-consistency report (`runs/<run_id>/quality.json`,
+also on the dataset card) without reading any record again.
 """
 
 from __future__ import annotations
 
-import json
-from collections import Counter, defaultdict
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from prefect import get_run_logger, task
 
-from hare import lineage
+from hare import sketch
 from hare.config import QualityConfig, RunConfig
-from hare.layout import quality_key, records_key
 from hare.quality import SCORE_NAMES, judge
-from hare.stage import run_record_stage
-from hare.store import open_store
-from hare.tables import from_parquet_bytes
+from hare.stage import StageResult, add_counts, reject_reasons
 
 STAGE = "quality"
 
@@ -48,58 +42,71 @@ def filter_table(records: pa.Table, cfg: QualityConfig, default_kind: str = "exp
     return scored.filter(pc.invert(bad)), rejects
 
 
-def _spread(values: list[float]) -> dict[str, float]:
-    if not values:
-        return {}
-    p = np.percentile(values, [5, 25, 50, 75, 95])
-    return {"p5": round(float(p[0]), 4), "p25": round(float(p[1]), 4), "median": round(float(p[2]), 4),
-            "p75": round(float(p[3]), 4), "p95": round(float(p[4]), 4), "iqr": round(float(p[3] - p[1]), 4),
-            "n": len(values)}
+def _domain(topic_path: str | None) -> str:
+    return (topic_path or "(none)").split(" > ")[0]
+
+
+def quality_aggregate(kept: pa.Table, rejects: pa.Table) -> dict[str, Any]:
+    """One partition's mergeable figures: counts, reasons per domain and kind, a sketch per score."""
+    def column(t: pa.Table, name: str, default: str = "(none)") -> list[str]:
+        return [v or default for v in t.column(name).to_pylist()] if name in t.column_names else [default] * t.num_rows
+
+    by: dict[str, dict[str, dict[str, Any]]] = {"domain": {}, "kind": {}}
+    reasons = rejects.column("reject_reason").to_pylist() if rejects.num_rows else []
+    for axis, kept_vals, rej_vals in (
+        ("domain", [_domain(p) for p in column(kept, "topic_path")], [_domain(p) for p in column(rejects, "topic_path")]),
+        ("kind", column(kept, "kind"), column(rejects, "kind")),
+    ):
+        for v in kept_vals:
+            by[axis].setdefault(v, {"kept": 0, "rejects": {}})["kept"] += 1
+        for v, reason in zip(rej_vals, reasons):
+            add_counts(by[axis].setdefault(v, {"kept": 0, "rejects": {}})["rejects"], {reason: 1})
+    return {"checked": kept.num_rows + rejects.num_rows, "kept": kept.num_rows, "rejected": rejects.num_rows,
+            "reject_reasons": reject_reasons(rejects), "by_domain": by["domain"], "by_kind": by["kind"],
+            "sketches": {name: sketch.sketch(kept.column(f"q_{name}").to_pylist()) for name in SCORE_NAMES}}
+
+
+def merge_quality(aggregates: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run's quality report from its partitions' aggregates: score spread (percentiles,
+    IQR) over kept records, rejects by reason, per domain and kind."""
+    by: dict[str, dict[str, dict[str, Any]]] = {"by_domain": {}, "by_kind": {}}
+    for agg in aggregates:
+        for axis in by:
+            for value, fig in agg[axis].items():
+                slot = by[axis].setdefault(value, {"kept": 0, "rejects": {}})
+                slot["kept"] += fig["kept"]
+                add_counts(slot["rejects"], fig["rejects"])
+    reasons: dict[str, int] = {}
+    for agg in aggregates:
+        add_counts(reasons, agg["reject_reasons"])
+    return {
+        "checked": sum(a["checked"] for a in aggregates),
+        "kept": sum(a["kept"] for a in aggregates),
+        "rejected": sum(a["rejected"] for a in aggregates),
+        "reject_reasons": dict(sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "scores": {name: sketch.spread(sketch.merge(a["sketches"][name] for a in aggregates)) for name in SCORE_NAMES},
+        "score_accuracy": f"percentiles from merged per-partition sketches, within {sketch.ACCURACY:.0%}",
+        "by_domain": dict(sorted(by["by_domain"].items())),
+        "by_kind": dict(sorted(by["by_kind"].items())),
+    }
 
 
 def quality_report(kept: list[pa.Table], rejects: list[pa.Table]) -> dict[str, Any]:
     """Spread of every score over kept records; reject counts by reason, per domain and kind."""
-    kept_rows = [r for t in kept for r in t.to_pylist()]
-    rej_rows = [r for t in rejects for r in t.to_pylist()]
-
-    def domain(r: dict[str, Any]) -> str:
-        return (r.get("topic_path") or "(none)").split(" > ")[0]
-
-    by = {"domain": defaultdict(Counter), "kind": defaultdict(Counter)}
-    for r in rej_rows:
-        by["domain"][domain(r)][r["reject_reason"]] += 1
-        by["kind"][r.get("kind") or "(none)"][r["reject_reason"]] += 1
-    kept_by = {"domain": Counter(domain(r) for r in kept_rows), "kind": Counter(r.get("kind") or "(none)" for r in kept_rows)}
-    return {
-        "checked": len(kept_rows) + len(rej_rows),
-        "kept": len(kept_rows),
-        "rejected": len(rej_rows),
-        "reject_reasons": dict(Counter(r["reject_reason"] for r in rej_rows).most_common()),
-        "scores": {name: _spread([r[f"q_{name}"] for r in kept_rows]) for name in SCORE_NAMES},
-        "by_domain": {d: {"kept": kept_by["domain"].get(d, 0), "rejects": dict(c)}
-                      for d, c in sorted({**{d: Counter() for d in kept_by["domain"]}, **by["domain"]}.items())},
-        "by_kind": {k: {"kept": kept_by["kind"].get(k, 0), "rejects": dict(c)}
-                    for k, c in sorted({**{k: Counter() for k in kept_by["kind"]}, **by["kind"]}.items())},
-    }
+    return merge_quality([quality_aggregate(k, r) for k, r in zip(kept, rejects)])
 
 
-@task(name="quality", retries=1, retry_delay_seconds=2)
-def filter_quality(cfg: RunConfig, run_id: str, partition_ids: list[str]) -> dict[str, Any]:
-    """Filter every dataset partition of a run and write the quality-consistency report."""
-    store = open_store(cfg.store.url)
+class Quality:
+    """Stage ``quality``: the rules of hare.quality, every reject with its rule's name."""
 
-    def stage_fn(records: pa.Table) -> tuple[pa.Table, pa.Table, dict[str, Any]]:
+    name, section, report, produces_records = STAGE, "quality", "quality.json", True
+
+    def enabled(self, cfg: RunConfig) -> bool:
+        return cfg.quality.enabled
+
+    def process(self, cfg: RunConfig, run_id: str, partition_id: str, records: pa.Table) -> StageResult:
         kept, rejects = filter_table(records, cfg.quality)
-        return kept, rejects, {"reasons": dict(Counter(rejects.column("reject_reason").to_pylist()))}
+        return StageResult(kept, rejects, quality_aggregate(kept, rejects))
 
-    results = [run_record_stage(store, run_id, pid, STAGE, cfg.stage_input(STAGE), stage_fn)
-               for pid in partition_ids]
-    kept = [from_parquet_bytes(store.get_bytes(records_key(run_id, p, STAGE))) for p in partition_ids]
-    report = quality_report(kept, [r for r, _ in results])
-    store.put_bytes(quality_key(run_id), json.dumps(report, indent=2).encode())
-    lineage.emit(store, run_id, "synthesize.quality", "COMPLETE",
-                 outputs=[lineage.dataset(store.uri(records_key(run_id, p, STAGE))) for p in partition_ids],
-                 facets={"stage": STAGE, "kept": report["kept"], "rejected": report["rejected"]})
-    get_run_logger().info("quality: kept %d of %d; reasons %s", report["kept"], report["checked"],
-                          report["reject_reasons"])
-    return report
+    def merge(self, aggregates: list[dict[str, Any]]) -> dict[str, Any]:
+        return merge_quality(aggregates)

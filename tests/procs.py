@@ -76,6 +76,10 @@ class TcpOutage:
 
     def down(self) -> None:
         if self._listener is not None:
+            try:  # wakes the accept() blocked in the kernel: close() alone would let one more in
+                self._listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             self._listener.close()
             self._listener = None
         with self._lock:
@@ -93,6 +97,9 @@ class TcpOutage:
                 client, _ = srv.accept()
             except OSError:
                 return  # listener closed: the endpoint is down
+            if self._listener is not srv:  # accepted as it went down
+                client.close()
+                return
             try:
                 upstream = socket.create_connection(self.target)
             except OSError:

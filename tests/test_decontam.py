@@ -119,6 +119,9 @@ def test_benchmark_from_s3(moto_endpoint: str) -> None:
 def test_config_resolves_and_validates_benchmarks(tmp_path: Path) -> None:
     cfg = load_config(write_run_config(tmp_path, decontamination={
         "benchmarks": [{"name": "g", "source": str(GSM8K)}], "ngram_short": 6}))
-    assert cfg.final_stage() == "decontam" and cfg.decontamination.ngram_short == 6
+    from hare.tasks.stages import records_source, stage_names
+
+    assert records_source(cfg, "publish") == "decontam" and cfg.decontamination.ngram_short == 6
+    assert stage_names(cfg) == ["generate", "decontam"]  # quality and dedup are off in the test config
     with pytest.raises(ConfigError, match=r"decontamination\.overlap_threshold"):
         load_config(write_run_config(tmp_path, decontamination={"overlap_threshold": 2}))

@@ -8,7 +8,8 @@ from hare.dedup import find_duplicates, minhash_signatures, semantic_duplicates
 from hare.embed import embed
 from hare.schema import record_id
 from hare.store import open_store
-from hare.tasks.dedup import apply_verdicts, dedup_verdicts, partition_features
+from hare.tables import from_parquet_bytes
+from hare.tasks.dedup import apply_verdicts, dedup_verdicts
 
 BASE = [
     "Photosynthesis lets plants turn sunlight, water and carbon dioxide into sugar and oxygen inside their leaves.",
@@ -71,17 +72,29 @@ def test_incremental_verdicts_point_to_the_earlier_run() -> None:
     assert (r["reject_reason"], r["duplicate_of"], r["duplicate_of_run"]) == ("duplicate:exact", record_id(BASE[0]), "old-run")
 
 
-def test_features_are_computed_once_and_stored(tmp_path) -> None:
-    store = open_store(str(tmp_path / "store"))
-    table = pa.table({"id": [record_id(t) for t in BASE[:3]], "text": BASE[:3]})
-    sigs, vecs = partition_features(store, "r", "p00000", table, DedupConfig(), embed)
+def test_features_are_computed_once_and_stored(tmp_path, monkeypatch) -> None:
+    """The streamed features stage commits signatures and embeddings once; a re-run reads the commit."""
+    from hare.config import RunConfig
+    from hare.stage import run_record_stage
+    from hare.tables import to_parquet_bytes
+    from hare.tasks import features as features_mod
+    from hare.tasks.features import Features, split_features
 
-    def no_embedding(_texts):
+    store = open_store(str(tmp_path / "store"))
+    cfg = RunConfig(name="t", plan={"partitions": 1, "prompts_per_partition": 3})
+    table = pa.table({"id": [record_id(t) for t in BASE[:3]], "text": BASE[:3]})
+    store.put_bytes("runs/r/decontaminated/p00000.parquet", to_parquet_bytes(table))
+    stats = run_record_stage(store, cfg, "r", "p00000", Features(), "decontam")
+    assert stats["records"] == 3 and stats["aggregate"] == {"records": 3, "embedded": 3}
+    ids, sigs, vecs = split_features(from_parquet_bytes(store.get_bytes("runs/r/features/p00000.parquet")))
+    assert ids == table.column("id").to_pylist() and sigs.shape == (3, 128) and vecs.shape == (3, 384)
+    assert np.allclose(vecs, embed(BASE[:3]), atol=1e-5)
+
+    def no_embedding(_run_id):
         raise AssertionError("embeddings must be read back, not recomputed")
 
-    sigs2, vecs2 = partition_features(store, "r", "p00000", table, DedupConfig(), no_embedding)
-    assert np.array_equal(sigs, sigs2) and np.allclose(vecs, vecs2)
-    assert store.exists("runs/r/features/p00000.parquet")
+    monkeypatch.setattr(features_mod, "pool_embed", no_embedding)
+    assert run_record_stage(store, cfg, "r", "p00000", Features(), "decontam") == stats
 
 
 def test_dedup_cli_on_any_parquet(tmp_path, capsys) -> None:

@@ -142,7 +142,7 @@ def test_failed_partitions_leave_the_run_incomplete(tmp_path: Path, capsys: pyte
     doomed = {pid for pid, t in split_partitions(build_plan(cfg)).items()
               if any("CRASH_ENGINE" in p for p in t.column("prompt").to_pylist())}
     assert doomed and len(doomed) < 4
-    with pytest.raises(RunIncomplete, match="re-run them with: hare rerun "):
+    with pytest.raises(RunIncomplete, match="redo these with: hare rerun "):
         run_synthesize(str(path))
     store = open_store(cfg.store.url)
     (run_id,) = {k.split("/")[1] for k in store.list("runs/")}
@@ -249,7 +249,10 @@ def test_dedup_is_incremental_across_runs(tmp_path: Path, capsys: pytest.Capture
                            dedup={"enabled": True, "semantic": False})
     first = run_synthesize(str(cfg))
     store = open_store(first["store"])
-    assert first["records"] == 6 and store.exists(f"index/runs/{first['run_id']}.parquet")
+    shards = store.list(f"index/runs/{first['run_id']}/")
+    dataset_parts = [p for p in json.loads(store.get_bytes(f"runs/{first['run_id']}/run.json"))["partitions"]
+                     if p.startswith("p")]
+    assert first["records"] == 6 and len(shards) == len(dataset_parts), "one index shard per dataset partition"
     capsys.readouterr()
     assert main(["run", str(cfg)]) == 0  # the CLI says why nothing new was published
     out = capsys.readouterr().out
