@@ -141,6 +141,11 @@ class ModelConfig(_Strict):
     num_gpus: float = Field(default=0, ge=0,
                             description="Ray GPUs per engine actor; at least tensor_parallel_size on a GPU.")
     env: dict[str, str] = Field(default_factory=dict, description="Extra env for the engine.")
+    call_timeout_s: float = Field(default=3600, gt=0, description="Longest one partition's engine call may take.")
+    restart_wait_s: float = Field(default=600, gt=0,
+                                  description="How long a partition waits for a dead engine that Ray restarts "
+                                              "(the model reloads) before it gives up on that engine.")
+    max_restarts: int = Field(default=3, ge=0, description="Ray restarts of an engine actor before it leaves the pool.")
 
     @model_validator(mode="after")
     def _gpus_cover_tensor_parallel(self) -> "ModelConfig":

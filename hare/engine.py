@@ -126,13 +126,58 @@ def start_engines(cfg: RunConfig, run_id: str) -> dict[str, Any]:
             namespace=RAY_NAMESPACE,
             num_cpus=cfg.model.num_cpus,
             num_gpus=cfg.model.num_gpus,
-            max_restarts=1,
+            max_restarts=cfg.model.max_restarts,
             get_if_exists=True,
         ).remote(cfg.model, resolved)
         for name in names
     ]
     ray.get([a.describe.remote() for a in actors])  # fail here, clearly, if an engine cannot load
     return dict(zip(names, actors))
+
+
+class EngineGone(RuntimeError):
+    """An engine died and did not come back (restarts used up, or not within restart_wait_s)."""
+
+
+def call_engine(name: str, requests: list[GenerationRequest], sampling: SamplingConfig,
+                model: ModelConfig) -> tuple[list[GenerationResult], float, dict[str, Any]]:
+    """``generate`` on a named engine, riding out a restart: if the actor dies mid-call (a
+    SIGKILL, an OOM), Ray restarts it and reloads the model; this call waits until it answers
+    again and sends the partition once more, instead of failing while the model loads.
+    Every call has a timeout (``model.call_timeout_s``). The figures returned carry
+    ``engine_restarts`` when a restart was waited for (it lands in the partition's manifest)."""
+    import ray
+    from ray.exceptions import GetTimeoutError, RayActorError
+
+    for attempt in range(1, model.max_restarts + 2):
+        actor = get_engine(name)
+        try:
+            results, seconds, figures = ray.get(actor.generate.remote(requests, sampling), timeout=model.call_timeout_s)
+            return results, seconds, {**figures, **({"engine_restarts": attempt - 1} if attempt > 1 else {})}
+        except GetTimeoutError:
+            raise TimeoutError(f"engine {name}: no answer within model.call_timeout_s = {model.call_timeout_s} s") from None
+        except RayActorError as exc:
+            if attempt > model.max_restarts:
+                raise EngineGone(f"engine {name} died {attempt} times: {str(exc).splitlines()[0]}") from None
+            wait_for_engine(name, model.restart_wait_s)
+    raise AssertionError("unreachable")
+
+
+def wait_for_engine(name: str, wait_s: float, poll_s: float = 2.0) -> None:
+    """Block until the (restarting) engine answers ``describe``, or raise :class:`EngineGone`."""
+    import ray
+    from ray.exceptions import GetTimeoutError, RayActorError
+
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        try:
+            ray.get(get_engine(name).describe.remote(), timeout=max(1.0, min(60.0, deadline - time.monotonic())))
+            return
+        except ValueError:  # no such actor any more: restarts used up
+            raise EngineGone(f"engine {name} is gone (its restarts are used up)") from None
+        except (RayActorError, GetTimeoutError):
+            time.sleep(poll_s)
+    raise EngineGone(f"engine {name} did not come back within model.restart_wait_s = {wait_s} s")
 
 
 def get_engine(name: str) -> Any:

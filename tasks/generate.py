@@ -109,7 +109,7 @@ def generate_partition(cfg: RunConfig, run_id: str, partition_id: str, engine: s
     """Generate one partition on an engine actor and commit it; skip it if already committed."""
     import ray
 
-    from hare.engine import get_engine
+    from hare.engine import call_engine, get_engine
 
     logger = get_run_logger()
     store = open_store(cfg.store.url)
@@ -121,9 +121,8 @@ def generate_partition(cfg: RunConfig, run_id: str, partition_id: str, engine: s
     started = time.perf_counter()
     try:
         plan = from_parquet_bytes(store.get_bytes(plan_key(run_id, partition_id)), plan_key(run_id, partition_id))
-        actor = get_engine(engine)
-        info = ray.get(actor.describe.remote())
-        results, gen_seconds, gpu = ray.get(actor.generate.remote(requests_from_plan(plan), cfg.sampling))
+        results, gen_seconds, gpu = call_engine(engine, requests_from_plan(plan), cfg.sampling, cfg.model)
+        info = ray.get(get_engine(engine).describe.remote(), timeout=cfg.model.call_timeout_s)
         ctx = RecordContext(run_id, partition_id, info["backend"], info["model"], info["model_revision"],
                             cfg.sampling.model_dump())
         kept, rejects = records_from_results(plan, results, ctx)

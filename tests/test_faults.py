@@ -1,5 +1,6 @@
-"""Faults during a run: each ends with a complete dataset after at most one `hare rerun`, no
-record lost and none duplicated, and a clear message in between.
+"""Faults during a run: each ends with a complete dataset (with no manual step where the fault
+is one the run rides out; else after one `hare rerun`), no record lost and none duplicated,
+and a clear message in between.
 
 Generation is the DeterministicFakeBackend (orchestration under test, not the model); its
 ``SLOW_ENGINE`` marker makes every partition take 2 s so a fault strikes mid-partition.
@@ -55,7 +56,8 @@ def assert_complete(store_url: str, run_id: str) -> list[str]:
 
 def test_engine_worker_killed_mid_partition(tmp_path: Path) -> None:
     """SIGKILL the engine actor's process while it generates: Ray restarts the actor, the
-    partition's task fails with the actor error and is retried; the run completes."""
+    partition's engine call waits until the engine answers again and sends the partition once
+    more; the run completes with no rerun, and the manifest says a restart was waited for."""
     import ray
 
     cfg = _slow_config(tmp_path)
@@ -72,17 +74,14 @@ def test_engine_worker_killed_mid_partition(tmp_path: Path) -> None:
 
     killer = threading.Thread(target=kill_engine, daemon=True)
     killer.start()
-    try:
-        run_synthesize(str(cfg), run_id=run_id)
-    except RunIncomplete as exc:  # the retry may have hit the restarting actor: one rerun completes it
-        assert f"hare rerun {run_id}" in str(exc)
-        run_rerun_failed(run_id, f"file://{tmp_path}/store")
+    run_synthesize(str(cfg), run_id=run_id)  # no RunIncomplete, no rerun
     killer.join(timeout=5)
     assert killed, "the engine was killed during the run"
     assert_complete(f"file://{tmp_path}/store", run_id)
     store = open_store(f"file://{tmp_path}/store")
-    attempts = [read_manifest(store, run_id, f"p{i:05d}").attempts for i in range(PARTITIONS)]
-    assert max(attempts) >= 2, "the partition under generation was redone"
+    manifests = [read_manifest(store, run_id, f"p{i:05d}") for i in range(PARTITIONS)]
+    assert any(m.stats.get("engine_restarts", 0) >= 1 for m in manifests), "a partition waited for the restart"
+    assert all(m.attempts == 1 for m in manifests), "no task-level retry or rerun was needed"
 
 
 def _named_actor(ray, name: str):  # noqa: ANN001, ANN202

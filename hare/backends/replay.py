@@ -134,6 +134,7 @@ _ABBREV = frozenset(
     "mr mrs ms dr st mt jr sr vs etc viz cf ie eg al fig figs vol vols no nos ch chap pp p ed eds "
     "esq rev gen col capt lt sir prof co ltd inc ibid op art sect".split()
 )
+_WORDLIKE = re.compile(r"^(\W*)([A-Za-z][A-Za-z'’-]*)(\W*)$")
 _BOUNDARY = re.compile(r"[.!?]+[\"'’”)\]]*\s+(?=[\"'‘“(\[]?[A-Z0-9])")
 
 
@@ -151,6 +152,12 @@ def split_sentences(text: str) -> list[str]:
     if text[start:].strip():
         out.append(text[start:].strip())
     return out
+
+
+def _usable(sentence: str) -> bool:
+    """A sentence worth serving: three words or more (not "Obs. 13." or a stray heading), and not
+    one so long (a list, a run-on) that it alone would be most of a text."""
+    return len(re.findall(r"[A-Za-z]{2,}", sentence)) >= 3 and len(sentence.split()) <= MAX_SENTENCE_WORDS
 
 
 @dataclass(frozen=True)
@@ -349,13 +356,16 @@ class Replayer:
         """
         passages = max(MIN_PASSAGES, min(8, round(target / 30)))
         per = max(1, math.ceil(target / passages))
+        soft = min(hi, max(round(target * 1.15), target + 10))  # how far past the target a sentence may go
+        longest = max(per, round(target * 0.4))  # no passage is most of a text
         picked: list[tuple[int, int, str]] = []  # (document, first sentence, passage)
         words = 0
-        for _ in range(8):  # documents
+        for attempt in range(8):  # documents; the last ones only when one is too short
             d = min(len(self._cum) - 1, bisect.bisect_right(self._cum, rng.random()))
             doc = self.corpus.documents[d]
+            cap = soft if attempt < 4 else hi
             used: set[int] = set()
-            for _ in range(4 * passages + 8):
+            for _ in range(12 * passages):
                 if words >= target and len(picked) >= MIN_PASSAGES:
                     break
                 i = rng.randrange(len(doc))
@@ -363,7 +373,7 @@ class Replayer:
                 run_words = 0
                 for k in range(i, min(len(doc), i + 3)):
                     n = len(doc[k].split())
-                    if k in used or (words + run_words + n > hi and words + run_words >= self.options.min_words):
+                    if k in used or words + run_words + n > cap or (run_words + n > longest and attempt < 4):
                         break
                     run.append(doc[k])
                     used.add(k)
@@ -373,14 +383,14 @@ class Replayer:
                 if run:
                     picked.append((d, i, " ".join(run)))
                     words += run_words
-            if words >= min(target, self.options.min_words):
+            if words >= self.options.min_words and len(picked) >= MIN_PASSAGES:
                 break
+        if not picked:  # a cap shorter than any sentence: the start of one
+            doc = self.corpus.documents[min(len(self._cum) - 1, bisect.bisect_right(self._cum, rng.random()))]
+            return " ".join(doc[rng.randrange(len(doc))].split()[:hi])
         picked.sort(key=lambda p: (p[0], p[1]))
         sep = "\n\n" if rng.random() < 0.3 else " "
-        text = sep.join(p[2] for p in picked)
-        if words > hi:  # one sentence longer than the cap: cut at a word
-            text = " ".join(text.split()[:hi])
-        return text
+        return sep.join(p[2] for p in picked)
 
     def _near_copy(self, text: str, rng: random.Random) -> str:
         """A few words replaced, deleted or swapped, placed so that the copy keeps a word
@@ -390,27 +400,32 @@ class Replayer:
         tokens = re.split(r"(\s+)", text)  # words at even positions, the spaces between at odd ones
         n_words = (len(tokens) + 1) // 2
         shingles = max(1, n_words - SHINGLE_WORDS + 1)
-        budget = int(shingles * (1 - NEAR_JACCARD) / (1 + NEAR_JACCARD))  # shingles an edit may break
-        if budget >= SHINGLE_WORDS:
+        budget = int(shingles * (1 - NEAR_JACCARD) / (1 + NEAR_JACCARD))  # shingles the edits may break
+        if budget >= SHINGLE_WORDS:  # inside the text, spread out: one per slot
             edits = budget // SHINGLE_WORDS
             slot = n_words / edits
-            spots = [min(n_words - 1, rng.randrange(int(e * slot + slot * 0.25),
-                                                    max(int(e * slot + slot * 0.25) + 1, int(e * slot + slot * 0.75))))
-                     for e in range(edits)]
-        else:
-            spots = [max(0, n_words - max(1, budget))]
-        for w in reversed(spots):  # from the end, so deletions do not move earlier spots
-            m = re.match(r"^(\W*)([A-Za-z][A-Za-z'’-]*)(\W*)$", tokens[2 * w])
+            regions = [range(int(e * slot + slot * 0.25), max(int(e * slot + slot * 0.25) + 1, int(e * slot + slot * 0.75)))
+                       for e in range(edits)]
+        else:  # close to the end: an edit d words from the end breaks d + 1 shingles
+            regions = [range(max(0, n_words - max(1, budget)), n_words)]
+        spots = []
+        for region in regions:
+            words = [w for w in region if w < n_words and _WORDLIKE.match(tokens[2 * w])]
+            spots.append(rng.choice(words) if words else min(n_words - 1, rng.choice(region)))
+        for w in sorted(spots, reverse=True):  # from the end, so deletions do not move earlier spots
+            m = _WORDLIKE.match(tokens[2 * w])
             op = rng.random()
-            if m and op < 0.7 and self.corpus.vocabulary:
+            if m and (op < 0.8 or n_words <= 2) and self.corpus.vocabulary:
                 new = rng.choice(self.corpus.vocabulary)
+                if new == m.group(2).lower():
+                    new = new + "s"
                 new = new.capitalize() if m.group(2)[0].isupper() else new
                 tokens[2 * w] = m.group(1) + new + m.group(3)
-            elif op < 0.85 and n_words > 2:
+            elif op < 0.9 and n_words > 2:
                 cut = slice(2 * w, 2 * w + 2) if 2 * w + 1 < len(tokens) else slice(2 * w - 1, 2 * w + 1)
                 del tokens[cut]
                 n_words -= 1
-            elif w + 1 < n_words:
+            elif w + 1 < n_words and tokens[2 * w].lower() != tokens[2 * w + 2].lower():
                 tokens[2 * w], tokens[2 * w + 2] = tokens[2 * w + 2], tokens[2 * w]
             else:
                 tokens[2 * w] = f"{tokens[2 * w]} {tokens[2 * w]}"

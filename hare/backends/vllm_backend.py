@@ -11,7 +11,7 @@ Requests the engine cannot serve become results with ``error`` set:
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Callable
 
 from hare.backends.base import GenerationRequest, GenerationResult, output_problem
 from hare.config import ModelConfig, SamplingConfig
@@ -53,6 +53,28 @@ def vllm_is_cpu_build() -> bool:
         return True
     except importlib.metadata.PackageNotFoundError:
         return False
+
+
+Item = tuple[GenerationRequest, list[int]]
+
+
+def split_on_failure(items: list[Item], run: Callable[[list[Item]], list[Any]],
+                     rejects: dict[int, GenerationResult]) -> list[tuple[Item, Any]]:
+    """Run ``items`` as one batch; if the batch fails as a whole, run each half the same way,
+    so a bad request is isolated in about log2(n) extra calls (the good ones still share
+    batches) and becomes a reject in ``rejects``, never a failed partition."""
+    if not items:
+        return []
+    try:
+        return list(zip(items, run(items)))
+    except Exception as exc:  # noqa: BLE001 - a batch-level failure: narrow it down
+        if len(items) == 1:
+            r, ids = items[0]
+            rejects[r.prompt_index] = GenerationResult(r.prompt_index, "", len(ids), 0, "error",
+                                                       error=f"engine_error: {exc}"[:500])
+            return []
+        half = len(items) // 2
+        return split_on_failure(items[:half], run, rejects) + split_on_failure(items[half:], run, rejects)
 
 
 class VLLMBackend:
@@ -127,19 +149,7 @@ class VLLMBackend:
                 )
             else:
                 todo.append((r, ids))
-        try:
-            outputs = self.run_batch(todo, sampling) if todo else []
-            pairs = list(zip(todo, outputs))
-        except Exception:  # one bad request must not fail the batch: isolate it
-            pairs = []
-            for item in todo:
-                try:
-                    pairs.append((item, self.run_batch([item], sampling)[0]))
-                except Exception as exc:  # noqa: BLE001 - kept as a reject reason
-                    r, ids = item
-                    results[r.prompt_index] = GenerationResult(
-                        r.prompt_index, "", len(ids), 0, "error", error=f"engine_error: {exc}"[:500]
-                    )
+        pairs = split_on_failure(todo, lambda items: self.run_batch(items, sampling), results)
         for (r, ids), out in pairs:
             comp = out.outputs[0]
             text = comp.text.strip()
