@@ -204,15 +204,17 @@ class ProgressView:
                         live.update(render(snap, time.monotonic() - self._started, title))
                     if stopping:
                         return
-        last = ""
+        last: tuple[Any, ...] = ()
         while True:
             stopping = self._stop.wait(self.interval_s)
             snap = self._snap()
             if snap is not None and snap.partitions:  # nothing to say before the plan exists
-                line = plain_line(snap, time.monotonic() - self._started)
-                if line.split("] ", 1)[1] != last:
-                    self.console.print(line, highlight=False, soft_wrap=True)
-                    last = line.split("] ", 1)[1]
+                counts = (snap.generated, len(snap.failed), tuple(snap.stages.values()), snap.diversity_done,
+                          snap.published)
+                if counts != last:  # a line when a commit lands, not every second
+                    self.console.print(plain_line(snap, time.monotonic() - self._started), highlight=False,
+                                       soft_wrap=True)
+                    last = counts
             if stopping:
                 return
 

@@ -56,3 +56,55 @@ def test_real_model_flow_on_ray(tmp_path: Path) -> None:
             store.get_bytes(f"runs/{result['run_id']}/rejects/generate/{pid}.parquet")
         ).column("reject_reason").to_pylist()
     assert len(reasons) == 2 and all(r.startswith("prompt_too_long") for r in reasons)
+
+
+def test_engine_killed_mid_run_with_the_real_model_completes(tmp_path: Path) -> None:
+    """SIGKILL of the vLLM engine actor after the first commit: Ray restarts it (the model
+    reloads, ~30 s here), the partitions in flight wait for it and are sent again, and the run
+    ends complete with no rerun; every prompt is served exactly once."""
+    import os
+    import signal
+    import threading
+
+    import ray
+
+    from hare.engine import RAY_NAMESPACE, engine_name
+    from tests.procs import wait_for
+
+    run_id = "kill-real"
+    cfg = write_run_config(
+        tmp_path,
+        topics_doc={"version": 1, "domains": {"Mathematics": {"Arithmetic": [{"Fractions": "adding fractions"}]}}},
+        axes={"audiences": ["a child"], "styles": ["a short paragraph"], "kinds": ["explanation"]},
+        plan={"partitions": 4, "prompts_per_partition": 2},
+        model={"backend": "vllm", "num_cpus": 1, "max_model_len": 512, "env": {"VLLM_CPU_OMP_THREADS_BIND": "0-1"}},
+        sampling={"max_tokens": 48, "temperature": 0.7},
+        diversity={"baseline_prompts": 0},
+    )
+    store = open_store(f"file://{tmp_path}/store")
+    killed: dict[str, int] = {}
+
+    def kill_engine() -> None:
+        def actor():  # noqa: ANN202
+            try:
+                return ray.get_actor(engine_name(run_id, 0), namespace=RAY_NAMESPACE)
+            except ValueError:
+                return None
+
+        handle = wait_for(actor, 300, "the engine actor")
+        pid = ray.get(handle.describe.remote())["pid"]
+        wait_for(lambda: read_manifest(store, run_id, "p00000"), 300, "the first commit", interval=0.05)
+        os.kill(pid, signal.SIGKILL)
+        killed["pid"] = pid
+
+    killer = threading.Thread(target=kill_engine, daemon=True)
+    killer.start()
+    result = run_synthesize(str(cfg), run_id=run_id)  # no RunIncomplete, no rerun
+    killer.join(timeout=5)
+    assert killed, "the engine was killed during the run"
+    manifests = [read_manifest(store, run_id, f"p{i:05d}") for i in range(4)]
+    assert all(m.status == "succeeded" and m.attempts == 1 for m in manifests)
+    assert any(m.stats.get("engine_restarts", 0) >= 1 for m in manifests), "a partition waited for the restart"
+    served = [m.stats["records"] + m.stats["rejects"] for m in manifests]
+    assert served == [2, 2, 2, 2], "every prompt served once, none twice"
+    assert result["records"] == sum(m.stats["records"] for m in manifests)

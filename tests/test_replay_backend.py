@@ -92,9 +92,10 @@ def test_texts_are_varied_sentences_of_real_prose() -> None:
     lengths = [len(t.split()) for t in out]
     assert min(lengths) >= 40 and max(lengths) <= 250
     assert len(set(lengths)) > 150  # lengths spread over the range
-    assert sum(lengths[i] < 80 for i in range(2000)) > 200 and sum(lengths[i] > 180 for i in range(2000)) > 100
+    assert sum(n < 80 for n in lengths) > 150 and sum(n > 180 for n in lengths) > 150
     assert len(set(out)) >= 0.97 * len(out)
-    assert len({t.split(".")[0] for t in out}) >= 0.9 * len(out)  # not the same opening again and again
+    openings = Counter(split_sentences(t)[0] for t in out)  # ~4,000 usable sentences in the corpus
+    assert len(openings) >= 0.6 * len(out) and openings.most_common(1)[0][1] <= 6
     ends = sum(bool(re.search(r"[.!?][\"'’”)\]]*$", t)) for t in out)
     assert ends >= 0.97 * len(out)  # cut at sentence boundaries
     for work, marker in [("alice", "Alice"), ("opticks", "Refraction"), ("areopagitica", "licensing"),

@@ -4,7 +4,8 @@ It is not a model and never claims to be: its ``name`` says ``deterministic-fake
 record it touches. It exists so tests of Prefect/Ray wiring, the commit protocol and re-runs
 do not pay for an engine start. It answers ``text`` as a pure function of (prompt, seed),
 rejects prompts containing ``POISON`` the way an engine rejects an unservable request,
-raises on a batch holding ``CRASH_ENGINE`` the way a dying engine fails a whole call, and
+raises on a batch holding ``CRASH_ENGINE`` the way a dying engine fails a whole call (with
+``CRASH_ENGINE_WHILE:<path>`` only while that file exists, so a test can end the fault), and
 takes ``SLOW_SECONDS`` for a batch holding ``SLOW_ENGINE`` (a long generation, so fault tests
 can strike in the middle of a partition).
 """
@@ -12,10 +13,18 @@ can strike in the middle of a partition).
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 
 from hare.backends.base import GenerationRequest, GenerationResult
 from hare.config import SamplingConfig
+
+
+def _crashes(prompt: str) -> bool:
+    if "CRASH_ENGINE_WHILE:" in prompt:
+        path = prompt.split("CRASH_ENGINE_WHILE:", 1)[1].split()[0].rstrip(".,;:'\")")
+        return os.path.exists(path)
+    return "CRASH_ENGINE" in prompt
 
 
 class DeterministicFakeBackend:
@@ -27,7 +36,7 @@ class DeterministicFakeBackend:
     def generate(
         self, requests: list[GenerationRequest], sampling: SamplingConfig
     ) -> list[GenerationResult]:
-        if any("CRASH_ENGINE" in r.prompt for r in requests):
+        if any(_crashes(r.prompt) for r in requests):
             raise RuntimeError("deterministic-fake engine crashed (CRASH_ENGINE in a prompt)")
         if any("SLOW_ENGINE" in r.prompt for r in requests):
             time.sleep(self.SLOW_SECONDS)

@@ -19,7 +19,7 @@ Two modes:
 - ``slices`` (default for ``corpus:``, ``.txt`` and folders): every answer is 40-250 words
   (``min_words``/``max_words``; capped at what ``sampling.max_tokens`` allows) of whole
   sentences in 3-8 passages of 1-3 consecutive sentences, taken from one document at places
-  picked by (prompt_index, seed), kept in the document's order. Texts are varied and practically never duplicate each other
+  picked by (prompt_index, seed). Texts are varied and practically never duplicate each other
   by chance, even at millions of records.
 - ``rows`` (default for ``.jsonl`` / ``.parquet``): request ``prompt_index`` gets row
   ``prompt_index mod rows`` verbatim: the dataset replayed through the stages. Indexes past
@@ -27,7 +27,7 @@ Two modes:
 
 Planted duplicates (``exact``, ``near``: fractions of all requests; defaults 0.02 and 0.02 in
 ``slices`` mode, 0 in ``rows`` mode): a planted request answers an exact copy, or a near copy
-(a word replaced, deleted or swapped per ~100 words, placed so that the word 5-gram Jaccard
+(a word replaced or inserted per ~100 words, placed so that the word 5-gram Jaccard
 with the original stays about 0.9, well above near dedup's default 0.8), of the text served to an earlier prompt index. The copied text must be known
 without that request's seed, so copies are taken only from *anchors*: prompt indexes picked by
 their index alone (``anchor``, default 5%), whose text depends on the index and ``salt``, not on
@@ -145,7 +145,7 @@ def split_sentences(text: str) -> list[str]:
     out, start = [], 0
     for m in _BOUNDARY.finditer(text):
         before = text[start:m.start()].rsplit(" ", 1)[-1].lstrip("\"'‘“([").rstrip(".").lower()
-        if text[m.start()] == "." and (before.replace(".", "") in _ABBREV or len(before) == 1):
+        if text[m.start()] == "." and (before.replace(".", "") in _ABBREV or (len(before) == 1 and before.isalpha())):
             continue
         out.append(text[start:m.end()].strip())
         start = m.end()
@@ -259,7 +259,7 @@ def load_corpus(location: str, mode: Mode = "slices", column: str = "text") -> C
     vocab: set[str] = set()
     for text in texts:
         sentences = [s for para in re.split(r"\n\s*\n", text) if para.strip()
-                     for s in split_sentences(para) if len(s.split()) <= MAX_SENTENCE_WORDS]
+                     for s in split_sentences(para) if _usable(s)]
         if sentences:
             documents.append(tuple(sentences))
             if len(vocab) < 50_000:
@@ -295,6 +295,7 @@ class Replayer:
             for w in weights:
                 acc += w / total
                 self._cum.append(acc)
+            self._typical = [sorted(len(s.split()) for s in doc)[len(doc) // 2] for doc in corpus.documents]
 
     # which requests are what
     def is_anchor(self, prompt_index: int) -> bool:
@@ -343,12 +344,19 @@ class Replayer:
             return self.corpus.rows[prompt_index % len(self.corpus.rows)]
         rng = random.Random(_hash(o.salt, *key))
         hi = o.max_words if max_words is None else max(o.min_words, min(o.max_words, max_words))
+        d = self._document(rng)
         target = o.min_words + round((hi - o.min_words) * rng.betavariate(1.6, 2.4))
-        return self._compose(rng, target, hi)
+        # at least ~2 typical sentences of the document: a short text from a document of long
+        # sentences would otherwise be made of its few short ones, again and again
+        target = min(hi, max(target, round(2 * self._typical[d])))
+        return self._compose(rng, d, target, hi)
 
-    def _compose(self, rng: random.Random, target: int, hi: int) -> str:
-        """Whole sentences: 3-8 passages of 1-3 consecutive ones from one document (more
-        documents only when one is too short), in the document's order.
+    def _document(self, rng: random.Random) -> int:
+        return min(len(self._cum) - 1, bisect.bisect_right(self._cum, rng.random()))
+
+    def _compose(self, rng: random.Random, d: int, target: int, hi: int) -> str:
+        """Whole sentences: 3-8 passages of 1-3 consecutive ones from random places of one
+        document (more documents only when it is too short), none more than 40% of the text.
 
         Many short passages, because a corpus is small next to what a large run serves (the
         shipped one is ~150k words; a million texts are ~150M): two texts share most of their
@@ -357,13 +365,12 @@ class Replayer:
         passages = max(MIN_PASSAGES, min(8, round(target / 30)))
         per = max(1, math.ceil(target / passages))
         soft = min(hi, max(round(target * 1.15), target + 10))  # how far past the target a sentence may go
-        longest = max(per, round(target * 0.4))  # no passage is most of a text
-        picked: list[tuple[int, int, str]] = []  # (document, first sentence, passage)
+        longest = max(per, round(target * 0.4))
+        picked: list[str] = []
         words = 0
-        for attempt in range(8):  # documents; the last ones only when one is too short
-            d = min(len(self._cum) - 1, bisect.bisect_right(self._cum, rng.random()))
-            doc = self.corpus.documents[d]
-            cap = soft if attempt < 4 else hi
+        for attempt in range(8):  # the chosen document; then others, only if it is too short
+            doc = self.corpus.documents[d if attempt == 0 else self._document(rng)]
+            relaxed = attempt >= 4
             used: set[int] = set()
             for _ in range(12 * passages):
                 if words >= target and len(picked) >= MIN_PASSAGES:
@@ -373,7 +380,8 @@ class Replayer:
                 run_words = 0
                 for k in range(i, min(len(doc), i + 3)):
                     n = len(doc[k].split())
-                    if k in used or words + run_words + n > cap or (run_words + n > longest and attempt < 4):
+                    if k in used or words + run_words + n > (hi if relaxed else soft) or (
+                            run_words + n > longest and not relaxed):
                         break
                     run.append(doc[k])
                     used.add(k)
@@ -381,19 +389,18 @@ class Replayer:
                     if run_words >= per or words + run_words >= target:
                         break
                 if run:
-                    picked.append((d, i, " ".join(run)))
+                    picked.append(" ".join(run))
                     words += run_words
             if words >= self.options.min_words and len(picked) >= MIN_PASSAGES:
                 break
         if not picked:  # a cap shorter than any sentence: the start of one
-            doc = self.corpus.documents[min(len(self._cum) - 1, bisect.bisect_right(self._cum, rng.random()))]
+            doc = self.corpus.documents[d]
             return " ".join(doc[rng.randrange(len(doc))].split()[:hi])
-        picked.sort(key=lambda p: (p[0], p[1]))
         sep = "\n\n" if rng.random() < 0.3 else " "
-        return sep.join(p[2] for p in picked)
+        return sep.join(picked)
 
     def _near_copy(self, text: str, rng: random.Random) -> str:
-        """A few words replaced, deleted or swapped, placed so that the copy keeps a word
+        """A few words replaced or inserted, placed so that the copy keeps a word
         5-gram Jaccard of about NEAR_JACCARD with the original: an edit inside the text breaks
         5 shingles, one at distance d from the end d + 1. Texts of 100 words and more get one
         edit per ~100 words, spread out; shorter ones one edit close to the end."""
@@ -412,23 +419,16 @@ class Replayer:
         for region in regions:
             words = [w for w in region if w < n_words and _WORDLIKE.match(tokens[2 * w])]
             spots.append(rng.choice(words) if words else min(n_words - 1, rng.choice(region)))
-        for w in sorted(spots, reverse=True):  # from the end, so deletions do not move earlier spots
+        for w in sorted(spots, reverse=True):
+            new = rng.choice(self.corpus.vocabulary) if self.corpus.vocabulary else "very"
             m = _WORDLIKE.match(tokens[2 * w])
-            op = rng.random()
-            if m and (op < 0.8 or n_words <= 2) and self.corpus.vocabulary:
-                new = rng.choice(self.corpus.vocabulary)
+            if m and rng.random() < 0.8:  # replace the word, keeping its punctuation and capital
                 if new == m.group(2).lower():
-                    new = new + "s"
+                    new += "s"
                 new = new.capitalize() if m.group(2)[0].isupper() else new
                 tokens[2 * w] = m.group(1) + new + m.group(3)
-            elif op < 0.9 and n_words > 2:
-                cut = slice(2 * w, 2 * w + 2) if 2 * w + 1 < len(tokens) else slice(2 * w - 1, 2 * w + 1)
-                del tokens[cut]
-                n_words -= 1
-            elif w + 1 < n_words and tokens[2 * w].lower() != tokens[2 * w + 2].lower():
-                tokens[2 * w], tokens[2 * w + 2] = tokens[2 * w + 2], tokens[2 * w]
-            else:
-                tokens[2 * w] = f"{tokens[2 * w]} {tokens[2 * w]}"
+            else:  # insert a word before it
+                tokens[2 * w] = f"{new} {tokens[2 * w]}"
         return "".join(tokens)
 
 
