@@ -41,7 +41,7 @@ from hare.run_progress import terminal_view
 from hare.runtime import HareRayTaskRunner, StartupError, check_store, driver_runtime
 from hare.store import DEFAULT_STORE_URL, absolute_store_url, check_key_part, open_store
 from hare.embedders import start_embedders, stop_embedders
-from hare.manifest import read_manifest
+from hare.manifest_index import load_manifests
 from hare.tasks.dedup import deduplicate
 from hare.tasks.diversity import measure_diversity
 from hare.tasks.generate import generate_partition
@@ -141,7 +141,8 @@ def execute_run(cfg: RunConfig, run_id: str) -> dict[str, Any]:
             if cfg.dedup.enabled:
                 deduplicate.submit(cfg, run_id, dataset_ids, records_source(cfg, "dedup")).result()
             final = records_source(cfg, "publish")
-            sizes = {p: read_manifest(store, run_id, p, final).stats.get("records", 0) for p in dataset_ids}
+            kept = by_partition(store, run_id)
+            sizes = {p: kept[(p, final)].stats.get("records", 0) for p in dataset_ids}
             measure_diversity.submit(cfg, run_id, sizes, baseline_ids, final).result()
             totals = {**publish(cfg, run_id, dataset_ids, streamed.generation),
                       "generation": streamed.generation, "streaming": streamed.streaming}
@@ -160,15 +161,22 @@ def write_stage_reports(store: Any, cfg: RunConfig, run_id: str, dataset_ids: li
     aggregates its partition manifests hold: no record is read again."""
     import json
 
+    manifests = by_partition(store, run_id)
     for stage in streamed_stages(cfg):
         if stage.report is None:
             continue
-        aggregates = [read_manifest(store, run_id, pid, stage.name).stats["aggregate"] for pid in dataset_ids]
+        aggregates = [manifests[(pid, stage.name)].stats["aggregate"] for pid in dataset_ids]
         report = stage.merge(aggregates)
         store.put_bytes(f"{run_prefix(run_id)}/{stage.report}", json.dumps(report, indent=2).encode())
         lineage.emit(store, run_id, f"synthesize.{stage.name}", "COMPLETE",
                      outputs=[lineage.dataset(store.uri(records_key(run_id, p, stage.name))) for p in dataset_ids],
                      facets={"stage": stage.name, "partitions": len(dataset_ids)})
+
+
+def by_partition(store: Any, run_id: str) -> dict[tuple[str, str], Any]:
+    """Every manifest of the run by (partition, stage): one listing, the manifest index, GETs
+    only for what changed since the index was written (the index is refreshed here)."""
+    return {(m.partition_id, m.stage): m for m in load_manifests(store, run_id, write_back=True).values()}
 
 
 @dataclass

@@ -130,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     from hare import estimate
 
     estimate.register(sub)  # hare plan CONFIG: the dry run and its cost estimate
+    from hare import verify
+
+    verify.register(sub)  # hare verify RUN: re-hash every committed object and dataset shard
 
     run = sub.add_parser("run", help="run the synthesize flow for a config (resume with --run-id)")
     run.add_argument("config", help="run YAML, e.g. configs/demo.yaml")

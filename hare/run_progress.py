@@ -28,6 +28,7 @@ from rich.live import Live
 from rich.table import Table
 
 from hare.manifest import PartitionManifest
+from hare.manifest_index import load_manifests
 from hare.layout import dataset_manifest_key, diversity_key, run_json, run_prefix
 from hare.store import KeyNotFound, ObjectStore, StoreError
 
@@ -50,26 +51,22 @@ class Snapshot:
 
 
 class RunWatcher:
-    """Reads a run's manifests; re-reads only those that are not yet a succeeded commit."""
+    """Reads a run's manifests through the manifest index (hare/manifest_index.py)."""
 
-    def __init__(self, store: ObjectStore, run_id: str, later_stages: list[str]) -> None:
+    def __init__(self, store: ObjectStore, run_id: str, later_stages: list[str],
+                 index_every_s: float = 10.0) -> None:
         self.store, self.run_id, self.later_stages = store, run_id, later_stages
         self.started_at = time.time() - 1.0  # manifest times are cut to the millisecond
-        self._final: dict[str, PartitionManifest] = {}  # key -> succeeded manifest (never re-read)
-        self._planned: list[str] = []
+        self.index_every_s = index_every_s
+        self._index_written = 0.0
 
     def _manifests(self) -> dict[str, PartitionManifest]:
-        out = dict(self._final)
-        for key in self.store.list(f"{run_prefix(self.run_id)}/partitions/"):
-            if key in self._final or not key.endswith(".json"):
-                continue
-            try:
-                m = PartitionManifest.from_json(self.store.get_bytes(key))
-            except (KeyNotFound, ValueError, TypeError):
-                continue  # being written, or unreadable: the next poll sees it
-            out[key] = m
-            if m.status == "succeeded":
-                self._final[key] = m
+        """One listing and the manifest index; GETs only for manifests new or changed since the
+        index was written, which this driver refreshes every ``index_every_s``."""
+        write = time.monotonic() - self._index_written >= self.index_every_s
+        out = load_manifests(self.store, self.run_id, write_back=write)
+        if write:
+            self._index_written = time.monotonic()
         return out
 
     def snapshot(self) -> Snapshot:
@@ -81,9 +78,9 @@ class RunWatcher:
         except KeyNotFound:
             return snap
         snap.run_status = info.get("status", "?")
-        self._planned = info.get("partitions", [])
-        dataset = [p for p in self._planned if not p.startswith("b")]
-        snap.partitions, snap.dataset_partitions = len(self._planned), len(dataset)
+        planned = info.get("partitions", [])
+        dataset = [p for p in planned if not p.startswith("b")]
+        snap.partitions, snap.dataset_partitions = len(planned), len(dataset)
         by_stage: dict[str, dict[str, PartitionManifest]] = {}
         for m in self._manifests().values():
             by_stage.setdefault(m.stage, {})[m.partition_id] = m

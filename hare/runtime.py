@@ -223,11 +223,14 @@ class HareRayTaskRunner(RayTaskRunner):
 
 
 def check_store(url: str) -> None:
-    """Fail with one line unless the store answers (a list of ``runs/``), before anything starts."""
-    from hare.store import StoreError, open_store
+    """Fail with one line unless the store answers (a list of ``runs/``), before anything starts.
+    A probe: it retries for 10 s, quietly, not for the store's whole retry budget."""
+    import logging
+
+    from hare.store import RetryPolicy, StoreError, open_store
 
     try:
-        open_store(url).list("runs/")
+        open_store(url, RetryPolicy(max_elapsed_s=10.0, log_level=logging.DEBUG)).list("runs/")
     except StoreError as exc:
         raise StartupError(f"store {url} is not reachable: {str(exc).splitlines()[0][:200]}; check the URL, "
                            f"the endpoint (AWS_ENDPOINT_URL) and credentials") from None

@@ -121,6 +121,7 @@ class RetryPolicy:
     base_delay_s: float = 0.2
     max_delay_s: float = 4.0
     max_elapsed_s: float | None = None
+    log_level: int = logging.WARNING  # of the "store: retry" lines (a start-up probe keeps them quiet)
 
     def call(self, what: str, fn: Callable[[], T], transient: tuple[type[BaseException], ...]) -> T:
         budget = retry_budget_s() if self.max_elapsed_s is None else self.max_elapsed_s
@@ -139,8 +140,8 @@ class RetryPolicy:
                         f"a {budget:g} s budget; {RETRY_SECONDS_ENV} sets it)") from exc
                 delay = min(self.max_delay_s, self.base_delay_s * 2 ** (attempt - 1)) * (0.5 + random.random() / 2)
                 n = _count_retry()
-                log.warning("store: retry %d of %s after %s: %s (attempt %d, %.1f s of a %g s budget)",
-                            n, what, type(exc).__name__, exc, attempt, elapsed, budget)
+                log.log(self.log_level, "store: retry %d of %s after %s: %s (attempt %d, %.1f s of a %g s budget)",
+                        n, what, type(exc).__name__, exc, attempt, elapsed, budget)
                 time.sleep(min(delay, left))
 
 
@@ -395,15 +396,16 @@ def absolute_store_url(url: str) -> str:
     return f"file://{Path(os.path.expanduser(path)).resolve()}"
 
 
-def open_store(url: str) -> ObjectStore:
-    """Open the store a URL names: ``s3://bucket[/prefix]``, ``file://path`` or a plain path."""
+def open_store(url: str, retry: RetryPolicy | None = None) -> ObjectStore:
+    """Open the store a URL names: ``s3://bucket[/prefix]``, ``file://path`` or a plain path.
+    ``retry``: the retry policy of its calls (default: the time budget, HARE_STORE_RETRY_SECONDS)."""
     if url.startswith("s3://"):
         rest = url[len("s3://") :]
         bucket, _, prefix = rest.partition("/")
         if not bucket:
             raise StoreError(f"store URL {url!r} has no bucket")
-        return S3Store(bucket, prefix)
+        return S3Store(bucket, prefix, retry)
     if "://" in url and not url.startswith("file://"):
         raise StoreError(f"unsupported store URL {url!r}: use a folder, file:// or s3://")
-    return LocalStore(url.removeprefix("file://"))
+    return LocalStore(url.removeprefix("file://"), retry)
 

@@ -28,7 +28,8 @@ from hare.layout import (
     quality_key,
     records_key,
 )
-from hare.manifest import OutputRef, read_manifest, utc_now
+from hare.manifest import OutputRef, check_outputs, utc_now
+from hare.manifest_index import load_manifests
 from hare.schema import RECORD_SCHEMA
 from hare.store import KeyNotFound, ObjectStore, open_store
 from hare.tables import from_parquet_bytes, to_parquet_bytes
@@ -218,8 +219,12 @@ def publish_records(
     from hare.tasks.stages import records_source, stage_names
 
     stage = records_source(cfg, "publish")
-    manifests = {(p, st): read_manifest(store, run_id, p, st) for st in stage_names(cfg) for p in partition_ids}
+    listed = {(m.partition_id, m.stage): m for m in load_manifests(store, run_id, write_back=True).values()}
+    manifests = {(p, st): listed.get((p, st)) for st in stage_names(cfg) for p in partition_ids}
     missing = sorted({p for (p, _), m in manifests.items() if m is None or m.status != "succeeded"})
+    # trust the manifests with a size/existence check of their objects (parallel HEADs)
+    problems = check_outputs(store, {k: m for k, m in manifests.items() if m is not None and m.status == "succeeded"})
+    missing = sorted({*missing, *(p for (p, _), problem in problems.items() if problem)})
     if missing:
         raise PublishError(f"run {run_id}: {len(missing)} partition(s) not committed: {', '.join(missing)}")
     writer = ShardWriter(store, run_id, cfg.publish.shard_rows)

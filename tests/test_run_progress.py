@@ -35,7 +35,7 @@ def test_watcher_counts_what_the_manifests_commit(tmp_path: Path) -> None:
     old = PartitionManifest(run, "p00000", "generate", "succeeded", 1, stats={"records": 5, "output_tokens": 500},
                             finished_at="2020-01-01T00:00:00.000+00:00")
     store.put_bytes(f"runs/{run}/partitions/p00000.json", old.to_json())
-    watcher = RunWatcher(store, run, ["quality", "dedup"])
+    watcher = RunWatcher(store, run, ["quality", "dedup"], index_every_s=0)
     _commit(store, run, "p00001", "generate", 4, tokens=300)
     _commit(store, run, "p00001", "quality", 3)
     _commit(store, run, "b00000", "generate", 2, tokens=100)
@@ -57,7 +57,9 @@ def test_watcher_counts_what_the_manifests_commit(tmp_path: Path) -> None:
     store.get_bytes = lambda key: reads.append(key) or real_get(key)  # type: ignore[method-assign]
     snap = watcher.snapshot()
     assert snap.failed == [] and snap.generated == 4 and snap.published
-    assert [k for k in reads if "/partitions/" in k] == [f"runs/{run}/partitions/p00002.json"]
+    assert [k for k in reads if "/partitions/" in k] == [f"runs/{run}/partitions/_index.parquet",
+                                                         f"runs/{run}/partitions/p00002.json"], \
+        "the index, then only the manifest that changed"
 
     text = io.StringIO()
     Console(file=text, width=140).print(render(snap, 10.0, "hare run r1"))

@@ -26,12 +26,13 @@ Two modes:
   the last row wrap around (and so repeat rows).
 
 Planted duplicates (``exact``, ``near``: fractions of all requests; defaults 0.02 and 0.02 in
-``slices`` mode, 0 in ``rows`` mode): a planted request answers an exact copy, or a near copy
-(a word replaced or inserted per ~100 words, placed so that the word 5-gram Jaccard
-with the original stays about 0.9, well above near dedup's default 0.8), of the text served to an earlier prompt index. The copied text must be known
-without that request's seed, so copies are taken only from *anchors*: prompt indexes picked by
-their index alone (``anchor``, default 5%), whose text depends on the index and ``salt``, not on
-the seed. Every other text depends on (prompt_index, seed), so a run with another seed gets
+``slices`` mode, 0 in ``rows`` mode): a planted request answers an exact copy, or a near copy,
+of the text served to an earlier prompt index. A near copy has a word replaced or inserted per
+~100 words, placed so that its word 5-gram Jaccard with the original stays about 0.9, well
+above near dedup's default threshold of 0.8. A copied text must be known without the seed of
+the request it was served to, so copies are taken only from *anchors*: prompt indexes picked by
+their index alone (``anchor``, default 5%), whose text depends on the index and ``salt``, not
+on the seed. Every other text depends on (prompt_index, seed), so a run with another seed gets
 other texts, except the anchors and their copies. ``salt`` (default 0) changes every text.
 
 Token counts are estimates (words x 1.3); ``finish_reason`` is ``stop``, or ``length`` when a
@@ -112,7 +113,7 @@ def parse_source(source: str) -> tuple[str, ReplayOptions]:
                 raise ValueError(f"unknown option (known: {known})")
         except ValueError as exc:
             raise ReplaySourceError(f"replay source {source!r}: option {key}={value!r}: {exc}") from None
-    if given.get("mode") == "slices" and tabular and not {"exact", "near"} & given.keys():
+    if given.get("mode") == "slices" and tabular:  # a table read as a corpus: slices' defaults
         given.setdefault("exact", ReplayOptions.exact)
         given.setdefault("near", ReplayOptions.near)
     opts = replace(opts, **given)
