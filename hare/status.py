@@ -20,7 +20,11 @@ from hare.manifest_index import load_manifests
 from hare.runs import read_run
 from hare.store import ObjectStore
 
-LATER_STAGES = ("quality", "decontam", "dedup")
+def later_stages() -> list[str]:
+    """The per-partition commits after generation, in DAG order, from the one stage list."""
+    from hare.tasks.stages import GLOBAL_RECORD_STAGE, STREAMED
+
+    return [*(s.name for s in STREAMED), GLOBAL_RECORD_STAGE]
 
 # (manifest key, finished_at, attempts) -> problem: outputs already checked, for --watch refreshes
 CheckCache = dict[tuple[str, str, int], "str | None"]
@@ -45,7 +49,7 @@ def partition_rows(store: ObjectStore, run_id: str, cache: CheckCache | None = N
     module docstring. ``cache`` (``watch_status``) skips outputs already checked."""
     info = read_run(store, run_id)
     manifests = load_manifests(store, run_id)
-    stages = [st for st in LATER_STAGES if any(k.endswith(f".{st}.json") for k in manifests)]
+    stages = [st for st in later_stages() if any(k.endswith(f".{st}.json") for k in manifests)]
     pids = info.get("partitions", [])
     generated = {manifest_key(run_id, pid): pid for pid in pids}
     succeeded = {k: m for k, m in manifests.items() if k in generated and m.status == "succeeded"}
