@@ -258,6 +258,11 @@ def _generate_and_stream(cfg: RunConfig, run_id: str, partition_ids: list[str]) 
     try:
         for done in queue.run(partition_ids, submit, wait_generation):
             outcome = _outcome(done.partition_id, done.handle)
+            if outcome["status"] == "failed" and "EngineGone" in outcome["error"] and \
+                    queue.retire(done.engine, done.partition_id):
+                get_run_logger().warning("engine %s left the pool (%s); %s goes to another engine",
+                                         done.engine, outcome["error"][:200], done.partition_id)
+                continue
             outcomes.append(outcome)
             progress.update(outcomes)
             if outcome["status"] == "failed":
@@ -268,6 +273,8 @@ def _generate_and_stream(cfg: RunConfig, run_id: str, partition_ids: list[str]) 
     finally:
         stop_engines(engines)  # their CPUs/GPUs go to the stages still running
     chain.drain()
+    if queue.retired:
+        generation["engines_retired"] = queue.retired  # run.json says which engines left the pool
     return Streamed(chain.failed, generation,
                     {"stage_tasks": chain.tasks, "finished_while_generating": chain.during_generation})
 

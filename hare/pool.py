@@ -35,6 +35,18 @@ class EngineQueue(Generic[F]):
             raise ValueError("an engine queue needs at least one engine and one slot per engine")
         self.engines, self.slots = list(engines), slots
         self.load = {e: 0 for e in self.engines}
+        self.queued: deque[str] = deque()
+        self.retired: list[str] = []
+
+    def retire(self, engine: str, partition_id: str) -> bool:
+        """Take an engine that keeps failing out of the pool and queue its partition again for
+        the others; False (nothing changes) when it is the last engine."""
+        if engine not in self.engines or len(self.engines) == 1:
+            return False
+        self.engines.remove(engine)
+        self.retired.append(engine)
+        self.queued.append(partition_id)
+        return True
 
     def _free_engine(self) -> str | None:
         engine = min(self.engines, key=lambda e: self.load[e])  # ties: the first engine listed
@@ -46,16 +58,18 @@ class EngineQueue(Generic[F]):
         submit: Callable[[str, str], F],
         wait_any: Callable[[list[F]], F],
     ) -> Iterator[Dispatched[F]]:
-        """Yield each partition's dispatch record as it finishes (completion order)."""
-        queued = deque(partition_ids)
+        """Yield each partition's dispatch record as it finishes (completion order); the caller
+        may :meth:`retire` the engine of a finished one, which then goes to another engine."""
+        self.queued.extend(partition_ids)
         running: list[Dispatched[F]] = []
-        while queued or running:
-            while queued and (engine := self._free_engine()) is not None:
-                pid = queued.popleft()
+        while self.queued or running:
+            while self.queued and (engine := self._free_engine()) is not None:
+                pid = self.queued.popleft()
                 running.append(Dispatched(pid, engine, submit(pid, engine)))
                 self.load[engine] += 1
             done = wait_any([d.handle for d in running])
             index = next(i for i, d in enumerate(running) if d.handle is done)
             finished = running.pop(index)
-            self.load[finished.engine] -= 1
+            if finished.engine in self.load:
+                self.load[finished.engine] -= 1
             yield finished

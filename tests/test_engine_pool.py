@@ -70,6 +70,19 @@ def test_slots_bound_partitions_in_flight_per_engine() -> None:
     assert max(in_flight) == 4
 
 
+def test_a_retired_engine_leaves_the_pool_and_its_partition_goes_to_another() -> None:
+    sim = SimulatedEngines({})
+    queue: EngineQueue[str] = EngineQueue(["e0", "e1"], slots=1)
+    seen: list[tuple[str, str]] = []
+    for done in queue.run(["p0", "p1", "p2", "p3"], sim.submit, sim.wait_any):
+        if done.engine == "e1" and queue.retire("e1", done.partition_id):
+            continue  # as the flow does for EngineGone
+        seen.append((done.partition_id, done.engine))
+    assert sorted(p for p, _ in seen) == ["p0", "p1", "p2", "p3"], "every partition served once"
+    assert {e for _, e in seen} == {"e0"} and queue.retired == ["e1"]
+    assert not queue.retire("e0", "p9"), "the last engine never leaves"
+
+
 def test_queue_refuses_no_engines() -> None:
     with pytest.raises(ValueError, match="at least one engine"):
         EngineQueue([], slots=1)
