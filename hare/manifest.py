@@ -83,15 +83,8 @@ def parse_manifest(data: bytes, run_id: str, partition_id: str, stage: str) -> P
 
 
 def verify_outputs(store: ObjectStore, manifest: PartitionManifest) -> str | None:
-    """None when every listed output exists with its sha256, else what is wrong."""
-    for out in manifest.outputs:
-        try:
-            data = store.get_bytes(out.key)
-        except KeyNotFound:
-            return f"missing object {out.key}"
-        if sha256_bytes(data) != out.sha256:
-            return f"sha256 mismatch for {out.key}"
-    return None
+    """None when every listed output exists with its sha256, else what is wrong (the first)."""
+    return next((p for p in check_objects(store, manifest.outputs, deep=True) if p), None)
 
 
 def check_objects(store: ObjectStore, refs: Sequence[OutputRef], deep: bool = False,

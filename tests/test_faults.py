@@ -18,7 +18,7 @@ import pytest
 
 from hare.cli import main
 from hare.engine import RAY_NAMESPACE, engine_name
-from hare.flows.synthesize import RunIncomplete, run_rerun_failed, run_synthesize
+from hare.flows.synthesize import run_rerun_failed, run_synthesize
 from hare.layout import generated_key, manifest_key
 from hare.manifest import read_manifest
 from hare.store import open_store
