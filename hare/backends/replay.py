@@ -36,7 +36,9 @@ on the seed. Every other text depends on (prompt_index, seed), so a run with ano
 other texts, except the anchors and their copies. ``salt`` (default 0) changes every text.
 
 Token counts are estimates (words x 1.3); ``finish_reason`` is ``stop``, or ``length`` when a
-text (a long row) is cut at ``sampling.max_tokens``.
+text (a long row) is cut at ``sampling.max_tokens``. ``tokens_per_s`` (default 0: as fast as it
+can) paces each batch like an engine of that output throughput, so that the stages behind
+generation can be watched streaming at a realistic generation speed.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ import json
 import math
 import random
 import re
+import time
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
@@ -81,9 +84,10 @@ class ReplayOptions:
     max_words: int = 250
     column: str = "text"
     salt: int = 0
+    tokens_per_s: float = 0.0  # > 0: a batch takes output tokens / this many seconds, like an engine
 
 
-_FLOATS = ("exact", "near", "anchor")
+_FLOATS = ("exact", "near", "anchor", "tokens_per_s")
 _INTS = ("min_words", "max_words", "salt")
 
 
@@ -124,6 +128,8 @@ def parse_source(source: str) -> tuple[str, ReplayOptions]:
         problem = "anchor must be in (0, 1) with exact + near + anchor < 1"
     elif not 1 <= opts.min_words <= opts.max_words:
         problem = "need 1 <= min_words <= max_words"
+    elif not 0 <= opts.tokens_per_s < math.inf:
+        problem = "tokens_per_s must be >= 0"
     if problem:
         raise ReplaySourceError(f"replay source {source!r}: {problem}")
     return location, opts
@@ -412,8 +418,10 @@ class Replayer:
         if budget >= SHINGLE_WORDS:  # inside the text, spread out: one per slot
             edits = budget // SHINGLE_WORDS
             slot = n_words / edits
-            regions = [range(int(e * slot + slot * 0.25), max(int(e * slot + slot * 0.25) + 1, int(e * slot + slot * 0.75)))
-                       for e in range(edits)]
+            regions = []
+            for e in range(edits):  # the middle half of each slot
+                lo = int(e * slot + slot * 0.25)
+                regions.append(range(lo, max(lo + 1, int(e * slot + slot * 0.75))))
         else:  # close to the end: an edit d words from the end breaks d + 1 shingles
             regions = [range(max(0, n_words - max(1, budget)), n_words)]
         spots = []
@@ -453,6 +461,7 @@ class ReplayBackend:
     def generate(
         self, requests: list[GenerationRequest], sampling: SamplingConfig
     ) -> list[GenerationResult]:
+        started = time.monotonic()
         cap_words = max(1, math.floor(sampling.max_tokens / TOKENS_PER_WORD))
         out = []
         for r in requests:
@@ -463,6 +472,9 @@ class ReplayBackend:
                 text, finish = " ".join(words[:cap_words]), "length"
             prompt_tokens = estimate_tokens(f"{r.system} {r.prompt}")
             out.append(GenerationResult(r.prompt_index, text, prompt_tokens, estimate_tokens(text), finish))
+        if self.options.tokens_per_s > 0:  # pace the batch like an engine of that throughput
+            time.sleep(max(0.0, sum(r.output_tokens for r in out) / self.options.tokens_per_s
+                           - (time.monotonic() - started)))
         return out
 
 
