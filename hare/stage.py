@@ -53,7 +53,7 @@ def run_record_stage(store: ObjectStore, cfg: "RunConfig", run_id: str, partitio
     """The stats of ``stage`` on one partition (its aggregate included), computed now from the
     records ``source`` kept, or read from the stage's commit."""
     done = committed_manifest(store, run_id, partition_id, stage.name)
-    if done is not None:
+    if done is not None and "aggregate" in done.stats:  # a commit of older code has none: redo it
         return done.stats
     attempts = previous_attempts(store, run_id, partition_id, stage.name) + 1
     started = time.perf_counter()
