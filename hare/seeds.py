@@ -9,7 +9,6 @@ topic file in the taxonomy format: one topic per cluster, named by its most dist
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections import Counter
@@ -47,17 +46,12 @@ def load_corpus(source: str, text_field: str = "text", split: str = "train", lim
             raise CorpusError(f"corpus {path}: no field {text_field!r} (fields: {table.column_names})")
         texts = table.column(text_field).to_pylist()
     elif path.suffix in (".jsonl", ".json"):
-        texts = []
-        for n, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise CorpusError(f"corpus {path}: line {n} is not JSON: {exc}") from None
-            if text_field not in row:
-                raise CorpusError(f"corpus {path}: line {n} has no field {text_field!r}")
-            texts.append(row[text_field])
+        from hare.tables import jsonl_field
+
+        try:
+            texts = jsonl_field(path, text_field)
+        except ValueError as exc:
+            raise CorpusError(f"corpus {exc}") from None
     else:
         import datasets
 

@@ -208,11 +208,11 @@ def test_bad_source_is_a_clear_error(source: str, words: list[str]) -> None:
 def test_bad_files_are_clear_errors(tmp_path) -> None:
     no_column = tmp_path / "a.jsonl"
     no_column.write_text(json.dumps({"body": "x"}) + "\n")
-    with pytest.raises(ReplaySourceError, match=r"a\.jsonl line 1 has no field 'text'"):
+    with pytest.raises(ReplaySourceError, match=r"a\.jsonl: line 1 has no field 'text'"):
         backend(str(no_column))
     broken = tmp_path / "b.jsonl"
     broken.write_text("{not json\n")
-    with pytest.raises(ReplaySourceError, match="b.jsonl line 1 is not JSON"):
+    with pytest.raises(ReplaySourceError, match="b.jsonl: line 1 is not JSON"):
         backend(str(broken))
     table = tmp_path / "c.parquet"
     pq.write_table(pa.table({"body": ["x"]}), table)

@@ -57,6 +57,7 @@ from typing import Any, Literal
 from urllib.parse import parse_qsl
 
 from hare.backends.base import GenerationRequest, GenerationResult
+from hare.tables import jsonl_field
 from hare.config import ModelConfig, SamplingConfig
 
 CORPUS_DIR = Path(__file__).resolve().parents[2] / "data" / "corpus"
@@ -225,21 +226,11 @@ def _read_texts(path: Path, kind: str, column: str, location: str) -> list[str]:
                                     f"(columns: {', '.join(schema.names)}); set ?column=NAME")
         values = pq.read_table(path, columns=[column]).column(column).to_pylist()
         return [v for v in values if isinstance(v, str) and v.strip()]
-    out = []
-    with path.open(encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ReplaySourceError(f"replay source {location!r}: {path} line {n} is not JSON: {exc}") from None
-            if not isinstance(row, dict) or column not in row:
-                raise ReplaySourceError(f"replay source {location!r}: {path} line {n} has no field {column!r}; "
-                                        "set ?column=NAME")
-            if isinstance(row[column], str) and row[column].strip():
-                out.append(row[column])
-    return out
+    try:
+        values = jsonl_field(path, column)
+    except ValueError as exc:
+        raise ReplaySourceError(f"replay source {location!r}: {exc}; set ?column=NAME") from None
+    return [v for v in values if isinstance(v, str) and v.strip()]
 
 
 def _digest(files: list[Path]) -> str:
