@@ -258,7 +258,7 @@ def _generate_and_stream(cfg: RunConfig, run_id: str, partition_ids: list[str]) 
     try:
         for done in queue.run(partition_ids, submit, wait_generation):
             outcome = _outcome(done.partition_id, done.handle)
-            if outcome["status"] == "failed" and "EngineGone" in outcome["error"] and \
+            if outcome["status"] == "failed" and outcome["error"].startswith("EngineGone") and \
                     queue.retire(done.engine, done.partition_id):
                 get_run_logger().warning("engine %s left the pool (%s); %s goes to another engine",
                                          done.engine, outcome["error"][:200], done.partition_id)
@@ -327,7 +327,8 @@ def _outcome(partition_id: str, future: Any) -> dict[str, Any]:
     try:
         return future.result()
     except Exception as exc:  # noqa: BLE001 - a failed partition is reported, the others go on
-        return {"partition_id": partition_id, "status": "failed", "error": str(exc)[:300], "stats": {}}
+        return {"partition_id": partition_id, "status": "failed", "error": f"{type(exc).__name__}: {exc}"[:300],
+                "stats": {}}
 
 
 class RunProgress:

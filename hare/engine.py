@@ -154,7 +154,10 @@ def call_engine(name: str, requests: list[GenerationRequest], sampling: Sampling
     from ray.exceptions import GetTimeoutError, RayActorError
 
     for attempt in range(1, model.max_restarts + 2):
-        actor = get_engine(name)
+        try:
+            actor = get_engine(name)
+        except ValueError:  # a dead actor whose restarts are used up is no longer found by name
+            raise EngineGone(f"engine {name} is gone (its restarts are used up)") from None
         try:
             results, seconds, figures = ray.get(actor.generate.remote(requests, sampling), timeout=model.call_timeout_s)
             return results, seconds, {**figures, **({"engine_restarts": attempt - 1} if attempt > 1 else {})}

@@ -84,6 +84,34 @@ def test_engine_worker_killed_mid_partition(tmp_path: Path) -> None:
     assert all(m.attempts == 1 for m in manifests), "no task-level retry or rerun was needed"
 
 
+def test_an_engine_that_stays_dead_leaves_the_pool(tmp_path: Path) -> None:
+    """Two engines, no restarts allowed: SIGKILL one mid-run; its partition goes to the other
+    engine, the run completes with no rerun, and run.json names the engine that left."""
+    import ray
+
+    cfg = _slow_config(tmp_path, model={"backend": "deterministic-fake", "num_cpus": 0, "replicas": 2,
+                                        "max_restarts": 0}, ray={"partitions_in_flight_per_engine": 1})
+    run_id = "fault-gone"
+    killed: dict[str, int] = {}
+
+    def kill_engine() -> None:
+        actor = wait_for(lambda: _named_actor(ray, engine_name(run_id, 1)), 120, "the second engine")
+        pid = ray.get(actor.describe.remote())["pid"]
+        wait_for(lambda: read_manifest(open_store(f"file://{tmp_path}/store"), run_id, "p00000"), 60,
+                 "the first commit", interval=0.05)
+        os.kill(pid, signal.SIGKILL)
+        killed["pid"] = pid
+
+    killer = threading.Thread(target=kill_engine, daemon=True)
+    killer.start()
+    run_synthesize(str(cfg), run_id=run_id)  # no RunIncomplete, no rerun
+    killer.join(timeout=5)
+    assert killed, "the engine was killed during the run"
+    assert_complete(f"file://{tmp_path}/store", run_id)
+    info = json.loads(open_store(f"file://{tmp_path}/store").get_bytes(f"runs/{run_id}/run.json"))
+    assert info["summary"]["generation"]["engines_retired"] == [engine_name(run_id, 1)]
+
+
 def _named_actor(ray, name: str):  # noqa: ANN001, ANN202
     try:
         return ray.get_actor(name, namespace=RAY_NAMESPACE)
