@@ -54,32 +54,38 @@ def assert_complete(store_url: str, run_id: str) -> list[str]:
     return ids
 
 
-def test_engine_worker_killed_mid_partition(tmp_path: Path) -> None:
-    """SIGKILL the engine actor's process while it generates: Ray restarts the actor, the
-    partition's engine call waits until the engine answers again and sends the partition once
-    more; the run completes with no rerun, and the manifest says a restart was waited for."""
+def _run_killing_engine(cfg: Path, store_url: str, run_id: str, engine: int) -> None:
+    """Run the flow while a thread SIGKILLs engine ``engine``'s process right after the first
+    commit (partitions take 2 s: the next one is mid-generation); the run must end without
+    RunIncomplete or a rerun."""
     import ray
 
-    cfg = _slow_config(tmp_path)
-    run_id = "fault-kill"
     killed: dict[str, int] = {}
 
     def kill_engine() -> None:
-        actor = wait_for(lambda: _named_actor(ray, engine_name(run_id, 0)), 120, "the engine actor")
+        actor = wait_for(lambda: _named_actor(ray, engine_name(run_id, engine)), 120, "the engine actor")
         pid = ray.get(actor.describe.remote())["pid"]  # answered between two partitions
-        wait_for(lambda: read_manifest(open_store(f"file://{tmp_path}/store"), run_id, "p00000"), 60,
-                 "the first commit", interval=0.05)
-        os.kill(pid, signal.SIGKILL)  # partitions take 2 s: the next one is mid-generation
+        wait_for(lambda: read_manifest(open_store(store_url), run_id, "p00000"), 60, "the first commit",
+                 interval=0.05)
+        os.kill(pid, signal.SIGKILL)
         killed["pid"] = pid
 
     killer = threading.Thread(target=kill_engine, daemon=True)
     killer.start()
-    run_synthesize(str(cfg), run_id=run_id)  # no RunIncomplete, no rerun
+    run_synthesize(str(cfg), run_id=run_id)
     killer.join(timeout=5)
     assert killed, "the engine was killed during the run"
-    assert_complete(f"file://{tmp_path}/store", run_id)
-    store = open_store(f"file://{tmp_path}/store")
-    manifests = [read_manifest(store, run_id, f"p{i:05d}") for i in range(PARTITIONS)]
+    assert_complete(store_url, run_id)
+
+
+def test_engine_worker_killed_mid_partition(tmp_path: Path) -> None:
+    """SIGKILL the engine actor's process while it generates: Ray restarts the actor, the
+    partition's engine call waits until the engine answers again and sends the partition once
+    more; the run completes with no rerun, and the manifest says a restart was waited for."""
+    store_url = f"file://{tmp_path}/store"
+    _run_killing_engine(_slow_config(tmp_path), store_url, "fault-kill", engine=0)
+    store = open_store(store_url)
+    manifests = [read_manifest(store, "fault-kill", f"p{i:05d}") for i in range(PARTITIONS)]
     assert any(m.stats.get("engine_restarts", 0) >= 1 for m in manifests), "a partition waited for the restart"
     assert all(m.attempts == 1 for m in manifests), "no task-level retry or rerun was needed"
 
@@ -87,29 +93,12 @@ def test_engine_worker_killed_mid_partition(tmp_path: Path) -> None:
 def test_an_engine_that_stays_dead_leaves_the_pool(tmp_path: Path) -> None:
     """Two engines, no restarts allowed: SIGKILL one mid-run; its partition goes to the other
     engine, the run completes with no rerun, and run.json names the engine that left."""
-    import ray
-
     cfg = _slow_config(tmp_path, model={"backend": "deterministic-fake", "num_cpus": 0, "replicas": 2,
                                         "max_restarts": 0}, ray={"partitions_in_flight_per_engine": 1})
-    run_id = "fault-gone"
-    killed: dict[str, int] = {}
-
-    def kill_engine() -> None:
-        actor = wait_for(lambda: _named_actor(ray, engine_name(run_id, 1)), 120, "the second engine")
-        pid = ray.get(actor.describe.remote())["pid"]
-        wait_for(lambda: read_manifest(open_store(f"file://{tmp_path}/store"), run_id, "p00000"), 60,
-                 "the first commit", interval=0.05)
-        os.kill(pid, signal.SIGKILL)
-        killed["pid"] = pid
-
-    killer = threading.Thread(target=kill_engine, daemon=True)
-    killer.start()
-    run_synthesize(str(cfg), run_id=run_id)  # no RunIncomplete, no rerun
-    killer.join(timeout=5)
-    assert killed, "the engine was killed during the run"
-    assert_complete(f"file://{tmp_path}/store", run_id)
-    info = json.loads(open_store(f"file://{tmp_path}/store").get_bytes(f"runs/{run_id}/run.json"))
-    assert info["summary"]["generation"]["engines_retired"] == [engine_name(run_id, 1)]
+    store_url = f"file://{tmp_path}/store"
+    _run_killing_engine(cfg, store_url, "fault-gone", engine=1)
+    info = json.loads(open_store(store_url).get_bytes("runs/fault-gone/run.json"))
+    assert info["summary"]["generation"]["engines_retired"] == [engine_name("fault-gone", 1)]
 
 
 def _named_actor(ray, name: str):  # noqa: ANN001, ANN202
