@@ -9,7 +9,9 @@ AWS_ENDPOINT_URL) or the AWS config files, so they cannot leak into manifests or
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import hashlib
 import io
 import logging
@@ -20,7 +22,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol, TypeVar
+from typing import Callable, Iterator, Protocol, TypeVar
 
 T = TypeVar("T")
 
@@ -159,6 +161,10 @@ class ObjectStore(Protocol):
     def folders(self, prefix: str) -> list[str]: ...
     def delete(self, key: str) -> None: ...
     def uri(self, key: str) -> str: ...
+    # conditional writes (hare/lease.py builds its leases on them)
+    def put_if_absent(self, key: str, data: bytes) -> bool: ...
+    def get_versioned(self, key: str) -> tuple[bytes, str]: ...
+    def replace_if(self, key: str, data: bytes, version: str) -> bool: ...
 
 
 class LocalStore:
@@ -242,6 +248,76 @@ class LocalStore:
 
     def uri(self, key: str) -> str:
         return f"{self.url}/{key}"
+
+    @contextlib.contextmanager
+    def _folder_lock(self, path: Path) -> Iterator[None]:
+        """An exclusive ``flock`` on the object's folder: conditional writes in one folder are
+        serialised between processes (and threads: each call opens its own descriptor)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        """Create ``key`` with ``data`` only if it does not exist: True if this call created it.
+        Create-exclusive: the bytes go to a temp file that is then hard-linked to the key
+        (``link`` fails with EEXIST when the key exists), so a reader sees all of it or nothing."""
+        path = self._path(key)
+
+        def create() -> bool:
+            with self._folder_lock(path):
+                tmp = path.with_name(f".{path.name}.{os.getpid()}.{random.getrandbits(32):08x}.tmp")
+                with open(tmp, "xb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                try:
+                    os.link(tmp, path)
+                    return True
+                except FileExistsError:
+                    return False
+                finally:
+                    tmp.unlink(missing_ok=True)
+
+        return self.retry.call(f"put-if-absent {self.uri(key)}", lambda: _local_io(
+            f"put-if-absent {self.uri(key)}", create), (OSError,))
+
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        """The object and its version tag (here its sha256), for :meth:`replace_if`."""
+        data = self.get_bytes(key)
+        return data, sha256_bytes(data)
+
+    def replace_if(self, key: str, data: bytes, version: str) -> bool:
+        """Overwrite ``key`` only if it still holds the version :meth:`get_versioned` gave:
+        True if replaced, False if it changed or vanished meanwhile (compare-and-swap)."""
+        path = self._path(key)
+
+        def swap() -> bool:
+            with self._folder_lock(path):
+                try:
+                    current = path.read_bytes()
+                except FileNotFoundError:
+                    return False
+                if sha256_bytes(current) != version:
+                    return False
+                tmp = path.with_name(f".{path.name}.{os.getpid()}.{random.getrandbits(32):08x}.tmp")
+                with open(tmp, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, path)
+                return True
+
+        return self.retry.call(f"replace-if {self.uri(key)}", lambda: _local_io(
+            f"replace-if {self.uri(key)}", swap), (OSError,))
+
+
+# S3's answers to a conditional write whose condition did not hold (412), or that raced another
+# conditional write of the same key (409): the write did not happen.
+_CONDITION_FAILED = ("PreconditionFailed", "ConditionalRequestConflict", "412", "409")
 
 
 class S3Store:
@@ -368,6 +444,46 @@ class S3Store:
 
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._key(key)}"
+
+    def _conditional_put(self, key: str, verb: str, **condition: str) -> Callable[[bytes], bool]:
+        k = self._key(key)
+
+        def put(data: bytes) -> bool:
+            def attempt() -> bool:
+                try:
+                    self._client.put_object(Bucket=self.bucket, Key=k, Body=data, **condition)
+                    return True
+                except self._client_error as exc:
+                    code = str(exc.response.get("Error", {}).get("Code", ""))
+                    status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+                    if code in _CONDITION_FAILED or status in ("412", "409") or code in ("NoSuchKey", "404"):
+                        return False
+                    raise
+
+            return self._call(self.uri(key), attempt, verb)
+
+        return put
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        """Create ``key`` only if it does not exist (``If-None-Match: *``, S3's conditional
+        write): True if this call created it. A retried request whose first try did land
+        answers False; a caller that must know (a lease) reads the object back."""
+        return self._conditional_put(key, "put-if-absent", IfNoneMatch="*")(data)
+
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        """The object and its ETag, for :meth:`replace_if`."""
+        k = self._key(key)
+
+        def get() -> tuple[bytes, str]:
+            resp = self._client.get_object(Bucket=self.bucket, Key=k)
+            return resp["Body"].read(), str(resp.get("ETag", ""))
+
+        return self._call(self.uri(key), get, "get")
+
+    def replace_if(self, key: str, data: bytes, version: str) -> bool:
+        """Overwrite ``key`` only if its ETag is still ``version`` (``If-Match``): True if
+        replaced, False if it changed or vanished meanwhile."""
+        return self._conditional_put(key, "replace-if", IfMatch=version)(data)
 
 
 # Local I/O errors that retrying cannot fix: fail at once rather than after the retry budget.
