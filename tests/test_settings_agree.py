@@ -1,0 +1,39 @@
+"""The demo config, docs/decontamination.md and the code defaults state one set of decontamination
+settings: the one docs/benchmarks.md measured (issue 14)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+from hare.config import DecontamConfig, load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+MEASURED = {"paraphrase_threshold": 0.55, "window_words": 48, "window_stride": 16, "confirm_threshold": 0.4,
+            "confirm_numbers": 0.75, "paraphrase_sure": 0.9, "ngram_long": 13, "ngram_short": 8,
+            "overlap_threshold": 0.5}
+
+
+def test_code_defaults_are_the_measured_settings() -> None:
+    defaults = DecontamConfig()
+    assert {k: getattr(defaults, k) for k in MEASURED} == MEASURED
+
+
+def test_demo_config_runs_the_measured_settings() -> None:
+    cfg = load_config(ROOT / "configs" / "demo.yaml").decontamination
+    assert {k: getattr(cfg, k) for k in MEASURED} == MEASURED
+
+
+def test_docs_state_the_code_defaults() -> None:
+    text = (ROOT / "docs" / "decontamination.md").read_text()
+    block = re.search(r"```yaml\n(decontamination:.*?)```", text, re.S).group(1)
+    documented = yaml.safe_load(block)["decontamination"]
+    defaults = DecontamConfig().model_dump()
+    for key, value in documented.items():
+        if key != "benchmarks":
+            assert value == defaults[key], f"docs/decontamination.md says {key}: {value}, the code {defaults[key]}"
+    assert {"paraphrase_threshold", "window_words"} <= set(documented)
+    bench = (ROOT / "docs" / "benchmarks.md").read_text()
+    assert "windows of 48 words every 16, paraphrase similarity >= 0.55" in bench
