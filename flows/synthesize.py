@@ -35,6 +35,7 @@ from hare.engine import CapacityError, start_engines, stop_engines
 from hare.models import ModelSourceError
 from hare.estimate import plan_and_estimate, plan_markdown, render_plan
 from hare.layout import estimate_key, records_key, run_json, run_prefix
+from hare.lease import hold_run
 from hare.pool import EngineQueue
 from hare.runs import finish_run, new_run_id, read_run
 from hare.run_progress import terminal_view
@@ -45,7 +46,7 @@ from hare.manifest_index import load_manifests
 from hare.tasks.dedup import deduplicate
 from hare.tasks.diversity import measure_diversity
 from hare.tasks.generate import generate_partition
-from hare.tasks.plan import is_baseline, plan_run
+from hare.tasks.plan import check_resume_inputs, is_baseline, plan_run
 from hare.tasks.publish import publish
 from hare.tasks.stages import records_source, run_stage, stage_names, streamed_stages
 
@@ -63,16 +64,18 @@ DEFAULT_CONFIG = os.environ.get("HARE_CONFIG", "configs/demo.yaml")
 
 @flow(name="synthesize", task_runner=HareRayTaskRunner(), log_prints=True)
 def synthesize(config_path: str = DEFAULT_CONFIG, run_id: str | None = None,
-               store_url: str | None = None) -> dict[str, Any]:
+               store_url: str | None = None, allow_changed_inputs: bool = False) -> dict[str, Any]:
     """Plan, generate every uncommitted partition on Ray, and publish the dataset.
 
     Args:
         config_path: The run's YAML file (paths inside it are relative to it).
         run_id: Resume this run: only partitions that are not committed are redone. Empty: a new run.
         store_url: Override the config's store.url: a folder, file:///abs/path or s3://bucket/prefix.
+        allow_changed_inputs: Resume even though an input file (topics, axes, templates, benchmarks)
+            changed since the run started: what the change touches is redone, run.json records it.
     """
     cfg = load_config(config_path, store_url=store_url)
-    return execute_run(cfg, run_id or run_id_of_flow_run(cfg))
+    return execute_run(cfg, run_id or run_id_of_flow_run(cfg), allow_changed_inputs)
 
 
 def run_id_of_flow_run(cfg: RunConfig) -> str:
@@ -86,15 +89,16 @@ def run_id_of_flow_run(cfg: RunConfig) -> str:
 
 
 @flow(name="rerun-failed", task_runner=HareRayTaskRunner(), log_prints=True)
-def rerun_failed(run_id: str, store_url: str = DEFAULT_STORE_URL) -> dict[str, Any]:
+def rerun_failed(run_id: str, store_url: str = DEFAULT_STORE_URL, allow_changed_inputs: bool = False) -> dict[str, Any]:
     """Redo only the partitions of a run that are missing, failed or whose objects no longer match
     their sha256, then the downstream stages, so the run's dataset is complete.
 
     Args:
         run_id: The run to complete (its run.json holds the config it was started with).
         store_url: The object store holding the run: a folder, file:///abs/path or s3://bucket/prefix.
+        allow_changed_inputs: Complete it even though an input file changed since it started.
     """
-    return execute_run(config_of_run(store_url, run_id), run_id)
+    return execute_run(config_of_run(store_url, run_id), run_id, allow_changed_inputs)
 
 
 def config_of_run(store_url: str, run_id: str) -> RunConfig:
@@ -107,7 +111,15 @@ def config_of_run(store_url: str, run_id: str) -> RunConfig:
         raise ConfigError(f"run {run_id}: its config no longer validates: {exc}") from None
 
 
-def execute_run(cfg: RunConfig, run_id: str) -> dict[str, Any]:
+def execute_run(cfg: RunConfig, run_id: str, allow_changed_inputs: bool = False) -> dict[str, Any]:
+    """The run under its run id's lease (hare/lease.py): the same run id started twice at once
+    is refused with a message naming the holder; a crashed holder's lease expires."""
+    store = open_store(cfg.store.url)
+    with hold_run(store, run_id):
+        return _execute_run(cfg, run_id, allow_changed_inputs)
+
+
+def _execute_run(cfg: RunConfig, run_id: str, allow_changed_inputs: bool) -> dict[str, Any]:
     """The DAG for one run id; committed partitions and stages are skipped (the manifests say).
 
     plan -> generate each partition on the engines, and behind each one as it commits, its
@@ -119,7 +131,7 @@ def execute_run(cfg: RunConfig, run_id: str) -> dict[str, Any]:
     logger.info("run %s -> %s", run_id, store.uri(f"runs/{run_id}"))
     lineage.emit(store, run_id, "synthesize", "START", facets={"config_hash": cfg.config_hash()})
 
-    partition_ids = plan_run(cfg, run_id)
+    partition_ids = plan_run(cfg, run_id, allow_changed_inputs)
     dataset_ids = [p for p in partition_ids if not is_baseline(p)]
     baseline_ids = [p for p in partition_ids if is_baseline(p)]
     _show_estimate(cfg, run_id, store)
@@ -416,22 +428,39 @@ class RunProgress:
 
 
 def run_synthesize(config_path: str, run_id: str | None = None, store_url: str | None = None,
-                   progress: bool = False) -> dict[str, Any]:
+                   progress: bool = False, allow_changed_inputs: bool = False) -> dict[str, Any]:
     """Validate the config, bring up the Prefect API and Ray, run the flow (``hare run``).
 
     ``progress``: show the live terminal view and send log lines to a file (the CLI's default).
     """
     cfg = load_config(config_path, store_url=store_url)  # a bad config or run id fails here, before anything starts
     run_id = check_key_part(run_id or new_run_id(cfg), "run id")
+    _check_resumable(cfg, run_id, allow_changed_inputs)
     with _driver(cfg, run_id, progress):
-        return synthesize(config_path=config_path, run_id=run_id, store_url=store_url)
+        return synthesize(config_path=config_path, run_id=run_id, store_url=store_url,
+                          allow_changed_inputs=allow_changed_inputs)
 
 
-def run_rerun_failed(run_id: str, store_url: str, progress: bool = False) -> dict[str, Any]:
+def run_rerun_failed(run_id: str, store_url: str, progress: bool = False,
+                     allow_changed_inputs: bool = False) -> dict[str, Any]:
     """Check the run and its config exist, bring up the Prefect API and Ray, run the flow (``hare rerun``)."""
     cfg = config_of_run(store_url, run_id)
+    _check_resumable(cfg, run_id, allow_changed_inputs)
     with _driver(cfg, run_id, progress):
-        return rerun_failed(run_id=run_id, store_url=cfg.store.url)
+        return rerun_failed(run_id=run_id, store_url=cfg.store.url, allow_changed_inputs=allow_changed_inputs)
+
+
+def _check_resumable(cfg: RunConfig, run_id: str, allow_changed_inputs: bool) -> None:
+    """Before anything starts: a resume whose input files changed (RunError naming them), or a
+    run id another live process holds (LeaseHeld naming it), is one line and exit 2."""
+    from hare.lease import LeaseHeld, read_lease, run_lease_key
+
+    store = open_store(cfg.store.url)
+    check_resume_inputs(store, cfg, run_id, allow_changed_inputs, write=False)
+    holder = read_lease(store, run_lease_key(run_id))
+    if holder is not None and not holder.expired():
+        raise LeaseHeld(f"run {run_id} is held by {holder.describe()}; wait for it to finish, "
+                        f"or if it crashed, start again after its lease expires", holder)
 
 
 @contextlib.contextmanager

@@ -54,13 +54,15 @@ def _report(result: dict) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from hare.flows.synthesize import run_synthesize
 
-    return _report(run_synthesize(args.config, run_id=args.run_id, store_url=args.store, progress=not args.verbose))
+    return _report(run_synthesize(args.config, run_id=args.run_id, store_url=args.store, progress=not args.verbose,
+                                  allow_changed_inputs=args.allow_changed_inputs))
 
 
 def _cmd_rerun(args: argparse.Namespace) -> int:
     from hare.flows.synthesize import run_rerun_failed
 
-    return _report(run_rerun_failed(args.run_id, args.store, progress=not args.verbose))
+    return _report(run_rerun_failed(args.run_id, args.store, progress=not args.verbose,
+                                    allow_changed_inputs=args.allow_changed_inputs))
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -118,6 +120,12 @@ def _verbose(p: argparse.ArgumentParser) -> None:
                         "(without it they go to .hare/logs/<run_id>.log and the run folder)")
 
 
+def _allow_changed_inputs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-changed-inputs", action="store_true",
+                   help="resume although an input file (topics, axes, templates, benchmarks) changed since the run "
+                        "started: what the change touches is redone, and run.json records the change")
+
+
 def _run_in_store(p: argparse.ArgumentParser) -> None:
     """A command on an existing run: its id and the store holding it."""
     p.add_argument("run_id")
@@ -139,11 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--run-id", help="resume this run: redo only uncommitted partitions")
     _store_override(run)
     _verbose(run)
+    _allow_changed_inputs(run)
     run.set_defaults(fn=_cmd_run)
 
     rr = sub.add_parser("rerun", help="complete a run: redo missing, failed or altered partitions, then publish")
     _run_in_store(rr)
     _verbose(rr)
+    _allow_changed_inputs(rr)
     rr.set_defaults(fn=_cmd_rerun)
 
     sv = sub.add_parser("serve", help="serve the synthesize and rerun-failed deployments (needs PREFECT_API_URL)")

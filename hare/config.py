@@ -387,15 +387,62 @@ class RunConfig(_Strict):
     publish: PublishConfig = PublishConfig()
     schedule: ScheduleConfig = ScheduleConfig()
 
-    def config_hash(self) -> str:
-        """Hash of what the run generates: same content -> same hash (placement sections aside)."""
-        content = {k: ({f: x for f, x in v.items() if f not in PLACEMENT_FIELDS} if isinstance(v, dict) else v)
-                   for k, v in self.to_jsonable().items() if k not in PLACEMENT_SECTIONS}
+    def config_hash(self, inputs: bool = True) -> str:
+        """Hash of what the run generates: same content -> same hash (placement sections aside).
+
+        It covers the *contents* of every input file (topics, axes, prompt templates, local
+        benchmark files: :meth:`input_hashes`), not only their paths: an edited topics file is
+        another config. ``inputs=False``: the settings alone (what run.json calls ``settings_hash``)."""
+        content: dict[str, Any] = {
+            k: ({f: x for f, x in v.items() if f not in PLACEMENT_FIELDS} if isinstance(v, dict) else v)
+            for k, v in self.to_jsonable().items() if k not in PLACEMENT_SECTIONS}
+        if inputs:
+            content["input_sha256"] = {label: f["sha256"] for label, f in self.input_hashes().items()}
         blob = json.dumps(content, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()
 
+    def input_files(self) -> dict[str, Path]:
+        """Every local file the run reads its inputs from, by a label naming where the config
+        says it (``topics.path``, ``topics.extra_paths.0``, ``axes.path``, ``templates.<kind>``,
+        ``decontamination.benchmarks.<name>``). Remote benchmarks (``s3://``, ``hub:``) are
+        named by their source string in the config and are not hashed here."""
+        from hare.prompts import TEMPLATE_DIR
+
+        files: dict[str, Path] = {"topics.path": Path(self.topics.path)}
+        files.update({f"topics.extra_paths.{i}": Path(p) for i, p in enumerate(self.topics.extra_paths)})
+        files["axes.path"] = Path(self.axes.path)
+        files.update({f"templates.{p.stem}": p for p in sorted(Path(TEMPLATE_DIR).glob("*.yaml"))})
+        for b in self.decontamination.benchmarks:
+            if not b.source.startswith(("s3://", "hub:")):
+                files[f"decontamination.benchmarks.{b.name}"] = Path(b.source)
+        return files
+
+    def input_hashes(self) -> dict[str, dict[str, str]]:
+        """``{label: {"path": ..., "sha256": ...}}`` of :meth:`input_files` (a missing file hashes
+        to ``"missing"``), what run.json records and a resume compares."""
+        return {label: {"path": str(p), "sha256": file_sha256(p)} for label, p in self.input_files().items()}
+
     def to_jsonable(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+
+_FILE_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes ("missing" when it does not exist), cached per (path, size, mtime)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return "missing"
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _FILE_HASHES:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        _FILE_HASHES[key] = h.hexdigest()
+    return _FILE_HASHES[key]
 
 
 def _format_errors(path: Path, err: ValidationError, what: str = "run config") -> str:

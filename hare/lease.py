@@ -108,7 +108,7 @@ class Lease:
         """Push the expiry ``ttl_s`` ahead; :class:`LeaseLost` if someone took it over."""
         nxt = Lease(self.name, self.owner, self.token, self.acquired_at, time.time() + self.ttl_s, self.ttl_s, self.key)
         if not store.replace_if(self.key, nxt.to_json(), self.version):
-            current = _read(store, self.key)
+            current = read_lease(store, self.key)
             if current is None or current.token != self.token:
                 raise LeaseLost(f"lease {self.key} was taken over by "
                                 f"{current.owner if current else 'nobody (deleted)'}")
@@ -128,7 +128,8 @@ class Lease:
             log.warning("lease %s: release failed (%s); it expires at %s", self.key, exc, self.expires_at)
 
 
-def _read(store: ObjectStore, key: str) -> Lease | None:
+def read_lease(store: ObjectStore, key: str) -> Lease | None:
+    """The lease stored at ``key``, None when there is none."""
     try:
         data, version = store.get_versioned(key)
     except KeyNotFound:
@@ -149,7 +150,7 @@ def acquire(store: ObjectStore, key: str, name: str, owner: str | None = None, t
         mine = Lease(name, owner, token, now, now + ttl, ttl, key)
         if store.put_if_absent(key, mine.to_json()):
             return _confirm(store, mine)
-        current = _read(store, key)
+        current = read_lease(store, key)
         if current is None:
             continue  # deleted meanwhile: try to create it again
         if current.token == token:  # our create landed on a request that was retried
@@ -165,7 +166,7 @@ def acquire(store: ObjectStore, key: str, name: str, owner: str | None = None, t
 
 def _confirm(store: ObjectStore, mine: Lease) -> Lease:
     """The lease as stored after our write (its version, for renew and release)."""
-    current = _read(store, mine.key)
+    current = read_lease(store, mine.key)
     if current is None or current.token != mine.token:
         raise LeaseHeld(f"{mine.name}: lost the lease at {mine.key} right after taking it", current or mine)
     return current

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import pyarrow as pa
 
 from hare.layout import manifest_key
-from hare.store import KeyNotFound, ObjectStore, sha256_bytes
+from hare.store import KeyNotFound, ObjectStore, retry_count, sha256_bytes
 from hare.tables import to_parquet_bytes
 
 K = TypeVar("K")
@@ -50,6 +50,13 @@ class PartitionManifest:
     outputs: list[OutputRef] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
     finished_at: str = field(default_factory=utc_now)
+
+    @property
+    def inputs(self) -> dict[str, str] | None:
+        """What the commit was computed from: the sha256 of every object it read, by key (and
+        ``params:<section>``: the hash of the settings and input files it depends on). None for
+        a commit of older code that did not record it (such a commit is redone)."""
+        return self.stats.get("inputs")
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), indent=2, sort_keys=True).encode()
@@ -134,13 +141,34 @@ def check_outputs(store: ObjectStore, manifests: Mapping[K, PartitionManifest], 
 
 
 def committed_manifest(
-    store: ObjectStore, run_id: str, partition_id: str, stage: str = "generate"
+    store: ObjectStore, run_id: str, partition_id: str, stage: str = "generate", quarantine: bool = False
 ) -> PartitionManifest | None:
-    """The partition's manifest for ``stage`` if it is a valid commit, else None."""
+    """The partition's manifest for ``stage`` if it is a valid commit, else None.
+
+    ``quarantine``: an output whose sha256 no longer matches the manifest is moved aside under
+    ``quarantine/`` with the reason (hare/quarantine.py) before the stage is redone, so a
+    corrupt object is named and kept for inspection, never read again as if it were good."""
     m = read_manifest(store, run_id, partition_id, stage)
-    if m is None or m.status != "succeeded" or verify_outputs(store, m) is not None:
+    if m is None or m.status != "succeeded":
         return None
-    return m
+    problems = check_objects(store, m.outputs, deep=True)
+    if not any(problems):
+        return m
+    if quarantine:
+        from hare.quarantine import quarantine_object
+
+        for ref, problem in zip(m.outputs, problems):
+            if problem and problem.startswith("sha256 mismatch"):
+                quarantine_object(store, ref.key, f"{problem} (committed by {manifest_key(run_id, partition_id, stage)})",
+                                  expected_sha256=ref.sha256)
+    return None
+
+
+def output_sha256(manifest: PartitionManifest | None, key: str) -> str | None:
+    """The sha256 a manifest recorded for one of its outputs (None: not among them)."""
+    if manifest is None:
+        return None
+    return next((o.sha256 for o in manifest.outputs if o.key == key), None)
 
 
 def commit_partition(
@@ -151,12 +179,22 @@ def commit_partition(
     tables: dict[str, pa.Table],
     stats: dict[str, Any],
     attempts: int,
+    inputs: dict[str, str] | None = None,
+    retries_since: int | None = None,
 ) -> PartitionManifest:
-    """Write each table, then the manifest that lists them with their sha256 (the commit)."""
+    """Write each table, then the manifest that lists them with their sha256 (the commit).
+    ``inputs``: the sha256 of what the stage read, by key (kept in the manifest's stats).
+    ``retries_since``: this process's store retry count (``retry_count()``) when the task
+    began; the transient store errors retried since, up to the manifest, go in
+    ``stats["store_retries"]`` (an outage ridden out shows there)."""
+    if inputs is not None:
+        stats = {**stats, "inputs": dict(sorted(inputs.items()))}
     outputs = []
     for key, table in tables.items():
         data = to_parquet_bytes(table)
         outputs.append(OutputRef(key, store.put_bytes(key, data), len(data), table.num_rows))
+    if retries_since is not None:
+        stats = {**stats, "store_retries": retry_count() - retries_since}
     manifest = PartitionManifest(run_id, partition_id, stage, "succeeded", attempts, None, outputs, stats)
     store.put_bytes(manifest_key(run_id, partition_id, stage), manifest.to_json())
     return manifest

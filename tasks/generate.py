@@ -21,7 +21,7 @@ from hare.config import RunConfig
 from hare.layout import generated_key, plan_key, rejects_key
 from hare.manifest import commit_partition, committed_manifest, previous_attempts, record_failure
 from hare.schema import RECORD_SCHEMA, REJECT_SCHEMA, record_id
-from hare.store import open_store
+from hare.store import open_store, retry_count, sha256_bytes
 from hare.tables import from_parquet_bytes
 from hare import lineage
 
@@ -113,14 +113,21 @@ def generate_partition(cfg: RunConfig, run_id: str, partition_id: str, engine: s
 
     logger = get_run_logger()
     store = open_store(cfg.store.url)
-    done = committed_manifest(store, run_id, partition_id)
-    if done is not None:
+    retries_before = retry_count()
+    pk = plan_key(run_id, partition_id)
+    plan_bytes = store.get_bytes(pk)
+    inputs = {pk: sha256_bytes(plan_bytes)}
+    done = committed_manifest(store, run_id, partition_id, quarantine=True)
+    # reused only if generated from this plan (a commit of older code recorded no inputs: kept)
+    if done is not None and done.inputs in (None, inputs):
         logger.info("partition %s already committed; skipped", partition_id)
         return {"partition_id": partition_id, "status": "skipped", "stats": done.stats}
+    if done is not None:
+        logger.warning("partition %s: its plan changed since it was generated; generating it again", partition_id)
     attempts = previous_attempts(store, run_id, partition_id) + 1
     started = time.perf_counter()
     try:
-        plan = from_parquet_bytes(store.get_bytes(plan_key(run_id, partition_id)), plan_key(run_id, partition_id))
+        plan = from_parquet_bytes(plan_bytes, pk)
         results, gen_seconds, gpu = call_engine(engine, requests_from_plan(plan), cfg.sampling, cfg.model)
         info = ray.get(get_engine(engine).describe.remote(), timeout=cfg.model.call_timeout_s)
         ctx = RecordContext(run_id, partition_id, info["backend"], info["model"], info["model_revision"],
@@ -132,11 +139,14 @@ def generate_partition(cfg: RunConfig, run_id: str, partition_id: str, engine: s
             "records": kept.num_rows,
             "rejects": rejects.num_rows,
             "engine": engine,
+            # what actually ran (the card states these, not the config's model.name)
+            "model": info["model"], "model_revision": info["model_revision"], "backend": info["backend"],
             "seconds": round(time.perf_counter() - started, 3),
             **gpu,  # gpu_util_mean, gpu_busy_fraction, gpu_memory_used_max_mb... on a GPU
         }
         gk, rk = generated_key(run_id, partition_id), rejects_key(run_id, STAGE, partition_id)
-        manifest = commit_partition(store, run_id, partition_id, STAGE, {gk: kept, rk: rejects}, stats, attempts)
+        manifest = commit_partition(store, run_id, partition_id, STAGE, {gk: kept, rk: rejects}, stats, attempts,
+                                    inputs, retries_since=retries_before)
     except Exception as exc:
         record_failure(store, run_id, partition_id, STAGE, f"{type(exc).__name__}: {exc}", attempts)
         raise

@@ -184,8 +184,77 @@ def plan_report(cfg: RunConfig, plan: pa.Table) -> dict[str, Any]:
     }
 
 
+def changed_inputs(recorded: dict[str, Any], current: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """Input files whose contents differ between run.json's record and now, by label:
+    ``{label: {"path", "was", "now"}}`` (a file added or gone counts as changed)."""
+    out = {}
+    for label in sorted({*recorded, *current}):
+        was = recorded.get(label, {}).get("sha256", "absent")
+        now = current.get(label, {}).get("sha256", "absent")
+        if was != now:
+            out[label] = {"path": current.get(label, recorded.get(label, {})).get("path", ""), "was": was, "now": now}
+    return out
+
+
+def check_resume_inputs(store: Any, cfg: RunConfig, run_id: str, allow_changed_inputs: bool = False,
+                        write: bool = True) -> dict[str, dict[str, str]]:
+    """Before a run id is (re)started: a resume whose input files (topics, axes, templates,
+    benchmarks) changed since the run started is refused with a :class:`RunError` naming the
+    files, unless ``allow_changed_inputs``: then run.json takes the new config hash and input
+    hashes and records the change (``input_changes``, and a lineage event), and what the change
+    touches is redone (stage commits record the sha256 of what they read). A run.json of older
+    code (no input hashes) takes them now. Returns the changed files. ``write=False``: check only."""
+    from hare.layout import run_json
+    from hare.manifest import utc_now
+    from hare.runs import RunError
+    from hare.store import KeyNotFound
+
+    try:
+        info = json.loads(store.get_bytes(run_json(run_id)))
+    except KeyNotFound:
+        return {}
+    current = cfg.input_hashes()
+    settings = info.get("settings_hash") or (info["config_hash"] if "inputs" not in info else None)
+    if settings is not None and settings != cfg.config_hash(inputs=False):
+        return {}  # another config altogether: start_run refuses it ("use a new run id")
+    if "inputs" not in info:  # started by older code: its inputs were not hashed; record them now
+        changed: dict[str, dict[str, str]] = {}
+    else:
+        changed = changed_inputs(info["inputs"], current)
+        if changed and not allow_changed_inputs:
+            named = "; ".join(f"{label} {c['path']} (sha256 {c['was'][:12]} -> {c['now'][:12]})"
+                              for label, c in changed.items())
+            raise RunError(f"run {run_id!r}: input file(s) changed since the run started: {named}. Resuming would "
+                           f"mix data planned from two versions; restore the file(s), start a new run, or pass "
+                           f"--allow-changed-inputs to redo what the change touches (recorded in run.json)")
+        if not changed:
+            return {}
+    if write:
+        info.update(config=cfg.to_jsonable(), config_hash=cfg.config_hash(), settings_hash=cfg.config_hash(inputs=False),
+                    inputs=current)
+        if changed:
+            info["input_changes"] = [*info.get("input_changes", []), {"at": utc_now(), "files": changed}]
+        store.put_bytes(run_json(run_id), json.dumps(info, indent=2).encode())
+        if changed:
+            lineage.emit(store, run_id, "synthesize.inputs-changed", "COMPLETE",
+                         inputs=[lineage.dataset(f"file://{c['path']}", c["now"]) for c in changed.values()],
+                         facets={"changed_inputs": changed, "allowed_by": "--allow-changed-inputs"})
+    return changed
+
+
+def record_inputs(store: Any, cfg: RunConfig, run_id: str) -> None:
+    """Put the input files' hashes and the settings hash into run.json (once per start)."""
+    from hare.layout import run_json
+
+    info = json.loads(store.get_bytes(run_json(run_id)))
+    if info.get("inputs") == cfg.input_hashes() and info.get("settings_hash"):
+        return
+    info.update(inputs=cfg.input_hashes(), settings_hash=cfg.config_hash(inputs=False))
+    store.put_bytes(run_json(run_id), json.dumps(info, indent=2).encode())
+
+
 @task(name="plan")
-def plan_run(cfg: RunConfig, run_id: str) -> list[str]:
+def plan_run(cfg: RunConfig, run_id: str, allow_changed_inputs: bool = False) -> list[str]:
     """Build the plan, write each partition's prompt specs, the plan report and run.json.
 
     Plan objects are rewritten identically on a resume (the plan is deterministic), so a
@@ -195,7 +264,9 @@ def plan_run(cfg: RunConfig, run_id: str) -> list[str]:
     store = open_store(cfg.store.url)
     plan = build_plan(cfg)
     parts = split_partitions(plan)
+    check_resume_inputs(store, cfg, run_id, allow_changed_inputs)
     start_run(store, cfg, run_id, list(parts))
+    record_inputs(store, cfg, run_id)
     for pid, table in parts.items():
         key = plan_key(run_id, pid)
         data = to_parquet_bytes(table)
@@ -205,7 +276,7 @@ def plan_run(cfg: RunConfig, run_id: str) -> list[str]:
     store.put_bytes(plan_report_key(run_id), json.dumps(report, indent=2).encode())
     lineage.emit(
         store, run_id, "synthesize.plan", "COMPLETE",
-        inputs=[lineage.dataset(f"file://{p}") for p in (cfg.topics.path, *cfg.topics.extra_paths, cfg.axes.path)],
+        inputs=[lineage.dataset(f"file://{f['path']}", f["sha256"]) for f in cfg.input_hashes().values()],
         outputs=[lineage.dataset(store.uri(plan_key(run_id, p))) for p in parts],
         facets={"stage": "plan", "prompts": report["prompts"], "baseline_prompts": report["baseline_prompts"],
                 "config_hash": cfg.config_hash()},
