@@ -56,11 +56,16 @@ def achieved_counts(records: pa.Table) -> dict[str, Counter]:
 
 def diversity_report(
     cfg: RunConfig, records: pa.Table, baseline: pa.Table, planned: dict[str, Any], embed: Embed,
-    achieved: dict[str, Counter] | None = None,
+    achieved: dict[str, Counter] | None = None, unfiltered: pa.Table | None = None,
 ) -> dict[str, Any]:
     """Figures over ``records`` (all of them, or a sample: at most ``diversity.sample`` are
     embedded anyway) and coverage from ``achieved`` (counted over every record of the dataset,
-    :func:`achieved_counts`; default: counted on ``records``)."""
+    :func:`achieved_counts`; default: counted on ``records``).
+
+    The baseline is generated and never filtered, so it is compared with the dataset's records
+    *as generated* (``unfiltered``: the generated records of the same partitions, before the
+    quality, decontam and dedup filters), subsampled to the baseline's size: like with like.
+    Without ``unfiltered`` the kept records stand in (the report says which)."""
     leaves = load_taxonomy(cfg.topics.path, *cfg.topics.extra_paths)
     anchor_names, anchor_texts = domain_anchors(leaves)
     anchors = embed(anchor_texts)
@@ -68,9 +73,11 @@ def diversity_report(
     base_texts = baseline.column("text").to_pylist()
 
     sets = {"dataset": _sample(texts, cfg.diversity.sample, cfg.seed)}
+    compared = unfiltered if unfiltered is not None else records
     if base_texts:
         sets["baseline"] = _sample(base_texts, cfg.diversity.sample, cfg.seed)
-        sets["dataset_at_baseline_size"] = _sample(texts, len(sets["baseline"]), cfg.seed + 1)
+        sets["dataset_at_baseline_size"] = _sample([t or "" for t in compared.column("text").to_pylist()],
+                                                   len(sets["baseline"]), cfg.seed + 1)
     measured = {}
     for name, subset in sets.items():
         emb = embed(subset)
@@ -88,6 +95,10 @@ def diversity_report(
         "leaves_covered": leaves_hit,
         "coverage": coverage,
         "figures": measured,
+        "compared_with_baseline": ("dataset_at_baseline_size: the dataset's records as generated (before the "
+                                   "quality, decontam and dedup filters), like the baseline, subsampled to its size"
+                                   if unfiltered is not None else
+                                   "dataset_at_baseline_size: the kept records, subsampled to the baseline's size"),
         "anchors": "one per taxonomy domain: nearest-anchor entropy / log(#domains)",
     }
 
@@ -124,12 +135,16 @@ def dataset_diversity(store: ObjectStore, cfg: RunConfig, run_id: str, dataset: 
         for axis, counts in achieved_counts(_read(store, run_id, pid, stage, AXIS_COLUMNS)).items():
             achieved[axis].update(counts)
     columns = ["text", *AXIS_COLUMNS]
-    sampled = [_read(store, run_id, p, stage, columns) for p in sample_partitions(dataset, cfg.diversity.sample, cfg.seed)]
+    picked = sample_partitions(dataset, cfg.diversity.sample, cfg.seed)
+    sampled = [_read(store, run_id, p, stage, columns) for p in picked]
     records = pa.concat_tables(sampled) if sampled else pa.table({c: pa.array([], pa.string()) for c in columns})
     base = [_read(store, run_id, p, "generate", columns) for p in baseline_ids]
     baseline = pa.concat_tables(base) if base else records.slice(0, 0)
+    # the same partitions as generated, for the like-with-like comparison with the (unfiltered) baseline
+    raw = [_read(store, run_id, p, "generate", columns) for p in picked] if base else []
+    unfiltered = pa.concat_tables(raw) if raw else None
     planned = json.loads(store.get_bytes(plan_report_key(run_id)))
-    return diversity_report(cfg, records, baseline, planned, embed, achieved)
+    return diversity_report(cfg, records, baseline, planned, embed, achieved, unfiltered)
 
 
 @task(name="diversity")
