@@ -90,6 +90,59 @@ def published_index_key(run_id: str, partition_id: str) -> str:
     return f"index/runs/{check_key_part(run_id, 'run id')}/{check_key_part(partition_id, 'partition id')}.parquet"
 
 
+def _group(group: int) -> str:
+    return f"g{int(group):03d}"
+
+
+def run_bands_key(run_id: str, group: int, partition_id: str) -> str:
+    """A partition's LSH band keys (and exact keys) in one bucket group, written by ``features``."""
+    return _partition_file(run_id, f"dedup/bands/{_group(group)}", partition_id)
+
+
+def run_lists_key(run_id: str, group: int, partition_id: str) -> str:
+    """A partition's embeddings assigned to the inverted lists of one list group."""
+    return _partition_file(run_id, f"dedup/lists/{_group(group)}", partition_id)
+
+
+def minhash_params_key() -> str:
+    """The store's MinHash scheme and band layout, fixed by the first run that indexes into it."""
+    return "index/minhash/_scheme.json"
+
+
+def index_bands_prefix(group: int) -> str:
+    return f"index/minhash/{_group(group)}/"
+
+
+def index_bands_key(group: int, run_id: str, partition_id: str) -> str:
+    """Band keys of what one partition published, in one bucket group."""
+    return (f"{index_bands_prefix(group)}{check_key_part(run_id, 'run id')}/"
+            f"{check_key_part(partition_id, 'partition id')}.parquet")
+
+
+def ivf_current_key() -> str:
+    """Which IVF quantizer version the store searches (retrained only when asked)."""
+    return "index/ivf/current.json"
+
+
+def ivf_centroids_key(version: str) -> str:
+    return f"index/ivf/{check_key_part(version, 'index version')}/centroids.npy"
+
+
+def index_lists_prefix(version: str, group: int) -> str:
+    return f"index/ivf/{check_key_part(version, 'index version')}/{_group(group)}/"
+
+
+def index_lists_key(version: str, group: int, run_id: str, partition_id: str) -> str:
+    """Embeddings one partition published, in the inverted lists of one list group."""
+    return (f"{index_lists_prefix(version, group)}{check_key_part(run_id, 'run id')}/"
+            f"{check_key_part(partition_id, 'partition id')}.parquet")
+
+
+def published_marker_key(run_id: str) -> str:
+    """Written last when a run's index shards are all up: only marked runs count as published."""
+    return f"index/published/{check_key_part(run_id, 'run id')}.json"
+
+
 def quality_key(run_id: str) -> str:
     return _run_file(run_id, "quality.json")
 

@@ -235,14 +235,22 @@ def _cmd_decontam(args: argparse.Namespace) -> int:
 
 
 def _cmd_dedup(args: argparse.Namespace) -> int:
+    """The file as one run of partitions of BATCH_ROWS rows in a scratch store, deduplicated
+    by the same sharded decision a flow runs (against ``--against``'s index, read through)."""
+    import tempfile
+
     import numpy as np
     import pyarrow as pa
 
     from hare.config import DedupConfig, load_section
     from hare.dedup import minhash_signatures
+    from hare.dedup_index import band_objects, decide, features_table, minhash_params
+    from hare.layout import features_key, run_bands_key
     from hare.progress import embed_in_batches, map_batches, status
     from hare.schema import record_id
-    from hare.tasks.dedup import apply_verdicts, dedup_verdicts
+    from hare.store import absolute_store_url, open_store
+    from hare.tables import to_parquet_bytes
+    from hare.tasks.dedup import apply_verdicts
 
     out, rej = _output_paths(args)
     cfg = load_section(args.config, "dedup", DedupConfig) if args.config else DedupConfig()
@@ -252,35 +260,40 @@ def _cmd_dedup(args: argparse.Namespace) -> int:
     if "id" not in table.column_names:
         table = table.append_column("id", pa.array(keys, pa.string()))
     ids = [None if i is None else str(i) for i in table.column("id").to_pylist()]
-
-    prior_refs, prior_sigs, prior_vecs = [], None, None
-    if args.against:
-        from hare.store import absolute_store_url, open_store
-        from hare.tasks.dedup import load_published
-
-        with status("dedup") as step:
-            step(f"reading the published index of {args.against}")
-            prior_refs, prior_sigs, prior_vecs = load_published(open_store(absolute_store_url(args.against)), "")
     n = len(texts)
-    # A layer that is off gets zero-width features: nothing computed, and the blocks still stack.
-    if cfg.near:
-        sigs = np.vstack(map_batches(lambda b: minhash_signatures(b, cfg), texts, "MinHash signatures", BATCH_ROWS)
-                         or [np.zeros((0, cfg.num_perm), np.uint64)])
-    else:
-        sigs, prior_sigs = np.zeros((n, 0), np.uint64), None
+    sigs = np.vstack(map_batches(lambda b: minhash_signatures(b, cfg), texts, "MinHash signatures", BATCH_ROWS)
+                     or [np.zeros((0, cfg.num_perm), np.uint32)])
     if cfg.semantic:
         from hare.embed import embed
 
         vecs = embed_in_batches(embed, texts, "embeddings")
     else:
-        vecs, prior_vecs = np.zeros((n, 0), np.float32), None
-    with status("dedup") as step:
-        step(f"finding duplicates among {n + len(prior_refs)} records")
-        verdicts = dedup_verdicts(prior_refs, prior_sigs, prior_vecs, "input",
-                                  [("input", pa.table({"id": pa.array(keys, pa.string())}), sigs, vecs)], cfg)["input"]
-    # A duplicate of an earlier row of this file names that row's own id.
-    verdicts = [v if v is None or v[2] != "input" else (v[0], ids[v[0].of - len(prior_refs)], v[2])
-                for v in verdicts]
+        vecs = np.zeros((n, 0), np.float32)
+    with tempfile.TemporaryDirectory(prefix="hare-dedup-") as scratch, status("dedup") as step:
+        store = open_store(scratch)
+        if args.against:
+            from hare.overlay_store import OverlayStore
+
+            store = OverlayStore(store, open_store(absolute_store_url(args.against)))
+        params = minhash_params(store, cfg)
+        starts = list(range(0, n, BATCH_ROWS)) or [0]
+        pids = [f"p{i:05d}" for i in range(len(starts))]
+        for pid, s in zip(pids, starts):
+            rows = slice(s, s + BATCH_ROWS)
+            objects = {features_key("input", pid): features_table(keys[rows], sigs[rows], vecs[rows]),
+                       **band_objects(params, keys[rows], sigs[rows], lambda g: run_bands_key("input", g, pid))}
+            for key, t in objects.items():
+                store.put_bytes(key, to_parquet_bytes(t))
+        step(f"finding duplicates among {n} records" + (f" and the index of {args.against}" if args.against else ""))
+        decision = decide(store, cfg, "input", pids)
+    first_row = {}
+    for i, k in enumerate(keys):
+        first_row.setdefault(k, i)
+    verdicts = {}
+    for pid, s in zip(pids, starts):
+        for row, (d, of_key, of_run) in decision.verdicts[pid].items():
+            # a duplicate of an earlier row of this file names that row's own id
+            verdicts[s + row] = (d, ids[first_row[of_key]] if of_run == "input" else of_key, of_run)
     kept, rejects = apply_verdicts(table, verdicts)
     layers: dict[str, int] = {}
     for reason in rejects.column("reject_reason").to_pylist():

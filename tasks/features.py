@@ -16,31 +16,17 @@ import pyarrow as pa
 
 from hare.config import RunConfig
 from hare.dedup import minhash_signatures
+from hare.dedup_index import band_objects, features_table, minhash_params, split_features  # noqa: F401 (re-export)
 from hare.embedders import pool_embed
-from hare.layout import features_key
+from hare.layout import features_key, run_bands_key
 from hare.stage import StageResult
+from hare.store import open_store
 
 STAGE = "features"
 
 
-def features_table(ids: list[str], sigs: np.ndarray, vecs: np.ndarray) -> pa.Table:
-    return pa.table({
-        "id": pa.array(list(ids), pa.string()),
-        "minhash": pa.array(list(sigs), pa.list_(pa.uint64())),
-        "embedding": pa.array(list(vecs), pa.list_(pa.float32())),
-    })
-
-
-def split_features(table: pa.Table) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """(ids, signatures (n, num_perm), embeddings (n, dim)) of a features table."""
-    ids = table.column("id").to_pylist()
-    sigs = np.array(table.column("minhash").to_pylist(), dtype=np.uint64).reshape(len(ids), -1)
-    vecs = np.array(table.column("embedding").to_pylist(), dtype=np.float32).reshape(len(ids), -1)
-    return ids, sigs, vecs
-
-
 class Features:
-    """Per-partition dedup features; the records pass through unchanged."""
+    """Per-partition dedup features and LSH band keys; the records pass through unchanged."""
 
     name, section, report, produces_records = STAGE, "dedup", None, False
 
@@ -49,11 +35,14 @@ class Features:
 
     def process(self, cfg: RunConfig, run_id: str, partition_id: str, records: pa.Table) -> StageResult:
         texts = [t or "" for t in records.column("text").to_pylist()]
+        ids = records.column("id").to_pylist()
         sigs = minhash_signatures(texts, cfg.dedup)
         vecs = pool_embed(run_id)(texts) if cfg.dedup.semantic else np.zeros((len(texts), 0), np.float32)
-        table = features_table(records.column("id").to_pylist(), sigs, vecs)
+        params = minhash_params(open_store(cfg.store.url), cfg.dedup)
+        extra = {features_key(run_id, partition_id): features_table(ids, sigs, vecs),
+                 **band_objects(params, ids, sigs, lambda g: run_bands_key(run_id, g, partition_id))}
         return StageResult(None, None, {"records": records.num_rows, "embedded": int(vecs.shape[1] > 0) * len(texts)},
-                           extra={features_key(run_id, partition_id): table})
+                           extra=extra)
 
     def merge(self, aggregates: list[dict[str, Any]]) -> dict[str, Any]:
         return {"records": sum(a["records"] for a in aggregates), "embedded": sum(a["embedded"] for a in aggregates)}

@@ -1,15 +1,14 @@
-"""The three dedup layers on planted duplicates (real MiniLM embeddings), IVF, stored features."""
+"""The three dedup layers in memory on planted duplicates (real MiniLM embeddings), stored features."""
 
 import numpy as np
 import pyarrow as pa
 
 from hare.config import DedupConfig
-from hare.dedup import find_duplicates, minhash_signatures, semantic_duplicates
+from hare.dedup import find_duplicates, minhash_signatures
 from hare.embed import embed
 from hare.schema import record_id
 from hare.store import open_store
 from hare.tables import from_parquet_bytes
-from hare.tasks.dedup import apply_verdicts, dedup_verdicts
 
 BASE = [
     "Photosynthesis lets plants turn sunlight, water and carbon dioxide into sugar and oxygen inside their leaves.",
@@ -44,46 +43,55 @@ def test_no_false_merges_on_different_texts() -> None:
     assert _run(BASE) == {}
 
 
-def test_ivf_above_flat_max_finds_planted_pairs() -> None:
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_inverted_lists_above_flat_max_find_planted_pairs() -> None:
     rng = np.random.default_rng(0)
-    vecs = rng.normal(size=(4000, 64)).astype(np.float32)
-    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    vecs = _unit(rng.normal(size=(4000, 64)))
     planted = rng.choice(3000, size=50, replace=False)
-    copies = vecs[planted] + rng.normal(scale=0.01, size=(50, 64)).astype(np.float32)
-    allv = np.vstack([vecs, copies / np.linalg.norm(copies, axis=1, keepdims=True)])
-    cfg = DedupConfig(flat_max=1000, nprobe=16, semantic_threshold=0.95)
-    dups = semantic_duplicates(allv, cfg, set())
+    allv = np.vstack([vecs, _unit(vecs[planted] + rng.normal(scale=0.01, size=(50, 64)))])
+    cfg = DedupConfig(exact=False, near=False, flat_max=1000, nprobe=16, semantic_threshold=0.95)
+    dups = find_duplicates([f"{i:032x}" for i in range(len(allv))], None, allv, cfg)
     found = {i: d.of for i, d in dups.items()}
     assert sum(found.get(4000 + k) == int(p) for k, p in enumerate(planted)) >= 48  # recall >= 0.96
     assert all(i >= 4000 for i in found)  # random vectors never merge
 
 
-def test_incremental_verdicts_point_to_the_earlier_run() -> None:
-    cfg = DedupConfig()
-    prior = BASE[:2]
-    prior_sigs, prior_vecs = minhash_signatures(prior, cfg), embed(prior)
-    new = [EXACT, BASE[5]]
-    table = pa.table({"id": [record_id(t) for t in new], "text": new})
-    verdicts = dedup_verdicts([("old-run", record_id(t)) for t in prior], prior_sigs, prior_vecs, "new-run",
-                              [("p00000", table, minhash_signatures(new, cfg), embed(new))], cfg)
-    kept, rejects = apply_verdicts(table, verdicts["p00000"])
-    assert kept.column("text").to_pylist() == [BASE[5]]
-    (r,) = rejects.to_pylist()
-    assert (r["reject_reason"], r["duplicate_of"], r["duplicate_of_run"]) == ("duplicate:exact", record_id(BASE[0]), "old-run")
+def test_a_cluster_larger_than_any_neighbour_count_hides_no_copy() -> None:
+    """40 copies of one vector: each later copy is dropped, all as copies of the first."""
+    rng = np.random.default_rng(1)
+    base = _unit(rng.normal(size=(1, 32)))
+    vecs = _unit(np.repeat(base, 40, axis=0) + rng.normal(scale=1e-3, size=(40, 32)))
+    dups = find_duplicates([f"{i:032x}" for i in range(40)], None, vecs, DedupConfig(exact=False, near=False))
+    assert sorted(dups) == list(range(1, 40)) and {d.of for d in dups.values()} == {0}
+
+
+def test_near_clusters_keep_the_earliest_record() -> None:
+    """B is a near copy of A and C of B: both go, each naming A, the cluster's first record."""
+    words = BASE[1].split()
+    a = " ".join(words)
+    b = " ".join(words[:-2] + ["further", "indeed."])
+    c = " ".join(words[:-2] + ["further", "indeed", "today."])
+    cfg = DedupConfig(semantic=False)
+    texts = [a, BASE[0], b, c]
+    dups = find_duplicates([record_id(t) for t in texts], minhash_signatures(texts, cfg), None, cfg)
+    assert {i: (d.layer, d.of) for i, d in dups.items()} == {2: ("near", 0), 3: ("near", 0)}
 
 
 def test_features_are_computed_once_and_stored(tmp_path, monkeypatch) -> None:
     """The streamed features stage commits signatures and embeddings once; a re-run reads the commit."""
     from hare.config import RunConfig
     from hare.stage import run_record_stage
-    from hare.tables import to_parquet_bytes
+    from hare.manifest import commit_partition
     from hare.tasks import features as features_mod
     from hare.tasks.features import Features, split_features
 
     store = open_store(str(tmp_path / "store"))
     cfg = RunConfig(name="t", plan={"partitions": 1, "prompts_per_partition": 3})
     table = pa.table({"id": [record_id(t) for t in BASE[:3]], "text": BASE[:3]})
-    store.put_bytes("runs/r/decontaminated/p00000.parquet", to_parquet_bytes(table))
+    commit_partition(store, "r", "p00000", "decontam", {"runs/r/decontaminated/p00000.parquet": table}, {}, 1)
     stats = run_record_stage(store, cfg, "r", "p00000", Features(), "decontam")
     assert stats["records"] == 3 and stats["aggregate"] == {"records": 3, "embedded": 3}
     ids, sigs, vecs = split_features(from_parquet_bytes(store.get_bytes("runs/r/features/p00000.parquet")))

@@ -138,13 +138,15 @@ def test_planted_rates_are_options() -> None:
 def test_no_chance_near_duplicates() -> None:
     """Besides the planted ones, the project's own near dedup finds (almost) nothing."""
     from hare.config import DedupConfig
-    from hare.dedup import minhash_signatures, near_duplicates
+    from hare.dedup import find_duplicates, minhash_signatures
+    from hare.schema import record_id
 
     r = replayer(f"{DEFAULT_SOURCE}?exact=0&near=0.05")
     n = 1500
     served = [r.text(i, request_seed(0, i)) for i in range(n)]
     roles = [r.role(i, request_seed(0, i))[0] for i in range(n)]
-    found = near_duplicates(minhash_signatures(served, DedupConfig()), DedupConfig(), set())
+    cfg = DedupConfig(exact=False, semantic=False)
+    found = find_duplicates([record_id(t) for t in served], minhash_signatures(served, cfg), None, cfg)
     planted = {i for i, role in enumerate(roles) if role == "near"}
     assert len(planted & found.keys()) >= 0.9 * len(planted)
     assert len(found.keys() - planted) <= 2

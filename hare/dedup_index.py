@@ -1,0 +1,520 @@
+"""The store's dedup index, sharded so that a run's cost grows with its own size.
+
+Layout (keys in hare/layout.py):
+
+- ``index/minhash/_scheme.json``: MinHash scheme, ``num_perm``, shingles, bands x rows and the
+  number of bucket groups, fixed by the first run that indexes into the store;
+- ``index/minhash/g<g>/<run>/<pid>.parquet``: (key, row, exact) band keys of what a partition
+  published, in bucket group g (a key's group is its top byte modulo the group count);
+- ``index/ivf/current.json`` and ``index/ivf/<version>/centroids.npy``: the IVF quantizer,
+  trained once per store on a sample (``hare index retrain`` makes a new version);
+- ``index/ivf/<version>/g<g>/<run>/<pid>.parquet``: (row, list, vector) of what a partition
+  published, in list group g;
+- ``index/runs/<run>/<pid>.parquet``: the published records' features (id, signature,
+  embedding), read only for the few records that turn up in a candidate pair;
+- ``index/published/<run>.json``: written last; only marked runs count as published.
+
+A run's own band keys are written by its streamed ``features`` stage
+(``runs/<run>/dedup/bands/g<g>/<pid>.parquet``); its list assignments by a parallel pass at
+decision time (the quantizer may be trained from this very run). The decision then runs one
+task per group (Ray tasks when Ray is up): each joins this run's keys with the stored ones of
+its group only, and returns candidate pairs; the pairs (a small set) are confirmed and
+resolved in the deciding process.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Iterable, TypeVar
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from hare.config import DedupConfig
+from hare.dedup import (Duplicate, ROW_BITS, assign_lists, candidate_pairs, confirm_near, group_lists, layer_verdicts,
+                        nlist_for, order_of, resolve_clusters, resolve_semantic, search_lists, train_quantizer)
+from hare.layout import (features_key, index_bands_key, index_bands_prefix, index_lists_key, index_lists_prefix,
+                         ivf_centroids_key, ivf_current_key, minhash_params_key, published_index_key,
+                         published_marker_key, run_bands_key, run_lists_key)
+from hare.minhash import SchemeMismatch, band_keys, check_scheme, id_keys, lsh_params, scheme
+from hare.store import KeyNotFound, ObjectStore, open_store
+from hare.tables import to_parquet_bytes
+from hare.manifest import utc_now
+
+T = TypeVar("T")
+R = TypeVar("R")
+SCHEME_META = b"hare.minhash_scheme"
+
+
+# --- parameters -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class MinhashParams:
+    scheme: str
+    num_perm: int
+    shingle_words: int
+    bands: int
+    rows: int
+    groups: int
+
+    def group_of(self, keys: np.ndarray) -> np.ndarray:
+        return ((keys >> np.uint64(56)) % np.uint64(self.groups)).astype(np.int32)
+
+
+def minhash_params(store: ObjectStore, cfg: DedupConfig) -> MinhashParams:
+    """The store's band layout, or this config's for a store that has none yet. A store made
+    with other signatures (scheme, num_perm, shingles) is refused, naming both."""
+    try:
+        found = json.loads(store.get_bytes(minhash_params_key()))
+    except KeyNotFound:
+        bands, rows = lsh_params(cfg.near_threshold, cfg.num_perm)
+        return MinhashParams(scheme(), cfg.num_perm, cfg.shingle_words, bands, rows, cfg.index_groups)
+    params = MinhashParams(**found)
+    check_scheme(params.scheme, f"this store's dedup index ({store.uri(minhash_params_key())})")
+    if (params.num_perm, params.shingle_words) != (cfg.num_perm, cfg.shingle_words):
+        raise SchemeMismatch(f"this store's dedup index uses num_perm={params.num_perm}, shingle_words="
+                             f"{params.shingle_words}; the config asks for num_perm={cfg.num_perm}, "
+                             f"shingle_words={cfg.shingle_words}: signatures would not be comparable")
+    return params
+
+
+def fix_params(store: ObjectStore, params: MinhashParams) -> MinhashParams:
+    """Write the store's band layout if it has none (the first writer wins)."""
+    store.put_if_absent(minhash_params_key(), json.dumps(asdict(params), indent=2).encode())
+    return MinhashParams(**json.loads(store.get_bytes(minhash_params_key())))
+
+
+# --- small table helpers ----------------------------------------------------------------------------
+
+def stamped(table: pa.Table) -> pa.Table:
+    """The table with the MinHash scheme in its schema metadata (kept in its Parquet file)."""
+    return table.replace_schema_metadata({**(table.schema.metadata or {}), SCHEME_META: scheme().encode()})
+
+
+def _parquet(table: pa.Table) -> bytes:
+    return to_parquet_bytes(stamped(table))
+
+
+def _read(store: ObjectStore, key: str, columns: list[str] | None = None) -> pa.Table:
+    try:
+        table = pq.read_table(io.BytesIO(store.get_bytes(key)), columns=columns)
+    except pa.ArrowInvalid as exc:
+        raise ValueError(f"{key} is not a readable Parquet file: {exc}") from exc
+    found = (table.schema.metadata or {}).get(SCHEME_META)
+    check_scheme(found.decode() if found else None, key)
+    return table
+
+
+StoreRef = "str | ObjectStore"  # a URL (Ray tasks reopen it) or, in one process, the store itself
+
+
+def _open(ref: "str | ObjectStore") -> ObjectStore:
+    return open_store(ref) if isinstance(ref, str) else ref
+
+
+def _ref(store: ObjectStore) -> "str | ObjectStore":
+    """What a job carries: the URL where a Ray task can reopen it, else the store object."""
+    import ray
+
+    return store.url if ray.is_initialized() else store
+
+
+def parallel_map(fn: Callable[[T], R], items: list[T], num_cpus: float = 1) -> list[R]:
+    """``fn`` over ``items`` as Ray tasks when Ray is up (a flow's task), else in this process."""
+    import ray
+
+    if not ray.is_initialized() or len(items) <= 1:
+        return [fn(x) for x in items]
+    remote = ray.remote(num_cpus=num_cpus, max_retries=2)(fn)
+    return ray.get([remote.remote(x) for x in items])
+
+
+def features_table(ids: list[str], sigs: np.ndarray, vecs: np.ndarray) -> pa.Table:
+    """id, minhash (uint32 list), embedding (float32 list): a partition's dedup features."""
+    n = len(ids)
+    return stamped(pa.table({
+        "id": pa.array(list(ids), pa.string()),
+        "minhash": pa.FixedSizeListArray.from_arrays(pa.array(sigs.reshape(-1), pa.uint32()), sigs.shape[1]),
+        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vecs.reshape(-1).astype(np.float32), pa.float32()),
+                                                       vecs.shape[1]) if vecs.shape[1] else pa.nulls(n, pa.list_(pa.float32())),
+    }))
+
+
+def split_features(table: pa.Table) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(ids, signatures (n, num_perm) uint32, embeddings (n, dim) float32) of a features table."""
+    ids = table.column("id").to_pylist()
+    n = len(ids)
+    return ids, _matrix(table, "minhash", np.uint32, n), _matrix(table, "embedding", np.float32, n)
+
+
+def _matrix(table: pa.Table, column: str, dtype: type, n: int) -> np.ndarray:
+    if column not in table.column_names or n == 0:
+        return np.zeros((n, 0), dtype)
+    col = table.column(column).combine_chunks()
+    if col.null_count == n:
+        return np.zeros((n, 0), dtype)
+    flat = col.flatten() if hasattr(col, "flatten") else col.values
+    return np.asarray(flat.to_numpy(zero_copy_only=False), dtype=dtype).reshape(n, -1)
+
+
+# --- writing keys ----------------------------------------------------------------------------------
+
+def band_rows(params: MinhashParams, ids: list[str], sigs: np.ndarray) -> dict[int, pa.Table]:
+    """This partition's (key, row, exact) rows, split by bucket group."""
+    n = len(ids)
+    if n == 0:
+        return {}
+    keys = np.concatenate([band_keys(sigs, params.bands, params.rows).reshape(-1), id_keys(ids)])
+    rows = np.concatenate([np.repeat(np.arange(n, dtype=np.int32), params.bands), np.arange(n, dtype=np.int32)])
+    exact = np.concatenate([np.zeros(n * params.bands, bool), np.ones(n, bool)])
+    group = params.group_of(keys)
+    return {int(g): stamped(pa.table({"key": keys[group == g], "row": rows[group == g], "exact": exact[group == g]}))
+            for g in np.unique(group)}
+
+
+def band_objects(params: MinhashParams, ids: list[str], sigs: np.ndarray,
+                 key_of: Callable[[int], str]) -> dict[str, pa.Table]:
+    return {key_of(g): t for g, t in band_rows(params, ids, sigs).items()}
+
+
+# --- the stored side ----------------------------------------------------------------------------------
+
+@dataclass
+class Parts:
+    """Every partition taking part in a decision, numbered in global order: published runs in
+    the order they were published, then this run's partitions in order."""
+
+    keys: list[tuple[str, str, bool]]  # (run, partition, is this run)
+    number: dict[tuple[str, str], int]
+    first_new: int  # the global order of this run's first record
+
+    @classmethod
+    def of(cls, store: ObjectStore, run_id: str, partition_ids: list[str]) -> "Parts":
+        keys = [(r, p, False) for r in published_runs(store, exclude=run_id) for p in published_partitions(store, r)]
+        keys += [(run_id, p, True) for p in partition_ids]
+        first_new = int(order_of(sum(1 for k in keys if not k[2]), 0))
+        return cls(keys, {(r, p): i for i, (r, p, _) in enumerate(keys)}, first_new)
+
+    def locate(self, order: int) -> tuple[str, str, int, bool]:
+        run, pid, new = self.keys[order >> ROW_BITS]
+        return run, pid, order & ((1 << ROW_BITS) - 1), new
+
+
+def published_runs(store: ObjectStore, exclude: str = "") -> list[str]:
+    """Runs whose index is complete (marker written), in publish order. A run whose index
+    shards carry no scheme (written before signatures were versioned) is refused."""
+    marked = []
+    for key in store.list("index/published/"):
+        info = json.loads(store.get_bytes(key))
+        if info["run_id"] != exclude:
+            marked.append((info["published_at"], info["run_id"]))
+    names = {r for _, r in marked}
+    for run in store.folders("index/runs/"):
+        run = run.rstrip("/").rsplit("/", 1)[-1]
+        if run in names or run == exclude:
+            continue
+        shards = store.list(f"index/runs/{run}/")
+        if shards:
+            meta = pq.read_schema(io.BytesIO(store.get_bytes(shards[0]))).metadata or {}
+            if SCHEME_META not in meta:  # an older hare's index: do not silently mix signatures
+                check_scheme(None, store.uri(f"index/runs/{run}/"))
+    return [r for _, r in sorted(marked)]
+
+
+def published_partitions(store: ObjectStore, run_id: str) -> list[str]:
+    return sorted(k.rsplit("/", 1)[-1].removesuffix(".parquet") for k in store.list(f"index/runs/{run_id}/")
+                  if k.endswith(".parquet"))
+
+
+def published_records(store: ObjectStore, exclude: str = "") -> int:
+    total = 0
+    for key in store.list("index/published/"):
+        info = json.loads(store.get_bytes(key))
+        total += info.get("records", 0) if info["run_id"] != exclude else 0
+    return total
+
+
+# --- the decision ----------------------------------------------------------------------------------------
+
+@dataclass
+class GroupJob:
+    store: Any  # StoreRef
+    run_id: str
+    group: int
+    parts: Parts
+    exact: bool
+    near: bool
+
+
+def near_candidates(job: GroupJob) -> tuple[np.ndarray, np.ndarray]:
+    """(exact pairs, near candidate pairs) of one bucket group: this run's keys joined with
+    the stored keys of the same group (and with each other)."""
+    store = _open(job.store)
+    keys, orders, exact = [], [], []
+
+    def add(key: str, part: int) -> None:
+        t = _read(store, key)
+        keys.append(t.column("key").to_numpy())
+        orders.append(order_of(part, t.column("row").to_numpy()))
+        exact.append(t.column("exact").to_numpy(zero_copy_only=False))
+
+    for key in store.list(index_bands_prefix(job.group)):
+        run, pid = key.removeprefix(index_bands_prefix(job.group)).removesuffix(".parquet").split("/")
+        if (run, pid) in job.parts.number and run != job.run_id:
+            add(key, job.parts.number[(run, pid)])
+    for run, pid, new in job.parts.keys:
+        if new:
+            try:
+                add(run_bands_key(run, job.group, pid), job.parts.number[(run, pid)])
+            except KeyNotFound:
+                pass  # no key of this partition fell in this group
+    if not keys:
+        return np.zeros((0, 2), np.int64), np.zeros((0, 2), np.int64)
+    k, o, e = np.concatenate(keys), np.concatenate(orders), np.concatenate(exact)
+    none = np.zeros((0, 2), np.int64)
+    return (candidate_pairs(k[e], o[e], job.parts.first_new) if job.exact else none,
+            candidate_pairs(k[~e], o[~e], job.parts.first_new) if job.near else none)
+
+
+def gather(store: ObjectStore, parts: Parts, orders: Iterable[int], columns: list[str]) -> dict[int, dict[str, Any]]:
+    """The named feature columns of a few records by global order, one read per partition."""
+    by_part: dict[int, list[int]] = {}
+    for o in set(int(x) for x in orders):
+        by_part.setdefault(o >> ROW_BITS, []).append(o)
+
+    def load(item: tuple[int, list[int]]) -> dict[int, dict[str, Any]]:
+        part, wanted = item
+        run, pid, new = parts.keys[part]
+        key = features_key(run, pid) if new else published_index_key(run, pid)
+        t = _read(store, key, columns)
+        rows = np.array([o & ((1 << ROW_BITS) - 1) for o in wanted])
+        picked = t.take(pa.array(rows))
+        out = {}
+        for i, o in enumerate(wanted):
+            out[o] = {c: picked.column(c)[i].as_py() for c in columns}
+        return out
+
+    result: dict[int, dict[str, Any]] = {}
+    with ThreadPoolExecutor(8) as pool:
+        for part in pool.map(load, by_part.items()):
+            result.update(part)
+    return result
+
+
+@dataclass
+class Decision:
+    verdicts: dict[str, dict[int, tuple[Duplicate, str, str]]]  # pid -> row -> (dup, of id, of run)
+    prior_records: int
+    candidates: int
+
+
+def decide(store: ObjectStore, cfg: DedupConfig, run_id: str, partition_ids: list[str]) -> Decision:
+    """The run's dedup verdicts against everything published in ``store`` and against itself,
+    from the features its partitions committed (no record is read)."""
+    params = minhash_params(store, cfg)
+    parts = Parts.of(store, run_id, partition_ids)
+    jobs = [GroupJob(_ref(store), run_id, g, parts, cfg.exact, cfg.near) for g in range(params.groups)]
+    results = parallel_map(near_candidates, jobs) if (cfg.exact or cfg.near) else []
+    exact_pairs = np.concatenate([r[0] for r in results] or [np.zeros((0, 2), np.int64)])
+    cands = np.concatenate([r[1] for r in results] or [np.zeros((0, 2), np.int64)])
+    info = gather(store, parts, np.concatenate([exact_pairs.reshape(-1), cands.reshape(-1)]), ["id", "minhash"])
+    sig_of = {o: np.asarray(v["minhash"], np.uint32) for o, v in info.items()}
+    edges = np.concatenate([exact_pairs, confirm_near(cands, sig_of, cfg.near_threshold)])
+    dups = layer_verdicts(resolve_clusters(edges, parts.first_new), {o: v["id"] for o, v in info.items()}, sig_of)
+    if cfg.semantic:
+        dups.update(semantic_verdicts(store, cfg, run_id, partition_ids, parts, set(dups)))
+    names = gather(store, parts, [d.of for d in dups.values()], ["id"])
+    verdicts: dict[str, dict[int, tuple[Duplicate, str, str]]] = {p: {} for p in partition_ids}
+    for o, d in dups.items():
+        _, pid, row, _ = parts.locate(o)
+        of_run, _, _, _ = parts.locate(d.of)
+        verdicts[pid][row] = (d, names[d.of]["id"], of_run)
+    return Decision(verdicts, published_records(store, exclude=run_id), len(cands) + len(exact_pairs))
+
+
+# --- semantic: the stored IVF index ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Quantizer:
+    version: str
+    centroids: np.ndarray
+    groups: np.ndarray  # list -> list group
+
+    @property
+    def group_count(self) -> int:
+        return int(self.groups.max()) + 1
+
+
+def load_quantizer(store: ObjectStore) -> Quantizer | None:
+    try:
+        current = json.loads(store.get_bytes(ivf_current_key()))
+    except KeyNotFound:
+        return None
+    centroids = np.load(io.BytesIO(store.get_bytes(ivf_centroids_key(current["version"]))))
+    return Quantizer(current["version"], centroids, np.asarray(current["list_groups"], np.int32))
+
+
+def save_quantizer(store: ObjectStore, centroids: np.ndarray, groups: int, version: str,
+                   replace: bool = False) -> Quantizer:
+    buf = io.BytesIO()
+    np.save(buf, centroids.astype(np.float32))
+    store.put_bytes(ivf_centroids_key(version), buf.getvalue())
+    body = json.dumps({"version": version, "nlist": int(centroids.shape[0]), "dim": int(centroids.shape[1]),
+                       "list_groups": group_lists(centroids, groups).tolist(), "trained_at": utc_now()}).encode()
+    if replace:
+        store.put_bytes(ivf_current_key(), body)
+    else:
+        store.put_if_absent(ivf_current_key(), body)  # two first runs at once: the first quantizer wins
+    found = load_quantizer(store)
+    assert found is not None
+    return found
+
+
+def quantizer_for(store: ObjectStore, cfg: DedupConfig, run_id: str, partition_ids: list[str]) -> Quantizer:
+    """The store's quantizer; the first run trains it on a sample of its own embeddings."""
+    found = load_quantizer(store)
+    if found is not None:
+        return found
+    expected = sum(store_rows(store, features_key(run_id, p)) for p in partition_ids)
+    nlist = nlist_for(expected, expected, cfg.flat_max)
+    want = min(expected, max(nlist * 40, 1))
+    rng = np.random.default_rng(0)
+    sample, have = [], 0
+    for pid in rng.permutation(partition_ids).tolist():
+        if have >= want:
+            break
+        _, _, vecs = split_features(_read(store, features_key(run_id, pid), ["id", "embedding"]))
+        sample.append(vecs)
+        have += len(vecs)
+    vecs = np.concatenate(sample) if sample else np.zeros((0, 1), np.float32)
+    return save_quantizer(store, train_quantizer(vecs, nlist), cfg.index_groups, "v1")
+
+
+def store_rows(store: ObjectStore, key: str) -> int:
+    return pq.read_metadata(io.BytesIO(store.get_bytes(key))).num_rows
+
+
+@dataclass
+class ListJob:
+    store: Any  # StoreRef
+    run_id: str
+    partition_id: str
+    version: str
+    nprobe: int
+
+
+def assign_partition(job: ListJob) -> None:
+    """One partition's embeddings into the quantizer's lists, one object per list group."""
+    store = _open(job.store)
+    q = load_quantizer(store)
+    assert q is not None and q.version == job.version
+    _, _, vecs = split_features(_read(store, features_key(job.run_id, job.partition_id), ["id", "embedding"]))
+    if len(vecs) == 0:
+        return
+    home, probes = assign_lists(q.centroids, vecs, job.nprobe)
+    for g in range(q.group_count):
+        in_group = q.groups[probes] == g
+        rows = np.flatnonzero(in_group.any(axis=1))
+        if len(rows) == 0:
+            continue
+        probe_g = np.where(in_group[rows], probes[rows], -1)
+        home_g = np.where(q.groups[home[rows]] == g, home[rows], -1)
+        store.put_bytes(run_lists_key(job.run_id, g, job.partition_id), _parquet(pa.table({
+            "row": pa.array(rows.astype(np.int32)), "list": pa.array(home_g),
+            "probes": pa.FixedSizeListArray.from_arrays(pa.array(probe_g.reshape(-1)), probe_g.shape[1]),
+            "vector": pa.FixedSizeListArray.from_arrays(pa.array(vecs[rows].reshape(-1)), vecs.shape[1])})))
+
+
+@dataclass
+class SearchJob:
+    store: Any  # StoreRef
+    run_id: str
+    group: int
+    version: str
+    parts: Parts
+    threshold: float
+
+
+def semantic_pairs(job: SearchJob) -> np.ndarray:
+    """(query, member, cosine) pairs of one list group: this run's vectors against the stored
+    lists of the group and this run's earlier vectors."""
+    store = _open(job.store)
+    m_o, m_l, m_v, q_o, q_p, q_v = [], [], [], [], [], []
+    prefix = index_lists_prefix(job.version, job.group)
+    for key in store.list(prefix):
+        run, pid = key.removeprefix(prefix).removesuffix(".parquet").split("/")
+        if (run, pid) not in job.parts.number or run == job.run_id:
+            continue
+        t = _read(store, key)
+        m_o.append(order_of(job.parts.number[(run, pid)], t.column("row").to_numpy()))
+        m_l.append(t.column("list").to_numpy())
+        m_v.append(_matrix(t, "vector", np.float32, t.num_rows))
+    for run, pid, new in job.parts.keys:
+        if not new:
+            continue
+        try:
+            t = _read(store, run_lists_key(run, job.group, pid))
+        except KeyNotFound:
+            continue
+        o = order_of(job.parts.number[(run, pid)], t.column("row").to_numpy())
+        lst, vec = t.column("list").to_numpy(), _matrix(t, "vector", np.float32, t.num_rows)
+        home = lst >= 0
+        m_o.append(o[home]), m_l.append(lst[home]), m_v.append(vec[home])
+        q_o.append(o), q_p.append(_matrix(t, "probes", np.int32, t.num_rows)), q_v.append(vec)
+    if not q_o or not m_o:
+        return np.zeros((0, 3))
+    return search_lists(np.concatenate(m_o), np.concatenate(m_l), np.concatenate(m_v),
+                        np.concatenate(q_o), np.concatenate(q_p), np.concatenate(q_v), job.threshold)
+
+
+def semantic_verdicts(store: ObjectStore, cfg: DedupConfig, run_id: str, partition_ids: list[str],
+                      parts: Parts, dropped: set[int]) -> dict[int, Duplicate]:
+    q = quantizer_for(store, cfg, run_id, partition_ids)
+    parallel_map(assign_partition, [ListJob(_ref(store), run_id, p, q.version, cfg.nprobe) for p in partition_ids])
+    jobs = [SearchJob(_ref(store), run_id, g, q.version, parts, cfg.semantic_threshold) for g in range(q.group_count)]
+    pairs = np.concatenate(parallel_map(semantic_pairs, jobs) or [np.zeros((0, 3))])
+    return resolve_semantic(pairs, dropped)
+
+
+# --- publishing into the index ----------------------------------------------------------------------------
+
+def publish_partition(store: ObjectStore, params: MinhashParams, quantizer: Quantizer | None,
+                      run_id: str, partition_id: str, kept_ids: set[str]) -> int:
+    """A partition's kept records into the index: features shard, band keys, list entries."""
+    try:
+        feats = _read(store, features_key(run_id, partition_id))
+    except KeyNotFound:
+        return 0
+    shard = feats.filter(pa.array([i in kept_ids for i in feats.column("id").to_pylist()]))
+    ids, sigs, vecs = split_features(shard)
+    store.put_bytes(published_index_key(run_id, partition_id), _parquet(shard))
+    for key, table in band_objects(params, ids, sigs, lambda g: index_bands_key(g, run_id, partition_id)).items():
+        store.put_bytes(key, _parquet(table))
+    if quantizer is not None and vecs.shape[1] and len(ids):
+        home, _ = assign_lists(quantizer.centroids, vecs, 1)
+        group = quantizer.groups[home]
+        for g in np.unique(group):
+            rows = np.flatnonzero(group == g)
+            store.put_bytes(index_lists_key(quantizer.version, int(g), run_id, partition_id), _parquet(pa.table({
+                "row": pa.array(rows.astype(np.int32)), "list": pa.array(home[rows]),
+                "vector": pa.FixedSizeListArray.from_arrays(pa.array(vecs[rows].reshape(-1)), vecs.shape[1])})))
+    return len(ids)
+
+
+def publish_run(store: ObjectStore, cfg: DedupConfig, run_id: str, partition_ids: list[str],
+                kept_ids: Callable[[str], set[str]]) -> dict[str, Any]:
+    """Every partition's kept records into the index (in parallel), then the marker that makes
+    them count: a run cut off halfway is not published, and publishing again redoes it."""
+    params = fix_params(store, minhash_params(store, cfg))
+    quantizer = load_quantizer(store) if cfg.semantic else None
+    with ThreadPoolExecutor(8) as pool:
+        records = sum(pool.map(lambda p: publish_partition(store, params, quantizer, run_id, p, kept_ids(p)),
+                               partition_ids))
+    marker = {"run_id": run_id, "published_at": utc_now(), "partitions": len(partition_ids), "records": records,
+              "scheme": params.scheme, "ivf_version": quantizer.version if quantizer else None}
+    store.put_bytes(published_marker_key(run_id), json.dumps(marker, indent=2).encode())
+    return marker
