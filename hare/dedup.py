@@ -153,10 +153,11 @@ def group_lists(centroids: np.ndarray, groups: int, seed: int = 0) -> np.ndarray
 
 def search_lists(m_order: np.ndarray, m_list: np.ndarray, m_vec: np.ndarray,
                  q_order: np.ndarray, q_probes: np.ndarray, q_vec: np.ndarray,
-                 threshold: float, block: int = 2048) -> np.ndarray:
+                 threshold: float, cells: int = 4_000_000) -> np.ndarray:
     """(k, 3) float64 rows (query, member, cosine) for every member of a list the query probes
     that comes earlier and reaches ``threshold``: members hold their home list, queries
-    their probed lists (-1 for none)."""
+    their probed lists (-1 for none). Queries go in blocks of at most ``cells`` similarities,
+    so memory stays bounded however long a list grows."""
     out = []
     for lst in np.unique(m_list):
         members = np.flatnonzero(m_list == lst)
@@ -164,6 +165,7 @@ def search_lists(m_order: np.ndarray, m_list: np.ndarray, m_vec: np.ndarray,
         if len(queries) == 0:
             continue
         mv = m_vec[members]
+        block = max(1, cells // len(members))
         for s in range(0, len(queries), block):
             q = queries[s:s + block]
             sims = q_vec[q] @ mv.T

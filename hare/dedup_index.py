@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterable, TypeVar
@@ -149,6 +150,11 @@ def split_features(table: pa.Table) -> tuple[list[str], np.ndarray, np.ndarray]:
     ids = table.column("id").to_pylist()
     n = len(ids)
     return ids, _matrix(table, "minhash", np.uint32, n), _matrix(table, "embedding", np.float32, n)
+
+
+def _half(vecs: np.ndarray) -> pa.Array:
+    """Vectors of the inverted lists, stored as float16: half the bytes, cosine within ~1e-3."""
+    return pa.FixedSizeListArray.from_arrays(pa.array(vecs.astype(np.float16).reshape(-1), pa.float16()), vecs.shape[1])
 
 
 def _matrix(table: pa.Table, column: str, dtype: type, n: int) -> np.ndarray:
@@ -310,11 +316,14 @@ class Decision:
     verdicts: dict[str, dict[int, tuple[Duplicate, str, str]]]  # pid -> row -> (dup, of id, of run)
     prior_records: int
     candidates: int
+    semantic_pairs: np.ndarray  # (query, member, cosine) rows the list search found (benchmarks read them)
+    seconds: dict[str, float]  # wall time of the near (exact + MinHash) and semantic parts
 
 
 def decide(store: ObjectStore, cfg: DedupConfig, run_id: str, partition_ids: list[str]) -> Decision:
     """The run's dedup verdicts against everything published in ``store`` and against itself,
     from the features its partitions committed (no record is read)."""
+    started = time.perf_counter()
     params = minhash_params(store, cfg)
     parts = Parts.of(store, run_id, partition_ids)
     jobs = [GroupJob(_ref(store), run_id, g, parts, cfg.exact, cfg.near) for g in range(params.groups)]
@@ -323,17 +332,23 @@ def decide(store: ObjectStore, cfg: DedupConfig, run_id: str, partition_ids: lis
     cands = np.concatenate([r[1] for r in results] or [np.zeros((0, 2), np.int64)])
     info = gather(store, parts, np.concatenate([exact_pairs.reshape(-1), cands.reshape(-1)]), ["id", "minhash"])
     sig_of = {o: np.asarray(v["minhash"], np.uint32) for o, v in info.items()}
+    if len(exact_pairs):  # keys are 64 bits of the id: confirm the ids themselves
+        exact_pairs = exact_pairs[[info[int(a)]["id"] == info[int(b)]["id"] for a, b in exact_pairs]]
     edges = np.concatenate([exact_pairs, confirm_near(cands, sig_of, cfg.near_threshold)])
     dups = layer_verdicts(resolve_clusters(edges, parts.first_new), {o: v["id"] for o, v in info.items()}, sig_of)
+    near_done = time.perf_counter()
+    pairs = np.zeros((0, 3))
     if cfg.semantic:
-        dups.update(semantic_verdicts(store, cfg, run_id, partition_ids, parts, set(dups)))
+        pairs = semantic_search(store, cfg, run_id, partition_ids, parts)
+        dups.update(resolve_semantic(pairs, set(dups)))
     names = gather(store, parts, [d.of for d in dups.values()], ["id"])
     verdicts: dict[str, dict[int, tuple[Duplicate, str, str]]] = {p: {} for p in partition_ids}
     for o, d in dups.items():
         _, pid, row, _ = parts.locate(o)
         of_run, _, _, _ = parts.locate(d.of)
         verdicts[pid][row] = (d, names[d.of]["id"], of_run)
-    return Decision(verdicts, published_records(store, exclude=run_id), len(cands) + len(exact_pairs))
+    seconds = {"near": round(near_done - started, 2), "semantic": round(time.perf_counter() - near_done, 2)}
+    return Decision(verdicts, published_records(store, exclude=run_id), len(cands) + len(exact_pairs), pairs, seconds)
 
 
 # --- semantic: the stored IVF index ---------------------------------------------------------------------
@@ -426,7 +441,7 @@ def assign_partition(job: ListJob) -> None:
         store.put_bytes(run_lists_key(job.run_id, g, job.partition_id), _parquet(pa.table({
             "row": pa.array(rows.astype(np.int32)), "list": pa.array(home_g),
             "probes": pa.FixedSizeListArray.from_arrays(pa.array(probe_g.reshape(-1)), probe_g.shape[1]),
-            "vector": pa.FixedSizeListArray.from_arrays(pa.array(vecs[rows].reshape(-1)), vecs.shape[1])})))
+            "vector": _half(vecs[rows])})))
 
 
 @dataclass
@@ -471,13 +486,14 @@ def semantic_pairs(job: SearchJob) -> np.ndarray:
                         np.concatenate(q_o), np.concatenate(q_p), np.concatenate(q_v), job.threshold)
 
 
-def semantic_verdicts(store: ObjectStore, cfg: DedupConfig, run_id: str, partition_ids: list[str],
-                      parts: Parts, dropped: set[int]) -> dict[int, Duplicate]:
+def semantic_search(store: ObjectStore, cfg: DedupConfig, run_id: str, partition_ids: list[str],
+                    parts: Parts) -> np.ndarray:
+    """Every (this run's record, earlier record, cosine) pair at or above the threshold in
+    the lists each record probes: assignment per partition, then search per list group."""
     q = quantizer_for(store, cfg, run_id, partition_ids)
     parallel_map(assign_partition, [ListJob(_ref(store), run_id, p, q.version, cfg.nprobe) for p in partition_ids])
     jobs = [SearchJob(_ref(store), run_id, g, q.version, parts, cfg.semantic_threshold) for g in range(q.group_count)]
-    pairs = np.concatenate(parallel_map(semantic_pairs, jobs) or [np.zeros((0, 3))])
-    return resolve_semantic(pairs, dropped)
+    return np.concatenate(parallel_map(semantic_pairs, jobs) or [np.zeros((0, 3))])
 
 
 # --- publishing into the index ----------------------------------------------------------------------------
@@ -489,7 +505,12 @@ def publish_partition(store: ObjectStore, params: MinhashParams, quantizer: Quan
         feats = _read(store, features_key(run_id, partition_id))
     except KeyNotFound:
         return 0
-    shard = feats.filter(pa.array([i in kept_ids for i in feats.column("id").to_pylist()]))
+    seen: set[str] = set()
+    keep = []
+    for i in feats.column("id").to_pylist():  # an exact copy shares its original's id: index it once
+        keep.append(i in kept_ids and i not in seen)
+        seen.add(i)
+    shard = feats.filter(pa.array(keep, pa.bool_()))
     ids, sigs, vecs = split_features(shard)
     store.put_bytes(published_index_key(run_id, partition_id), _parquet(shard))
     for key, table in band_objects(params, ids, sigs, lambda g: index_bands_key(g, run_id, partition_id)).items():
@@ -501,7 +522,7 @@ def publish_partition(store: ObjectStore, params: MinhashParams, quantizer: Quan
             rows = np.flatnonzero(group == g)
             store.put_bytes(index_lists_key(quantizer.version, int(g), run_id, partition_id), _parquet(pa.table({
                 "row": pa.array(rows.astype(np.int32)), "list": pa.array(home[rows]),
-                "vector": pa.FixedSizeListArray.from_arrays(pa.array(vecs[rows].reshape(-1)), vecs.shape[1])})))
+                "vector": _half(vecs[rows])})))
     return len(ids)
 
 
