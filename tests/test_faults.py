@@ -72,10 +72,13 @@ def _run_killing_engine(cfg: Path, store_url: str, run_id: str, engine: int) -> 
 
     killer = threading.Thread(target=kill_engine, daemon=True)
     killer.start()
-    run_synthesize(str(cfg), run_id=run_id)
+    run_synthesize(str(cfg), run_id=run_id)  # RunIncomplete here would mean a manual rerun was needed
     killer.join(timeout=5)
     assert killed, "the engine was killed during the run"
     assert_complete(store_url, run_id)
+    info = json.loads(open_store(store_url).get_bytes(f"runs/{run_id}/run.json"))
+    assert "resumed_at" not in info, "the run completed in its first start, with no rerun"
+    assert "failed_partitions" not in info["summary"]
 
 
 def test_engine_worker_killed_mid_partition(tmp_path: Path) -> None:
@@ -151,8 +154,74 @@ def test_s3_endpoint_down_mid_run(tmp_path: Path, moto_endpoint: str, prefect_ap
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
     assert_complete(store_url, "fault-s3")
+    info = json.loads(store.get_bytes("runs/fault-s3/run.json"))
+    assert "resumed_at" not in info, "no rerun"
+    manifests = [read_manifest(store, "fault-s3", f"p{i:05d}") for i in range(PARTITIONS)]
+    assert [m.attempts for m in manifests] == [1] * PARTITIONS, "zero failed attempts: no task retry, no rerun"
+    retried = sum(m.stats.get("store_retries", 0) for m in manifests)
+    assert retried >= 1, "a commit during the outage counted the store requests it retried"
     log = store.get_bytes("runs/fault-s3/logs/hare-run.log").decode(errors="replace")
     assert "store: retry" in log + out + err, "the outage was met by retries"
+
+
+def _failed_generation_tasks() -> set[str]:
+    """Ids of generate-partition task runs in state Failed (their retry used up), from the Prefect API."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import (TaskRunFilter, TaskRunFilterName, TaskRunFilterState,
+                                                TaskRunFilterStateType)
+    from prefect.client.schemas.objects import StateType
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(task_run_filter=TaskRunFilter(
+            name=TaskRunFilterName(like_="generate-partition"),
+            state=TaskRunFilterState(type=TaskRunFilterStateType(any_=[StateType.FAILED]), name=None)))
+    return {str(r.id) for r in runs}
+
+
+def test_s3_outage_longer_than_the_retry_budget_fails_the_partition_then_rerun_completes(
+        tmp_path: Path, moto_endpoint: str, prefect_api: str) -> None:
+    """The endpoint goes away with a 1 s retry budget, and stays away until a partition's task
+    has failed for good (its Prefect retry too): that partition fails with the store's message,
+    the later ones commit, the run ends incomplete saying what to rerun, and `hare rerun`
+    completes it with nothing lost or duplicated."""
+    partitions = 8
+    bucket = new_bucket()
+    store_url = f"s3://{bucket}/faults"
+    outage = TcpOutage(int(moto_endpoint.rsplit(":", 1)[1]))
+    cfg = _slow_config(tmp_path, plan={"partitions": partitions, "prompts_per_partition": PER})
+    env = hare_env(PREFECT_API_URL=prefect_api, AWS_ENDPOINT_URL=outage.url, HARE_STORE_RETRY_SECONDS="1")
+    failed_before = _failed_generation_tasks()
+    proc = hare_process("run", str(cfg), "--store", store_url, "--run-id", "fault-budget", env=env)
+    store = open_store(store_url)
+    wait_for(lambda: read_manifest(store, "fault-budget", "p00000") or proc.poll() is not None, 180,
+             "the first commit")
+    assert proc.poll() is None, proc.communicate()
+    outage.down()
+    try:
+        wait_for(lambda: _failed_generation_tasks() - failed_before, 90, "a partition failed for good", interval=0.1)
+    finally:
+        outage.up()
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, err[-3000:]
+    assert "partition(s) failed: p0000" in err and "(generate)" in err, err[-3000:]
+    assert "redo these with: hare rerun fault-budget" in err
+    info = json.loads(store.get_bytes("runs/fault-budget/run.json"))
+    assert info["status"] == "incomplete"
+    failed = info["summary"]["failed_partitions"]
+    assert failed and len(failed) < partitions, "the partitions after the outage committed"
+    assert all("StoreError" in info["summary"]["failures"][p] and "failed after" in
+               info["summary"]["failures"][p] for p in failed), info["summary"]["failures"]
+
+    assert main(["rerun", "fault-budget", "--store", store_url]) == 0
+    info = json.loads(store.get_bytes("runs/fault-budget/run.json"))
+    assert info["status"] == "succeeded"
+    ids: list[str] = []
+    for key in store.list("runs/fault-budget/dataset/"):
+        if key.endswith(".parquet"):
+            ids += from_parquet_bytes(store.get_bytes(key), key).column("id").to_pylist()
+    assert len(ids) == len(set(ids)) == partitions * PER, "nothing lost, nothing duplicated"
+    for p in failed:
+        assert read_manifest(store, "fault-budget", p).status == "succeeded"
 
 
 def test_object_corrupted_after_commit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
