@@ -43,6 +43,7 @@ from hare.runtime import HareRayTaskRunner, StartupError, check_store, driver_ru
 from hare.store import DEFAULT_STORE_URL, absolute_store_url, check_key_part, open_store
 from hare.embedders import start_embedders, stop_embedders
 from hare.manifest_index import load_manifests
+from hare.dedup_index import hold_index
 from hare.tasks.dedup import deduplicate
 from hare.tasks.diversity import measure_diversity
 from hare.tasks.generate import generate_partition
@@ -150,14 +151,16 @@ def _execute_run(cfg: RunConfig, run_id: str, allow_changed_inputs: bool) -> dic
                                 f"committed; redo these with: hare rerun {run_id} --store {store.url}")
         try:
             write_stage_reports(store, cfg, run_id, dataset_ids)
-            if cfg.dedup.enabled:
-                deduplicate.submit(cfg, run_id, dataset_ids, records_source(cfg, "dedup")).result()
-            final = records_source(cfg, "publish")
-            kept = by_partition(store, run_id)
-            sizes = {p: kept[(p, final)].stats.get("records", 0) for p in dataset_ids}
-            measure_diversity.submit(cfg, run_id, sizes, baseline_ids, final).result()
-            totals = {**publish(cfg, run_id, dataset_ids, streamed.generation),
-                      "generation": streamed.generation, "streaming": streamed.streaming}
+            # one run at a time decides against the store's dedup index and publishes into it
+            with hold_index(store, run_id) if cfg.dedup.enabled else contextlib.nullcontext():
+                if cfg.dedup.enabled:
+                    deduplicate.submit(cfg, run_id, dataset_ids, records_source(cfg, "dedup")).result()
+                final = records_source(cfg, "publish")
+                kept = by_partition(store, run_id)
+                sizes = {p: kept[(p, final)].stats.get("records", 0) for p in dataset_ids}
+                measure_diversity.submit(cfg, run_id, sizes, baseline_ids, final).result()
+                totals = {**publish(cfg, run_id, dataset_ids, streamed.generation),
+                          "generation": streamed.generation, "streaming": streamed.streaming}
         except Exception as exc:  # a global stage failed: its manifests say which partition; resume redoes it
             _fail(store, run_id, "failed", {"error": f"{type(exc).__name__}: {exc}"[:1000]})
             raise

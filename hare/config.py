@@ -288,10 +288,13 @@ class DedupConfig(_Strict):
     semantic: bool = True
     semantic_threshold: float = Field(default=0.92, gt=0, le=1,
                                       description="Cosine of normalized all-MiniLM-L6-v2 embeddings.")
-    flat_max: int = Field(default=200_000, ge=1,
-                          description="Above this many vectors, an IVF index replaces exact flat search.")
-    nprobe: int = Field(default=16, ge=1, description="IVF lists searched per query.")
-    neighbors: int = Field(default=8, ge=2, description="Neighbours looked at per vector.")
+    flat_max: int = Field(default=20_000, ge=1,
+                          description="Up to this many vectors expected, one inverted list (exact search); "
+                                      "above, about 4*sqrt(n) lists, fixed when the store's index is trained.")
+    nprobe: int = Field(default=16, ge=1, description="Inverted lists searched per vector.")
+    index_groups: int = Field(default=8, ge=1, le=256,
+                              description="Bucket groups of the store's index (fixed by its first run): one "
+                                          "parallel task and one shard a partition per group.")
     resources: StageResources = Field(default_factory=lambda: StageResources(),
                                       description="Per-partition features tasks (MinHash, embeddings).")
 

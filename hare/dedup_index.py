@@ -24,12 +24,14 @@ resolved in the deciding process.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -46,6 +48,7 @@ from hare.store import KeyNotFound, ObjectStore, open_store
 from hare.tables import to_parquet_bytes
 from hare.manifest import utc_now
 
+log = logging.getLogger("hare.dedup")
 T = TypeVar("T")
 R = TypeVar("R")
 SCHEME_META = b"hare.minhash_scheme"
@@ -373,20 +376,20 @@ def load_quantizer(store: ObjectStore) -> Quantizer | None:
     return Quantizer(current["version"], centroids, np.asarray(current["list_groups"], np.int32))
 
 
-def save_quantizer(store: ObjectStore, centroids: np.ndarray, groups: int, version: str,
-                   replace: bool = False) -> Quantizer:
+def write_quantizer(store: ObjectStore, centroids: np.ndarray, groups: int, version: str,
+                    **about: Any) -> dict[str, Any]:
+    """A quantizer version's centroids and description (not yet the current one)."""
     buf = io.BytesIO()
     np.save(buf, centroids.astype(np.float32))
     store.put_bytes(ivf_centroids_key(version), buf.getvalue())
-    body = json.dumps({"version": version, "nlist": int(centroids.shape[0]), "dim": int(centroids.shape[1]),
-                       "list_groups": group_lists(centroids, groups).tolist(), "trained_at": utc_now()}).encode()
-    if replace:
-        store.put_bytes(ivf_current_key(), body)
-    else:
-        store.put_if_absent(ivf_current_key(), body)  # two first runs at once: the first quantizer wins
-    found = load_quantizer(store)
-    assert found is not None
-    return found
+    body = {"version": version, "nlist": int(centroids.shape[0]), "dim": int(centroids.shape[1]),
+            "list_groups": group_lists(centroids, groups).tolist(), "trained_at": utc_now(), **about}
+    store.put_bytes(ivf_version_key(version), json.dumps(body).encode())
+    return body
+
+
+def ivf_version_key(version: str) -> str:
+    return ivf_centroids_key(version).removesuffix("centroids.npy") + "quantizer.json"
 
 
 def quantizer_for(store: ObjectStore, cfg: DedupConfig, run_id: str, partition_ids: list[str]) -> Quantizer:
@@ -406,7 +409,12 @@ def quantizer_for(store: ObjectStore, cfg: DedupConfig, run_id: str, partition_i
         sample.append(vecs)
         have += len(vecs)
     vecs = np.concatenate(sample) if sample else np.zeros((0, 1), np.float32)
-    return save_quantizer(store, train_quantizer(vecs, nlist), cfg.index_groups, "v1")
+    body = write_quantizer(store, train_quantizer(vecs, nlist), cfg.index_groups, "v1", trained_on=len(vecs),
+                           trained_by=run_id)
+    store.put_if_absent(ivf_current_key(), json.dumps(body).encode())  # two first runs at once: the first wins
+    found = load_quantizer(store)
+    assert found is not None
+    return found
 
 
 def store_rows(store: ObjectStore, key: str) -> int:
@@ -539,3 +547,93 @@ def publish_run(store: ObjectStore, cfg: DedupConfig, run_id: str, partition_ids
               "scheme": params.scheme, "ivf_version": quantizer.version if quantizer else None}
     store.put_bytes(published_marker_key(run_id), json.dumps(marker, indent=2).encode())
     return marker
+
+
+# --- retraining the quantizer (hare index retrain) ---------------------------------------------------------
+
+@dataclass
+class ReassignJob:
+    store: Any  # StoreRef
+    run_id: str
+    partition_id: str
+    version: str
+
+
+def reassign_partition(job: ReassignJob) -> int:
+    """One published partition's vectors into the lists of quantizer ``version``."""
+    store = _open(job.store)
+    centroids = np.load(io.BytesIO(store.get_bytes(ivf_centroids_key(job.version))))
+    groups = np.asarray(json.loads(store.get_bytes(ivf_version_key(job.version)))["list_groups"], np.int32)
+    _, _, vecs = split_features(_read(store, published_index_key(job.run_id, job.partition_id), ["id", "embedding"]))
+    if len(vecs) == 0 or vecs.shape[1] == 0:
+        return 0
+    home, _ = assign_lists(centroids, vecs, 1)
+    for g in np.unique(groups[home]):
+        rows = np.flatnonzero(groups[home] == g)
+        store.put_bytes(index_lists_key(job.version, int(g), job.run_id, job.partition_id), _parquet(pa.table({
+            "row": pa.array(rows.astype(np.int32)), "list": pa.array(home[rows]), "vector": _half(vecs[rows])})))
+    return len(vecs)
+
+
+def retrain(store: ObjectStore, cfg: DedupConfig, nlist: int | None = None, seed: int = 0) -> dict[str, Any]:
+    """A new quantizer trained on a sample of everything published, every published vector
+    reassigned into its lists, then made current; the old version stays until deleted."""
+    from hare import lineage
+
+    parts = [(r, p) for r in published_runs(store) for p in published_partitions(store, r)]
+    sizes = {rp: store_rows(store, published_index_key(*rp)) for rp in parts}
+    total = sum(sizes.values())
+    nlist = nlist or nlist_for(total, total, cfg.flat_max)
+    rng = np.random.default_rng(seed)
+    sample, have = [], 0
+    for i in rng.permutation(len(parts)).tolist():
+        if have >= nlist * 40:
+            break
+        _, _, vecs = split_features(_read(store, published_index_key(*parts[i]), ["id", "embedding"]))
+        sample.append(vecs)
+        have += len(vecs)
+    if not sample or sample[0].shape[1] == 0:
+        raise ValueError(f"{store.url}: no published embeddings to train on (semantic dedup was off?)")
+    old = load_quantizer(store)
+    version = f"v{int(old.version.lstrip('v')) + 1}" if old else "v1"
+    body = write_quantizer(store, train_quantizer(np.concatenate(sample), nlist, seed), cfg.index_groups, version,
+                           trained_on=have, published_records=total, replaces=old.version if old else None)
+    moved = parallel_map(reassign_partition, [ReassignJob(_ref(store), r, p, version) for r, p in parts])
+    store.put_bytes(ivf_current_key(), json.dumps(body).encode())
+    summary = {k: v for k, v in body.items() if k != "list_groups"} | {"reassigned": sum(moved)}
+    lineage.emit(store, "index", "index.retrain", "COMPLETE",
+                 inputs=[lineage.dataset(store.uri(f"index/runs/{r}/")) for r in sorted({r for r, _ in parts})],
+                 outputs=[lineage.dataset(store.uri(ivf_centroids_key(version)))],
+                 facets=summary, key=ivf_version_key(version).removesuffix("quantizer.json") + "lineage.json")
+    return summary
+
+
+# --- one run at a time decides against and publishes into the index ----------------------------------------
+
+INDEX_LEASE = "index/_lease.json"
+
+
+@contextlib.contextmanager
+def hold_index(store: ObjectStore, run_id: str, wait_s: float = 6 * 3600, poll_s: float = 2.0) -> Iterator[None]:
+    """The store's index lease, from the dedup decision to the end of publish: a run decides
+    against exactly the index state it publishes into, so two runs started together never
+    publish the same text twice. Another run holding it is waited for (up to ``wait_s``)."""
+    from hare.lease import LeaseHeld, held
+
+    deadline, said = time.time() + wait_s, False
+    while True:
+        hold = held(store, INDEX_LEASE, "index", what=f"the dedup index of {store.url}")
+        try:
+            hold.__enter__()
+            break
+        except LeaseHeld as exc:
+            if time.time() > deadline:
+                raise
+            if not said:
+                log.info("run %s: waiting for the dedup index: %s", run_id, exc)
+                said = True
+            time.sleep(poll_s)
+    try:
+        yield
+    finally:
+        hold.__exit__(None, None, None)

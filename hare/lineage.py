@@ -42,8 +42,10 @@ def emit(
     inputs: list[dict[str, Any]] | None = None,
     outputs: list[dict[str, Any]] | None = None,
     facets: dict[str, Any] | None = None,
+    key: str | None = None,
 ) -> str:
-    """Write one event; returns its key. Job names look like ``synthesize.generate.p00001``."""
+    """Write one event; returns its key. Job names look like ``synthesize.generate.p00001``.
+    ``key``: where, for an event that belongs to no run (the store's index); default: the run's."""
     event = {
         "eventType": event_type,
         "eventTime": utc_now(),
@@ -58,6 +60,6 @@ def emit(
         "inputs": inputs or [],
         "outputs": outputs or [],
     }
-    key = lineage_key(run_id, f"{job}.{event_type.lower()}")
+    key = key or lineage_key(run_id, f"{job}.{event_type.lower()}")
     store.put_bytes(key, json.dumps(event, indent=2).encode())
     return key

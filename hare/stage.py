@@ -66,7 +66,9 @@ def stage_params(cfg: "RunConfig", stage: RecordStage) -> str:
     section = getattr(cfg, stage.section).model_dump(mode="json")
     section = {k: v for k, v in section.items() if k != "resources"} if isinstance(section, dict) else section
     files = {label: f["sha256"] for label, f in cfg.input_hashes().items() if label.startswith(f"{stage.section}.")}
-    return hashlib.sha256(json.dumps({"section": section, "files": files}, sort_keys=True).encode()).hexdigest()
+    extra = stage.decided_by() if hasattr(stage, "decided_by") else None  # e.g. dedup's global verdicts
+    return hashlib.sha256(json.dumps({"section": section, "files": files, **({"decided_by": extra} if extra else {})},
+                                     sort_keys=True).encode()).hexdigest()
 
 
 def stage_inputs(store: ObjectStore, cfg: "RunConfig", run_id: str, partition_id: str, stage: RecordStage,

@@ -12,6 +12,7 @@ dropped record names the layer, the record it duplicates (id and run) and the sc
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -73,6 +74,12 @@ class Dedup:
 
     def enabled(self, cfg: RunConfig) -> bool:
         return cfg.dedup.enabled
+
+    def decided_by(self) -> str:
+        """The digest of this partition's verdicts: a commit made under other verdicts (the
+        index grew since, or another partition of the run changed) is redone, not reused."""
+        rows = sorted((row, d.layer, d.score, of_id, of_run) for row, (d, of_id, of_run) in self.verdicts.items())
+        return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
 
     def process(self, cfg: RunConfig, run_id: str, partition_id: str, records: pa.Table) -> StageResult:
         kept, rejects = apply_verdicts(records, self.verdicts)

@@ -365,7 +365,7 @@ def publish_records(
     if cfg.dedup.enabled:
         from hare.tasks.dedup import write_published_index
 
-        write_published_index(store, run_id, partition_ids, stage)
+        write_published_index(store, cfg, run_id, partition_ids, stage)
     store.put_bytes(dataset_manifest_key(run_id), json.dumps(body, indent=2).encode())
     final = [m for (_, st), m in manifests.items() if st == stage and m]
     lineage.emit(

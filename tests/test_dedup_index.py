@@ -157,3 +157,45 @@ def test_index_written_before_schemes_were_versioned_is_refused(tmp_path, cfg: D
     pids = _stage(store, cfg, "new", [[(BASE[0], np.ones(DIM, np.float32) / DIM ** 0.5)]])
     with pytest.raises(SchemeMismatch, match=r"index/runs/old/ was written by MinHash scheme unknown"):
         decide(store, cfg, "new", pids)
+
+
+def test_two_runs_started_together_never_publish_the_same_text_twice(moto_endpoint: str, cfg: DedupConfig) -> None:
+    """Two runs with overlapping texts decide and publish at the same moment into one S3
+    store: the index lease makes the second decide against what the first published."""
+    import threading
+    import time
+
+    from hare.dedup_index import hold_index, published_partitions, split_features
+    from hare.layout import published_index_key
+    from tests.conftest import new_bucket
+
+    store = open_store(f"s3://{new_bucket()}/shared")
+    rng = np.random.default_rng(3)
+    shared = [(t, _unit(rng.normal(size=DIM))) for t in BASE]
+    runs = {"run-a": [shared[:5] + _filler(rng, 5), shared[5:]], "run-b": [shared[3:] + _filler(rng, 4)]}
+    staged = {run: _stage(store, cfg, run, parts) for run, parts in runs.items()}
+    inside = []
+
+    def tail(run: str) -> None:
+        with hold_index(store, run, poll_s=0.2):
+            inside.append((run, "in", time.monotonic()))
+            decision = decide(store, cfg, run, staged[run])
+            time.sleep(1.0)  # a slow diversity/publish: the other run would decide meanwhile
+            _publish(store, cfg, run, staged[run], runs[run], decision.verdicts)
+            inside.append((run, "out", time.monotonic()))
+
+    threads = [threading.Thread(target=tail, args=(run,)) for run in runs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    published = [i for run in runs for pid in published_partitions(store, run)
+                 for i in split_features(from_parquet(store, published_index_key(run, pid)))[0]]
+    assert len(published) == len(set(published)) == len(BASE) + 9
+    assert [step for _, step, _ in inside] == ["in", "out", "in", "out"], "one run at a time holds the index"
+
+
+def from_parquet(store, key):
+    from hare.tables import from_parquet_bytes
+
+    return from_parquet_bytes(store.get_bytes(key), key)
