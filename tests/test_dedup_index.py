@@ -199,3 +199,30 @@ def from_parquet(store, key):
     from hare.tables import from_parquet_bytes
 
     return from_parquet_bytes(store.get_bytes(key), key)
+
+
+def test_retrain_moves_every_published_vector_to_a_new_version(tmp_path, cfg: DedupConfig, capsys) -> None:
+    from hare.cli import main
+    from hare.dedup_index import ivf_version_key
+
+    store = open_store(str(tmp_path / "store"))
+    rng = np.random.default_rng(4)
+    parts = [_filler(rng, 400), _filler(rng, 400)]
+    pids = _stage(store, cfg, "old", parts)
+    _publish(store, cfg, "old", pids, parts, decide(store, cfg, "old", pids).verdicts)
+    assert load_quantizer(store).version == "v1"
+
+    assert main(["index", "retrain", "--store", str(tmp_path / "store"), "--nlist", "12"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["version"], summary["nlist"], summary["replaces"], summary["reassigned"]) == ("v2", 12, "v1", 800)
+    q = load_quantizer(store)
+    assert q.version == "v2" and q.centroids.shape[0] == 12
+    assert sum(1 for k in store.list("index/ivf/v2/") if k.endswith(".parquet")) >= 2
+    event = json.loads(store.get_bytes(ivf_version_key("v2").replace("quantizer.json", "lineage.json")))
+    assert event["job"]["name"] == "index.retrain" and event["eventType"] == "COMPLETE"
+
+    copy_of = parts[1][7][1]
+    new = [("a semantic copy, worded anew", _unit(copy_of + rng.normal(scale=0.01, size=DIM)))]
+    new_pids = _stage(store, cfg, "new", [new])
+    ((_, (d, of_id, of_run)),) = decide(store, cfg, "new", new_pids).verdicts["p00000"].items()
+    assert (d.layer, of_id, of_run) == ("semantic", record_id(parts[1][7][0]), "old")
