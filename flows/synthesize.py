@@ -315,7 +315,7 @@ def _start_engines(cfg: RunConfig, run_id: str) -> dict[str, Any]:
     """The engine actors, or one line saying why the model could not be loaded."""
     try:
         return start_engines(cfg, run_id)
-    except (CapacityError, ModelSourceError):
+    except (CapacityError, ModelSourceError, StartupError):
         raise
     except Exception as exc:  # noqa: BLE001 - Ray wraps the actor's error; keep its last line
         lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]

@@ -43,7 +43,7 @@ def decontaminate_table(
     kinds = records.column("kind").to_pylist() if "kind" in records.column_names else [default_kind] * len(texts)
     matches = dec.check(texts, kinds)
     hits = [m for m in matches if m is not None]
-    rejects = records.filter(pa.array([m is not None for m in matches]))
+    rejects = records.filter(pa.array([m is not None for m in matches], pa.bool_()))
     extra = {
         "reject_stage": [STAGE] * len(hits),
         "reject_reason": [f"contaminated:{m.method}:{m.benchmark}" for m in hits],
@@ -56,7 +56,7 @@ def decontaminate_table(
         if name not in rejects.column_names:
             rejects = rejects.append_column(name, pa.array(values, type=DECONTAM_REJECT_SCHEMA.field(name).type
                                                            if name in DECONTAM_REJECT_SCHEMA.names else None))
-    return records.filter(pa.array([m is None for m in matches])), rejects
+    return records.filter(pa.array([m is None for m in matches], pa.bool_())), rejects
 
 
 def contamination_aggregate(rejects: pa.Table, checked: int) -> dict[str, Any]:

@@ -125,3 +125,9 @@ def test_config_resolves_and_validates_benchmarks(tmp_path: Path) -> None:
     assert stage_names(cfg) == ["generate", "decontam"]  # quality and dedup are off in the test config
     with pytest.raises(ConfigError, match=r"decontamination\.overlap_threshold"):
         load_config(write_run_config(tmp_path, decontamination={"overlap_threshold": 2}))
+
+
+def test_a_partition_that_quality_emptied_passes_through(dec) -> None:
+    """Zero records in: zero kept, zero rejects, no error (a type-less empty mask once failed)."""
+    kept, rejects = decontaminate_table(RECORD_SCHEMA.empty_table(), dec)
+    assert kept.num_rows == 0 and rejects.num_rows == 0
