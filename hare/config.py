@@ -105,15 +105,52 @@ class PlanConfig(_Strict):
 
     partitions: int = Field(ge=1, le=100_000)
     prompts_per_partition: int = Field(ge=1, le=100_000)
+    top_up_rounds: int = Field(
+        default=0, ge=0, le=5,
+        description=("Rounds of top-up partitions after the record stages: each round plans prompts for the "
+                     "strata (leaf, audience, style, kind) whose records the stages removed; 0: none."))
+
+
+class KindSampling(_Strict):
+    """A task kind's own sampling settings; a field left null takes the run's (``sampling``)."""
+
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    max_tokens: int | None = Field(default=None, ge=1, le=32_768)
+    repetition_penalty: float | None = Field(default=None, gt=0.0, le=2.0)
 
 
 class SamplingConfig(_Strict):
-    """vLLM sampling; every prompt also gets its own seed from the plan."""
+    """vLLM sampling; every prompt also gets its own seed from the plan.
+
+    ``by_kind`` sizes a kind's output on its own: a worked solution or a closed code block
+    needs more tokens than an explanation, and a solution sampled for a vote wants a cooler
+    temperature than free prose."""
 
     temperature: float = Field(default=0.7, ge=0.0, le=2.0)
     top_p: float = Field(default=0.9, gt=0.0, le=1.0)
     max_tokens: int = Field(default=256, ge=1, le=32_768)
     repetition_penalty: float = Field(default=1.1, gt=0.0, le=2.0)
+    by_kind: dict[str, KindSampling] = Field(
+        default_factory=dict, description="Per task kind: temperature, top_p, max_tokens, repetition_penalty.")
+
+    @field_validator("by_kind")
+    @classmethod
+    def _known_kinds(cls, by_kind: dict[str, KindSampling]) -> dict[str, KindSampling]:
+        from hare.prompts import TEMPLATES
+
+        unknown = [k for k in by_kind if k not in TEMPLATES and k != "problem"]
+        if unknown:
+            raise ValueError(f"by_kind: unknown task kind(s) {unknown}; known: {sorted(TEMPLATES)} (and 'problem')")
+        return by_kind
+
+    def for_kind(self, kind: str) -> "SamplingConfig":
+        """The settings one kind samples with (``by_kind`` over the run's); no ``by_kind`` left."""
+        own = self.by_kind.get(kind)
+        base = self.model_dump(exclude={"by_kind"})
+        if own is not None:
+            base.update({k: v for k, v in own.model_dump().items() if v is not None})
+        return SamplingConfig(**base)
 
 
 class ModelConfig(_Strict):
@@ -276,6 +313,70 @@ class QualityConfig(_Strict):
         return self
 
 
+class CleanupConfig(_Strict):
+    """Stage ``cleanup`` (tasks/cleanup.py): meta-preambles ("Sure! Here's ...") and closing
+    chatter ("I hope this helps") stripped before the quality rules, by named patterns."""
+
+    enabled: bool = Field(default=False, description="Off unless a run file turns it on (the demo does).")
+    patterns: Path = Field(default=Path(__file__).resolve().parent / "priors" / "chatter-v1.yaml",
+                           description="YAML of named preamble / closing patterns, relative to the config file.")
+    min_words_left: int = Field(default=5, ge=0,
+                                description="A record with fewer words left after stripping is chatter only: rejected.")
+    resources: StageResources = Field(default_factory=lambda: StageResources())
+
+    @field_validator("patterns")
+    @classmethod
+    def _file_exists(cls, p: Path) -> Path:
+        if not Path(p).is_file():
+            raise ValueError(f"file not found: {p}")
+        return p
+
+
+class CodeCheckConfig(_Strict):
+    """How generated code is run (hare/sandbox.py): a child process in a throwaway folder."""
+
+    time_limit_s: float = Field(default=5.0, gt=0, le=300, description="Wall-clock limit; the process group is killed.")
+    memory_mb: int = Field(default=512, ge=64, description="Address-space limit of the child (RLIMIT_AS).")
+    require_asserts: bool = Field(default=True,
+                                  description="Code without an assert of its own checks nothing: rejected (code_unchecked).")
+
+
+class ValidationConfig(_Strict):
+    """Stage ``validate`` (tasks/validate.py): answers checked, not only extracted.
+
+    Reasoning kinds in ``k``: the problem is written once, then solved ``k[kind]`` times (seeds
+    from the plan: the prompt's seed + j, as vLLM's n>1 seeds its samples); a record is kept when
+    the most common normalised final answer holds at least ``min_share`` of the votes, with the
+    text of a solution that gave it. Code: run with its own asserts in the sandbox."""
+
+    enabled: bool = Field(default=False, description="Off unless a run file turns it on (the demo does).")
+    k: dict[str, int] = Field(default_factory=lambda: {"math_word_problem": 3, "logical_deduction": 3},
+                              description="Samples per prompt of each self-consistency kind.")
+    min_share: float = Field(default=0.6, gt=0, le=1, description="Share of the votes the majority answer needs.")
+    problem_max_tokens: int = Field(default=160, ge=16, le=4096,
+                                    description="Tokens for writing the problem before it is solved k times.")
+    code: CodeCheckConfig = CodeCheckConfig()
+    resources: StageResources = Field(default_factory=lambda: StageResources())
+
+    @field_validator("k")
+    @classmethod
+    def _voted_kinds(cls, k: dict[str, int]) -> dict[str, int]:
+        from hare.prompts import TEMPLATES
+
+        for kind, n in k.items():
+            tpl = TEMPLATES.get(kind)
+            if tpl is None or tpl.solve is None:
+                voted = sorted(t for t, v in TEMPLATES.items() if v.solve is not None)
+                raise ValueError(f"k: kind {kind!r} has no solve prompt in its template; self-consistency kinds: {voted}")
+            if not 1 <= n <= 64:
+                raise ValueError(f"k: {kind}: {n} samples; expected 1 to 64")
+        return k
+
+    def samples(self, kind: str) -> int:
+        """Samples of one prompt: k for a self-consistency kind when the stage is on, else 1."""
+        return self.k.get(kind, 1) if self.enabled else 1
+
+
 class DedupConfig(_Strict):
     """Three dedup layers, global across a run's partitions and incremental across runs."""
 
@@ -383,6 +484,8 @@ class RunConfig(_Strict):
     store: StoreConfig = StoreConfig()
     ray: RayConfig = RayConfig()
     diversity: DiversityConfig = DiversityConfig()
+    cleanup: CleanupConfig = CleanupConfig()
+    validation: ValidationConfig = ValidationConfig()
     quality: QualityConfig = QualityConfig()
     dedup: DedupConfig = DedupConfig()
     decontamination: DecontamConfig = DecontamConfig()
@@ -399,6 +502,7 @@ class RunConfig(_Strict):
         content: dict[str, Any] = {
             k: ({f: x for f, x in v.items() if f not in PLACEMENT_FIELDS} if isinstance(v, dict) else v)
             for k, v in self.to_jsonable().items() if k not in PLACEMENT_SECTIONS}
+        _drop_unused_new_settings(content)
         if inputs:
             content["input_sha256"] = {label: f["sha256"] for label, f in self.input_hashes().items()}
         blob = json.dumps(content, sort_keys=True).encode()
@@ -415,6 +519,8 @@ class RunConfig(_Strict):
         files.update({f"topics.extra_paths.{i}": Path(p) for i, p in enumerate(self.topics.extra_paths)})
         files["axes.path"] = Path(self.axes.path)
         files.update({f"templates.{p.stem}": p for p in sorted(Path(TEMPLATE_DIR).glob("*.yaml"))})
+        if self.cleanup.enabled:
+            files["cleanup.patterns"] = Path(self.cleanup.patterns)
         for b in self.decontamination.benchmarks:
             if not b.source.startswith(("s3://", "hub:")):
                 files[f"decontamination.benchmarks.{b.name}"] = Path(b.source)
@@ -427,6 +533,18 @@ class RunConfig(_Strict):
 
     def to_jsonable(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+
+def _drop_unused_new_settings(content: dict[str, Any]) -> None:
+    """Settings added after runs were made, left out of the hash while they change nothing (a
+    stage that is off, no per-kind sampling, no top-up): a run of older code keeps its hash."""
+    for section in ("cleanup", "validation"):
+        if not content.get(section, {}).get("enabled"):
+            content.pop(section, None)
+    if not content.get("sampling", {}).get("by_kind"):
+        content.get("sampling", {}).pop("by_kind", None)
+    if not content.get("plan", {}).get("top_up_rounds"):
+        content.get("plan", {}).pop("top_up_rounds", None)
 
 
 _FILE_HASHES: dict[tuple[str, int, int], str] = {}
@@ -470,10 +588,10 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
         p = Path(os.path.expanduser(value))
         return str(p if p.is_absolute() else (base / p).resolve())
 
-    for section in ("topics", "axes"):
+    for section, field in (("topics", "path"), ("axes", "path"), ("cleanup", "patterns")):
         sec = raw.get(section)
-        if isinstance(sec, dict) and "path" in sec:
-            sec["path"] = resolve(sec["path"])
+        if isinstance(sec, dict) and field in sec:
+            sec[field] = resolve(sec[field])
     decon = raw.get("decontamination")
     if isinstance(decon, dict) and isinstance(decon.get("benchmarks"), list):
         for bench in decon["benchmarks"]:

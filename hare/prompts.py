@@ -1,7 +1,9 @@
 """Versioned prompt templates, one YAML file per task kind (``hare/priors/templates/``).
 
 Every record keeps ``template_id`` and ``template_version`` so a change of wording is visible in
-lineage; bump ``version`` whenever ``text`` changes. Reasoning kinds declare their final-answer
+lineage; bump ``version`` whenever ``text`` (or ``example``, ``problem``, ``solve``) changes. A
+template shows the expected shape once (``example``); a self-consistency kind also has a
+``problem`` prompt (write the problem only) and a ``solve`` prompt (solve it; sampled k times). Reasoning kinds declare their final-answer
 format and the regex that extracts it in the same file, so the prompt and the parser that the
 quality stage uses cannot drift apart.
 """
@@ -26,6 +28,14 @@ class AnswerSpec:
 
 
 @dataclass(frozen=True)
+class SolveSpec:
+    """The second step of a self-consistency kind: solve the written problem (``{problem}``)."""
+
+    system: str
+    text: str
+
+
+@dataclass(frozen=True)
 class PromptTemplate:
     id: str
     version: int
@@ -34,10 +44,22 @@ class PromptTemplate:
     domains: tuple[str, ...] = ()  # empty: every domain
     answer: AnswerSpec | None = None
     long_text: bool = False
+    example: str = ""                 # the expected shape, shown once in the prompt ({example})
+    problem: str | None = None        # self-consistency: write only the problem...
+    solve: SolveSpec | None = None    # ...then solve it k times (tasks/generate.py, tasks/validate.py)
 
-    def render(self, *, topic: str, description: str, topic_path: str, audience: str, style: str) -> str:
-        return self.text.format(topic=topic, description=description or topic, topic_path=topic_path,
-                                audience=audience, style=style)
+    def render(self, *, topic: str, description: str, topic_path: str, audience: str, style: str,
+               problem_only: bool = False) -> str:
+        """The prompt of one plan row; ``problem_only``: the first step of a self-consistency kind."""
+        text = self.problem if problem_only and self.problem else self.text
+        return text.format(topic=topic, description=description or topic, topic_path=topic_path,
+                           audience=audience, style=style, example=self.example)
+
+    def render_solve(self, *, problem: str, audience: str, style: str) -> str:
+        """The prompt that solves a written problem (one of the k samples of a vote)."""
+        if self.solve is None:
+            raise ValueError(f"template {self.id!r} has no solve prompt")
+        return self.solve.text.format(problem=problem, audience=audience, style=style, example=self.example)
 
     def allows(self, domain: str) -> bool:
         return not self.domains or domain in self.domains
@@ -61,8 +83,18 @@ def _load(path: Path) -> PromptTemplate:
     if raw["id"] != path.stem:
         raise ValueError(f"prompt template {path}: id {raw['id']!r} must match the file name")
     answer = AnswerSpec(**raw["answer"]) if raw.get("answer") else None
+    solve = raw.get("solve")
+    if solve is not None and not (isinstance(solve, dict) and {"system", "text"} <= set(solve)):
+        raise ValueError(f"prompt template {path}: solve needs 'system' and 'text'")
+    if (solve is None) != (raw.get("problem") is None):
+        raise ValueError(f"prompt template {path}: 'problem' and 'solve' come together (self-consistency)")
+    if solve is not None and answer is None:
+        raise ValueError(f"prompt template {path}: a solve prompt needs an 'answer' extractor to vote on")
     return PromptTemplate(raw["id"], int(raw["version"]), raw["system"].strip(), raw["text"].strip(),
-                          tuple(raw.get("domains", ())), answer, bool(raw.get("long_text", False)))
+                          tuple(raw.get("domains", ())), answer, bool(raw.get("long_text", False)),
+                          str(raw.get("example", "")).strip(),
+                          raw["problem"].strip() if raw.get("problem") else None,
+                          SolveSpec(solve["system"].strip(), solve["text"].strip()) if solve else None)
 
 
 def _templates() -> dict[str, PromptTemplate]:

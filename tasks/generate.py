@@ -8,6 +8,7 @@ that reads the plan partition, asks an engine actor, and commits through the man
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -17,7 +18,9 @@ import pyarrow as pa
 from prefect import get_run_logger, task
 
 from hare.backends.base import GenerationRequest, GenerationResult
-from hare.config import RunConfig
+from hare.answers import problem_text
+from hare.config import RunConfig, SamplingConfig, ValidationConfig
+from hare.prompts import template_for
 from hare.layout import generated_key, plan_key, rejects_key
 from hare.manifest import commit_partition, committed_manifest, previous_attempts, record_failure
 from hare.schema import RECORD_SCHEMA, REJECT_SCHEMA, record_id
@@ -30,7 +33,10 @@ STAGE = "generate"
 
 @dataclass(frozen=True)
 class RecordContext:
-    """What every record of a partition shares: who generated it, in which run."""
+    """What every record of a partition shares: who generated it, in which run.
+
+    ``sampling_config`` (when given) states each record's own kind's settings in its
+    ``sampling`` column; ``voted_kinds``: the self-consistency kinds of this run."""
 
     run_id: str
     partition_id: str
@@ -38,53 +44,148 @@ class RecordContext:
     model: str
     model_revision: str
     sampling: dict[str, Any]
+    sampling_config: SamplingConfig | None = None
+    voted_kinds: tuple[str, ...] = ()
+
+    def voted(self, kind: str) -> bool:
+        return kind in self.voted_kinds
 
 
-def requests_from_plan(plan: pa.Table) -> list[GenerationRequest]:
-    return [
-        GenerationRequest(r["prompt_index"], r["system"], r["prompt"], r["seed"])
-        for r in plan.select(["prompt_index", "system", "prompt", "seed"]).to_pylist()
-    ]
+def requests_from_plan(plan: pa.Table, sampling: SamplingConfig | None = None,
+                       validation: ValidationConfig | None = None) -> list[GenerationRequest]:
+    """The first engine call of a partition: one request per plan row. With ``sampling`` each
+    request carries its kind's settings (``sampling.by_kind``); a self-consistency kind's row
+    (``validation.samples(kind) > 1``) asks for the problem only, sized by
+    ``validation.problem_max_tokens`` (its k solutions come in :func:`solve_requests`)."""
+    out = []
+    for r in plan.select(["prompt_index", "system", "prompt", "seed", "kind"]).to_pylist():
+        own = sampling.for_kind(r["kind"]) if sampling is not None else None
+        if own is not None and validation is not None and validation.samples(r["kind"]) > 1:
+            own = own.model_copy(update={"max_tokens": validation.problem_max_tokens})
+        out.append(GenerationRequest(r["prompt_index"], r["system"], r["prompt"], r["seed"], 0, own))
+    return out
+
+
+@dataclass(frozen=True)
+class Solve:
+    """One of the k samples that solve a written problem: which plan row, which sample."""
+
+    prompt_index: int
+    sample: int
+    problem: str
+
+
+def sample_seed(seed: int, sample: int) -> int:
+    """The j-th sample's seed: the plan's seed + j, as vLLM seeds the children of an n>1 request
+    (v1/engine/parallel_sampling.py), so k requests here draw what n=k would, reproducibly."""
+    return (seed + sample) & 0x7FFFFFFF
+
+
+def solve_requests(plan: pa.Table, first: list[GenerationResult], sampling: SamplingConfig,
+                   validation: ValidationConfig) -> tuple[list[GenerationRequest], list[Solve]]:
+    """The second engine call: each self-consistency row whose problem was written is solved k
+    times. Requests are numbered by position (the engine keys results by that number), and the
+    returned :class:`Solve` list says which row and sample each position is."""
+    by_index = {r.prompt_index: r for r in first}
+    requests: list[GenerationRequest] = []
+    solves: list[Solve] = []
+    for row in plan.to_pylist():
+        k = validation.samples(row["kind"])
+        res = by_index.get(row["prompt_index"])
+        if k <= 1 or res is None or _problem_failure(res) is not None:
+            continue
+        tpl = template_for(row["kind"])
+        problem = problem_text(res.text)
+        prompt = tpl.render_solve(problem=problem, audience=row["audience"], style=row["style"])
+        own = sampling.for_kind(row["kind"])
+        for j in range(k):
+            requests.append(GenerationRequest(len(requests), tpl.solve.system, prompt,  # type: ignore[union-attr]
+                                              sample_seed(row["seed"], j), j, own))
+            solves.append(Solve(row["prompt_index"], j, problem))
+    return requests, solves
+
+
+def _problem_failure(res: GenerationResult) -> str | None:
+    """Why a written problem cannot be solved (a reject reason), or None."""
+    if res.error:
+        return f"problem_{res.error}"
+    if res.finish_reason == "length":
+        return "problem_truncated"
+    if not problem_text(res.text):
+        return "problem_empty"
+    return None
+
+
+def compose_solution(problem: str, solution: str) -> str:
+    """The record text of one sample: the problem, then its solution."""
+    solution = re.sub(r"(?i)^\s*solution\s*:\s*", "", solution.strip())
+    return f"Problem: {problem}\n\nSolution: {solution}"
 
 
 def records_from_results(
-    plan: pa.Table, results: list[GenerationResult], ctx: RecordContext
+    plan: pa.Table, results: list[GenerationResult], ctx: RecordContext,
+    solved: list[tuple[Solve, GenerationResult]] | None = None,
 ) -> tuple[pa.Table, pa.Table]:
-    """Join results to their plan rows; good ones become records, the rest rejects."""
+    """Join results to their plan rows; good ones become records, the rest rejects.
+
+    ``solved``: the k samples of each self-consistency row (its ``results`` entry is then the
+    written problem): each sample becomes a record of its own (same ``prompt_index``, its seed and
+    sample number in ``sampling``), which the validate stage votes over and reduces to one."""
     by_index = {r.prompt_index: r for r in results}
+    samples: dict[int, list[tuple[Solve, GenerationResult]]] = {}
+    for solve, res in solved or []:
+        samples.setdefault(solve.prompt_index, []).append((solve, res))
     now = datetime.now(timezone.utc)
     kept: list[dict[str, Any]] = []
     rejects: list[dict[str, Any]] = []
+    sampling_of = ctx.sampling_config.for_kind if ctx.sampling_config is not None else None
     for row in plan.to_pylist():
         res = by_index.get(row["prompt_index"])
         if res is None:
             res = GenerationResult(row["prompt_index"], "", 0, 0, "error", error="missing_result")
-        rec = {
-            "id": record_id(res.text) if res.text else f"empty-{ctx.run_id}-{row['prompt_index']}",
-            "text": res.text,
-            "kind": row["kind"],
-            "topic_path": row["topic_path"],
-            "audience": row["audience"],
-            "style": row["style"],
-            "prompt": row["prompt"],
-            "template_id": row["template_id"],
-            "template_version": row["template_version"],
-            "model": ctx.model,
-            "model_revision": ctx.model_revision,
-            "backend": ctx.backend,
-            "sampling": json.dumps({**ctx.sampling, "seed": row["seed"]}, sort_keys=True),
-            "run_id": ctx.run_id,
-            "partition_id": ctx.partition_id,
-            "prompt_index": row["prompt_index"],
-            "created_at": now,
-            "prompt_tokens": res.prompt_tokens,
-            "output_tokens": res.output_tokens,
-            "finish_reason": res.finish_reason,
-        }
-        if res.error:
-            rejects.append({**rec, "reject_stage": STAGE, "reject_reason": res.error})
+        base_sampling = sampling_of(row["kind"]).model_dump(exclude={"by_kind"}) if sampling_of else ctx.sampling
+        outputs: list[tuple[str, GenerationResult, dict[str, Any]]] = []
+        if row["prompt_index"] in samples:
+            k = len(samples[row["prompt_index"]])
+            for solve, sres in samples[row["prompt_index"]]:
+                text = compose_solution(solve.problem, sres.text) if sres.text else ""
+                merged = GenerationResult(row["prompt_index"], text, sres.prompt_tokens,
+                                          res.output_tokens + sres.output_tokens, sres.finish_reason, sres.error)
+                outputs.append((text, merged, {"seed": sample_seed(row["seed"], solve.sample), "sample": solve.sample,
+                                               "samples": k, "problem_seed": row["seed"]}))
         else:
-            kept.append(rec)
+            failure = _problem_failure(res) if ctx.voted(row["kind"]) and not res.error else None
+            if failure is not None:
+                res = GenerationResult(res.prompt_index, res.text, res.prompt_tokens, res.output_tokens,
+                                       res.finish_reason, failure)
+            outputs.append((res.text, res, {"seed": row["seed"]}))
+        for text, r, seeds in outputs:
+            rec = {
+                "id": record_id(text) if text else f"empty-{ctx.run_id}-{row['prompt_index']}",
+                "text": text,
+                "kind": row["kind"],
+                "topic_path": row["topic_path"],
+                "audience": row["audience"],
+                "style": row["style"],
+                "prompt": row["prompt"],
+                "template_id": row["template_id"],
+                "template_version": row["template_version"],
+                "model": ctx.model,
+                "model_revision": ctx.model_revision,
+                "backend": ctx.backend,
+                "sampling": json.dumps({**base_sampling, **seeds}, sort_keys=True),
+                "run_id": ctx.run_id,
+                "partition_id": ctx.partition_id,
+                "prompt_index": row["prompt_index"],
+                "created_at": now,
+                "prompt_tokens": r.prompt_tokens,
+                "output_tokens": r.output_tokens,
+                "finish_reason": r.finish_reason,
+            }
+            if r.error:
+                rejects.append({**rec, "reject_stage": STAGE, "reject_reason": r.error})
+            else:
+                kept.append(rec)
     return (
         pa.Table.from_pylist(kept, schema=RECORD_SCHEMA),
         pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA),
@@ -128,14 +229,26 @@ def generate_partition(cfg: RunConfig, run_id: str, partition_id: str, engine: s
     started = time.perf_counter()
     try:
         plan = from_parquet_bytes(plan_bytes, pk)
-        results, gen_seconds, gpu = call_engine(engine, requests_from_plan(plan), cfg.sampling, cfg.model)
+        results, gen_seconds, gpu = call_engine(engine, requests_from_plan(plan, cfg.sampling, cfg.validation),
+                                                cfg.sampling, cfg.model)
+        # self-consistency kinds: the problems written above are now solved k times each
+        solve_reqs, solves = solve_requests(plan, results, cfg.sampling, cfg.validation)
+        solved: list[tuple[Solve, GenerationResult]] = []
+        all_results = list(results)
+        if solve_reqs:
+            solutions, solve_seconds, gpu = call_engine(engine, solve_reqs, cfg.sampling, cfg.model)
+            gen_seconds += solve_seconds
+            solved = list(zip(solves, sorted(solutions, key=lambda r: r.prompt_index)))
+            all_results += solutions
         info = ray.get(get_engine(engine).describe.remote(), timeout=cfg.model.call_timeout_s)
+        voted = tuple(k for k in cfg.validation.k if cfg.validation.samples(k) > 1)
         ctx = RecordContext(run_id, partition_id, info["backend"], info["model"], info["model_revision"],
-                            cfg.sampling.model_dump())
-        kept, rejects = records_from_results(plan, results, ctx)
+                            cfg.sampling.model_dump(exclude={"by_kind"}), cfg.sampling if cfg.sampling.by_kind else None, voted)
+        kept, rejects = records_from_results(plan, results, ctx, solved)
         stats = {
-            **generation_stats(results, gen_seconds),
+            **generation_stats(all_results, gen_seconds),
             "prompts": plan.num_rows,
+            **({"samples": len(solve_reqs)} if solve_reqs else {}),
             "records": kept.num_rows,
             "rejects": rejects.num_rows,
             "engine": engine,

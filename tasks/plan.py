@@ -137,7 +137,7 @@ def build_plan(cfg: RunConfig) -> pa.Table:
     ):
         tpl = template_for(kind)
         prompt = tpl.render(topic=leaf.topic, description=leaf.description, topic_path=leaf.path,
-                            audience=audience, style=style)
+                            audience=audience, style=style, problem_only=cfg.validation.samples(kind) > 1)
         rows.append(_row(i, partition_id(i // per), cfg.seed, tpl, prompt, leaf, audience, style))
     for j in range(cfg.diversity.baseline_prompts):
         rows.append(_row(total + j, partition_id(j // per, "b"), cfg.seed, BASELINE, BASELINE.text, None, "", ""))

@@ -20,6 +20,8 @@ class GenerationRequest:
     system: str
     prompt: str
     seed: int
+    sample: int = 0                          # j of the k samples of one prompt (self-consistency)
+    sampling: SamplingConfig | None = None   # this request's kind's settings; None: the batch's
 
 
 @dataclass(frozen=True)

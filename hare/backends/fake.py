@@ -7,7 +7,8 @@ rejects prompts containing ``POISON`` the way an engine rejects an unservable re
 raises on a batch holding ``CRASH_ENGINE`` the way a dying engine fails a whole call (with
 ``CRASH_ENGINE_WHILE:<path>`` only while that file exists, so a test can end the fault), and
 takes ``SLOW_SECONDS`` for a batch holding ``SLOW_ENGINE`` (a long generation, so fault tests
-can strike in the middle of a partition).
+can strike in the middle of a partition). A prompt holding ``SCRIPTED_ANSWERS=a|b|c`` ends
+sample j's text with ``Final answer: <the j-th>`` (tests of the vote's wiring, not of a model).
 """
 
 from __future__ import annotations
@@ -47,7 +48,11 @@ class DeterministicFakeBackend:
                                             error="engine_rejected: poisoned prompt"))
                 continue
             digest = hashlib.sha256(f"{r.seed}:{r.prompt}".encode()).hexdigest()
-            words = [f"w{digest[i:i + 4]}" for i in range(0, min(len(digest), 4 * sampling.max_tokens), 4)]
+            max_tokens = (r.sampling or sampling).max_tokens
+            words = [f"w{digest[i:i + 4]}" for i in range(0, min(len(digest), 4 * max_tokens), 4)]
             text = f"Fake answer to: {r.prompt} " + " ".join(words)
+            if "SCRIPTED_ANSWERS=" in r.prompt:
+                script = r.prompt.split("SCRIPTED_ANSWERS=", 1)[1].split()[0].rstrip(".,;:'\")").split("|")
+                text += f"\nFinal answer: {script[r.sample % len(script)]}"
             out.append(GenerationResult(r.prompt_index, text, len(r.prompt.split()), len(words), "stop"))
         return out

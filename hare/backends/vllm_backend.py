@@ -121,6 +121,7 @@ class VLLMBackend:
     def sampling_params(self, r: GenerationRequest, sampling: SamplingConfig, n_prompt: int) -> Any:
         from vllm import SamplingParams
 
+        sampling = r.sampling or sampling  # a kind's own settings (sampling.by_kind)
         return SamplingParams(
             temperature=sampling.temperature,
             top_p=sampling.top_p,
