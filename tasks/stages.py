@@ -1,6 +1,7 @@
 """The ONE ordered list of record stages that the flow, status, the progress view and the card read.
 
-Per partition, streamed behind generation: quality -> decontam -> features (each a stage object,
+Per partition, streamed behind generation: cleanup -> validate -> quality -> decontam -> features
+(each a stage object; cleanup and validate run when their config section turns them on,
 hare/stage.py). Global, over what those stored: dedup (the decision over stored features, then
 applied per partition), diversity, publish. Adding a streamed stage is one file plus one line here.
 """
@@ -14,11 +15,12 @@ from prefect import task
 from hare.config import RunConfig
 from hare.stage import RecordStage, run_record_stage
 from hare.store import open_store
+from hare.tasks.cleanup import Cleanup
 from hare.tasks.decontam import Decontam
 from hare.tasks.features import Features
 from hare.tasks.quality import Quality
 
-STREAMED: list[RecordStage] = [Quality(), Decontam(), Features()]
+STREAMED: list[RecordStage] = [Cleanup(), Quality(), Decontam(), Features()]
 GLOBAL_RECORD_STAGE = "dedup"  # the last per-partition commit; its records are published
 
 
