@@ -182,10 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
     fc.add_argument("--seed", type=int, default=0)
     fc.set_defaults(fn=_cmd_seeds_from_corpus)
 
-    from hare import index_cli, table_tools
+    from hare import index_cli, table_tools, viewer
 
     table_tools.register(sub)  # filter, dedup, decontam: one stage on any Parquet/JSONL file
     index_cli.register(sub)  # hare index show|retrain: the store's dedup index
+    viewer.register(sub)  # hare view [RUN]: a local web viewer of runs and records
 
     model = sub.add_parser("model", help="model utilities")
     msub = model.add_subparsers(dest="model_command", required=True)
