@@ -19,8 +19,9 @@ from hare.tasks.cleanup import Cleanup
 from hare.tasks.decontam import Decontam
 from hare.tasks.features import Features
 from hare.tasks.quality import Quality
+from hare.tasks.validate import Validate
 
-STREAMED: list[RecordStage] = [Cleanup(), Quality(), Decontam(), Features()]
+STREAMED: list[RecordStage] = [Cleanup(), Validate(), Quality(), Decontam(), Features()]
 GLOBAL_RECORD_STAGE = "dedup"  # the last per-partition commit; its records are published
 
 

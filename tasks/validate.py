@@ -1,0 +1,172 @@
+"""Stage ``validate``: final answers checked, not only extracted.
+
+- Self-consistency kinds (``validation.k``: math word problems, logical deductions): generation
+  wrote each problem once and solved it k times (tasks/generate.py), so a partition holds k
+  sample rows per prompt (one ``prompt_index``). Here the final answers are extracted (the
+  template's extractor), normalised (hare/answers.py) and voted: the prompt keeps ONE record,
+  the text of a sample whose answer is the majority (the first that also passes the quality
+  rules, when one does), kept only when the majority holds ``validation.min_share`` of the
+  votes. Reject reasons: ``no_answer``, ``no_majority``, ``answer_disagreement``.
+- Code: the record's python code blocks run with their own asserts in the sandbox
+  (hare/sandbox.py: a child process with time and memory limits, no network, a throwaway
+  folder); kept when it runs and its checks pass. Reject reasons: ``no_code``,
+  ``code_unchecked`` (no assert of its own), ``copied_example`` (the template's example back),
+  ``code_syntax``, ``code_failed``, ``code_timeout``, ``code_memory``.
+- Other kinds pass through.
+
+Every kept record (and every reject) carries a ``validation`` column (JSON): the method and
+its outcome (the vote's answers and counts, or the sandbox's status), its lineage of the check.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import pyarrow as pa
+
+from hare.answers import normalize_answer, vote
+from hare.config import RunConfig
+from hare.prompts import template_for
+from hare.sandbox import count_asserts, run_code
+from hare.stage import StageResult, add_counts
+
+STAGE = "validate"
+_WS = re.compile(r"\s+")
+
+
+def _code_of(text: str, kind: str) -> str | None:
+    """Every fenced code block of a record, in order (asserts often come in a block of their own)."""
+    tpl = template_for(kind)
+    if tpl.answer is None:
+        return None
+    blocks = [b.strip("\n") for b in re.findall(tpl.answer.pattern, text)]
+    return "\n\n".join(blocks) if blocks else None
+
+
+def _same_code(a: str, b: str) -> bool:
+    return _WS.sub(" ", a).strip() == _WS.sub(" ", b).strip()
+
+
+def check_code(text: str, kind: str, cfg: RunConfig) -> tuple[str | None, dict[str, Any]]:
+    """(reject reason or None, the outcome stored in ``validation``) of one code record."""
+    code = _code_of(text, kind)
+    if not code:
+        return "no_code", {"method": "sandbox", "status": "no_code"}
+    example = _code_of(template_for(kind).example, kind)
+    if example and _same_code(code, example):
+        return "copied_example", {"method": "sandbox", "status": "copied_example"}
+    asserts = count_asserts(code)
+    if asserts is None:
+        return "code_syntax", {"method": "sandbox", "status": "syntax"}
+    if asserts == 0 and cfg.validation.code.require_asserts:
+        return "code_unchecked", {"method": "sandbox", "status": "unchecked", "asserts": 0}
+    limits = cfg.validation.code
+    result = run_code(code, limits.time_limit_s, limits.memory_mb)
+    outcome = {"method": "sandbox", "asserts": asserts, **result.as_json()}
+    reason = {"passed": None, "timeout": "code_timeout", "memory": "code_memory",
+              "syntax": "code_syntax"}.get(result.status, "code_failed")
+    return reason, outcome
+
+
+def _passes_quality(row: dict[str, Any], cfg: RunConfig) -> bool:
+    from hare.quality import judge
+
+    return judge(row["text"] or "", row["kind"], row.get("finish_reason") or "stop", cfg.quality).reason is None
+
+
+def vote_group(rows: list[dict[str, Any]], cfg: RunConfig) -> tuple[dict[str, Any], str | None, dict[str, Any]]:
+    """One prompt's k samples -> (the row it keeps or rejects, reason or None, the vote as stored)."""
+    kind = rows[0]["kind"]
+    tpl = template_for(kind)
+    assert tpl.answer is not None
+    answers = [normalize_answer(tpl.extract_answer(r["text"] or ""), tpl.answer.type) for r in rows]
+    v = vote(answers, cfg.validation.min_share)
+    outcome = {"method": "self_consistency", "min_share": cfg.validation.min_share, **v.as_json()}
+    if v.reason is not None:
+        return rows[0], v.reason, outcome
+    winners = [i for i, a in enumerate(answers) if a == v.majority]
+    chosen = next((i for i in winners if _passes_quality(rows[i], cfg)), winners[0])
+    outcome["chosen_sample"] = json.loads(rows[chosen]["sampling"]).get("sample", chosen) if rows[chosen].get("sampling") else chosen
+    return rows[chosen], None, outcome
+
+
+def validate_table(records: pa.Table, cfg: RunConfig) -> tuple[pa.Table, pa.Table, dict[str, Any]]:
+    """(kept, rejects, aggregate) of one partition; both tables gain a ``validation`` column."""
+    rows = records.to_pylist()
+    groups: dict[int, list[dict[str, Any]]] = {}
+    order: list[tuple[str, Any]] = []
+    for i, row in enumerate(rows):
+        if cfg.validation.samples(row["kind"]) > 1:
+            if row["prompt_index"] not in groups:
+                order.append(("vote", row["prompt_index"]))
+            groups.setdefault(row["prompt_index"], []).append(row)
+        else:
+            order.append(("one", i))
+    kept: list[dict[str, Any]] = []
+    rejects: list[dict[str, Any]] = []
+    by_kind: dict[str, dict[str, Any]] = {}
+    for what, key in order:
+        if what == "vote":
+            row, reason, outcome = vote_group(groups[key], cfg)
+            samples = len(groups[key])
+        else:
+            row, samples = rows[key], 1
+            if template_for(row["kind"]).answer is not None and template_for(row["kind"]).answer.type == "code":
+                reason, outcome = check_code(row["text"] or "", row["kind"], cfg)
+            else:
+                reason, outcome = None, {"method": "none"}
+        slot = by_kind.setdefault(row["kind"], {"checked": 0, "samples": 0, "kept": 0, "rejects": {}})
+        slot["checked"] += 1
+        slot["samples"] += samples
+        out = {**row, "validation": json.dumps(outcome, sort_keys=True)}
+        if reason is None:
+            slot["kept"] += 1
+            kept.append(out)
+        else:
+            add_counts(slot["rejects"], {reason: 1})
+            rejects.append({**out, "reject_stage": STAGE, "reject_reason": reason})
+    schema = records.schema.append(pa.field("validation", pa.string()))
+    reject_schema = schema.append(pa.field("reject_stage", pa.string())).append(pa.field("reject_reason", pa.string()))
+    reasons: dict[str, int] = {}
+    for slot in by_kind.values():
+        add_counts(reasons, slot["rejects"])
+    aggregate = {"checked": len(order), "samples": len(rows), "kept": len(kept), "rejected": len(rejects),
+                 "reject_reasons": reasons, "by_kind": by_kind}
+    return (pa.Table.from_pylist(kept, schema=schema), pa.Table.from_pylist(rejects, schema=reject_schema), aggregate)
+
+
+def merge_validation(aggregates: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run's validation report: prompts checked, samples voted, kept and rejects, per kind."""
+    by_kind: dict[str, dict[str, Any]] = {}
+    reasons: dict[str, int] = {}
+    for agg in aggregates:
+        add_counts(reasons, agg["reject_reasons"])
+        for kind, fig in agg["by_kind"].items():
+            slot = by_kind.setdefault(kind, {"checked": 0, "samples": 0, "kept": 0, "rejects": {}})
+            for f in ("checked", "samples", "kept"):
+                slot[f] += fig[f]
+            add_counts(slot["rejects"], fig["rejects"])
+    for slot in by_kind.values():
+        slot["pass_rate"] = round(slot["kept"] / slot["checked"], 4) if slot["checked"] else None
+    return {"checked": sum(a["checked"] for a in aggregates), "samples": sum(a["samples"] for a in aggregates),
+            "kept": sum(a["kept"] for a in aggregates), "rejected": sum(a["rejected"] for a in aggregates),
+            "reject_reasons": dict(sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))),
+            "by_kind": dict(sorted(by_kind.items()))}
+
+
+class Validate:
+    """Stage ``validate``: self-consistency votes and sandboxed code checks."""
+
+    name, section, report, produces_records = STAGE, "validation", "validation.json", True
+
+    def enabled(self, cfg: RunConfig) -> bool:
+        return cfg.validation.enabled
+
+    def process(self, cfg: RunConfig, run_id: str, partition_id: str, records: pa.Table) -> StageResult:
+        kept, rejects, aggregate = validate_table(records, cfg)
+        return StageResult(kept, rejects, aggregate)
+
+    def merge(self, aggregates: list[dict[str, Any]]) -> dict[str, Any]:
+        return merge_validation(aggregates)
