@@ -80,6 +80,7 @@ def create_app(store_url: str, store: ObjectStore | None = None) -> FastAPI:
     app = FastAPI(title="hare view", docs_url=None, redoc_url=None, openapi_url=None)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.filters["excerpt"] = _excerpt
+    templates.env.filters["pretty"] = lambda v: json.dumps(v, indent=2, ensure_ascii=False)
     templates.env.globals["urlencode"] = urlencode
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     cache = data.PartitionCache()
