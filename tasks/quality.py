@@ -11,29 +11,35 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from hare import sketch
 from hare.config import QualityConfig, RunConfig
-from hare.quality import SCORE_NAMES, judge
+from hare.quality import SCORE_NAMES, judge_batch
 from hare.stage import StageResult, add_counts, reject_reasons
 
 STAGE = "quality"
 
 
 def filter_table(records: pa.Table, cfg: QualityConfig, default_kind: str = "explanation") -> tuple[pa.Table, pa.Table]:
-    """(kept with ``q_<score>`` columns, rejects with the same plus reject_stage and reject_reason)."""
+    """(kept with ``q_<score>`` columns, rejects with the same plus reject_stage and reject_reason).
+
+    The whole table is judged as one batch (hare.quality.judge_batch); a reject's scores of the
+    rules after the one it failed are null (those rules were skipped).
+    """
     if "text" not in records.column_names:
         raise ValueError(f"no 'text' column to filter (columns: {records.column_names})")
     n = records.num_rows
     texts = [t or "" for t in records.column("text").to_pylist()]
     kinds = records.column("kind").to_pylist() if "kind" in records.column_names else [default_kind] * n
     finish = records.column("finish_reason").to_pylist() if "finish_reason" in records.column_names else ["stop"] * n
-    verdicts = [judge(t, k, f or "stop", cfg) for t, k, f in zip(texts, kinds, finish)]
+    verdicts = judge_batch(texts, kinds, [f or "stop" for f in finish], cfg)
     scored = records
-    for name in SCORE_NAMES:
-        scored = scored.append_column(f"q_{name}", pa.array([v.scores[name] for v in verdicts], pa.float64()))
+    for name in SCORE_NAMES:  # a rule skipped after an earlier reject leaves its score null
+        values = np.array([v.scores[name] for v in verdicts], np.float64)
+        scored = scored.append_column(f"q_{name}", pa.array(values, pa.float64(), mask=np.isnan(values)))
     bad = pa.array([v.reason is not None for v in verdicts])
     rejects = scored.filter(bad)
     reasons = [v.reason for v in verdicts if v.reason is not None]

@@ -1,10 +1,12 @@
 """Each quality rule on crafted good and bad texts; the table stage and its report."""
 
+import math
+
 import pyarrow as pa
 import pytest
 
 from hare.config import QualityConfig
-from hare.quality import judge
+from hare.quality import RULES, SCORE_NAMES, english_probability, judge, scores
 from hare.tasks.quality import filter_table, quality_report
 
 CFG = QualityConfig()
@@ -22,6 +24,13 @@ MATH_GOOD = (
     "costs 3 dollars, so she makes 36 times 3, which is 108 dollars.\nFinal answer: 108"
 )
 
+GERMAN = (
+    "Die Photosynthese ist der Prozess, mit dem Pflanzen Licht in chemische Energie umwandeln. In den Blättern "
+    "fangen die Chloroplasten das Sonnenlicht mit einem grünen Farbstoff ein, der Chlorophyll heißt. Die Pflanze "
+    "nimmt Wasser über ihre Wurzeln und Kohlendioxid über kleine Poren auf und baut daraus Zucker, während sie "
+    "Sauerstoff an die Luft abgibt."
+)
+
 
 @pytest.mark.parametrize(
     ("text", "kind", "finish", "reason"),
@@ -32,8 +41,7 @@ MATH_GOOD = (
         (" ".join(["word"] * 2500), "explanation", "stop", "too_long"),
         (GOOD, "explanation", "length", "truncated"),
         ("As an AI language model, I cannot give opinions. " + GOOD, "explanation", "stop", "refusal_or_boilerplate"),
-        ("Die Photosynthese ist der Prozess, mit dem Pflanzen Licht in chemische Energie umwandeln. " * 5,
-         "explanation", "stop", "not_english"),
+        (GERMAN, "explanation", "stop", "not_english"),
         ("\n".join(["The plant needs light to grow well every day."] * 6 + [GOOD]), "explanation", "stop", "duplicate_lines"),
         (GOOD + " " + "and then the plant grows and then the plant grows " * 12, "explanation", "stop", "repeated_2gram"),
         (GOOD + " " + " ".join(f"{'#' * (1 + i % 4)} leaf{i}" for i in range(24)), "explanation", "stop", "symbols"),
@@ -77,3 +85,30 @@ def test_filter_table_and_report() -> None:
 def test_table_without_text_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="no 'text' column"):
         filter_table(pa.table({"body": ["x"]}), CFG)
+
+
+def test_cheap_rules_first_and_a_reject_skips_the_rest() -> None:
+    """A record is judged by the rules in RULES order; after its first failure no other rule runs
+    (its later scores are NaN here, null in the table), and the language rule comes after the
+    repetition rules, so a repetitive non-English text is rejected for its repetition."""
+    assert RULES.index("not_english") > RULES.index("duplicate_10grams")
+    short = judge("Plants use light.", "explanation", "stop", CFG)
+    assert short.reason == "too_short" and short.scores["words"] == 3
+    assert all(math.isnan(short.scores[name]) for name in SCORE_NAMES if name != "words")
+    repeated_german = judge(GERMAN.split(".")[0] + ". " + GERMAN.split(".")[0] * 6, "explanation", "stop", CFG)
+    assert repeated_german.reason == "repeated_2gram" and math.isnan(repeated_german.scores["english_prob"])
+    assert judge(GERMAN, "explanation", "stop", CFG).scores["english_prob"] < 0.1
+    kept = judge(GOOD, "explanation", "stop", CFG)
+    assert kept.reason is None and not any(math.isnan(v) for v in kept.scores.values())
+    assert kept.scores == scores(GOOD)
+
+    kept_t, rejects = filter_table(pa.table({"text": [GOOD, "Plants use light."]}), CFG)
+    assert rejects.column("q_words").to_pylist() == [3.0] and rejects.column("q_english_prob").null_count == 1
+    assert kept_t.column("q_english_prob").null_count == 0
+
+
+def test_a_text_cld2_refuses_is_read_without_the_characters() -> None:
+    """CLD2 refuses control characters, surrogates and noncharacters as invalid UTF-8: the text
+    is identified without them rather than failing the partition."""
+    for bad in ("\x00", "\x85", "\ud800", "\ufffe", "\U0010ffff"):
+        assert english_probability(GOOD.replace(". ", f".{bad} ", 2)) > 0.9
