@@ -289,7 +289,8 @@ class QualityConfig(_Strict):
     max_words: dict[str, int] = Field(default_factory=lambda: {"default": 2000})
     drop_truncated: bool = Field(default=True, description="Reject outputs cut at max_tokens (finish_reason=length).")
     require_answer: bool = Field(default=True, description="Reject reasoning/code kinds whose answer cannot be extracted.")
-    min_english_prob: float = Field(default=0.8, ge=0, le=1, description="langid probability of English.")
+    min_english_prob: float = Field(default=0.8, ge=0, le=1,
+                                    description="English's share of the text CLD2 places in some language.")
     max_dup_line_frac: float = 0.30
     max_dup_para_frac: float = 0.30
     max_top_2gram_frac: float = 0.20
