@@ -105,7 +105,7 @@ def _languages_line(languages: Counter[str], records: int, cfg: RunConfig) -> li
     if not total:
         return []
     shares = ", ".join(f"{lang} {n / total:.0%}" for lang, n in languages.most_common(5))
-    rule = (f"the quality stage's language rule was on (langid English probability >= {cfg.quality.min_english_prob})"
+    rule = (f"the quality stage's language rule was on (CLD2 English share >= {cfg.quality.min_english_prob})"
             if cfg.quality.enabled and cfg.quality.min_english_prob > 0 else "no language rule was applied")
     return [f"Language, measured with langid on {total} of {records} published records: {shares}; {rule}.", ""]
 
