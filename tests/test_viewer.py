@@ -195,6 +195,16 @@ def test_run_page_shows_partitions_and_their_stage_commits(store: ObjectStore) -
     assert "p00000 ✓ ✓ ✓ ✓ ✓ 7 1 records" in body
 
 
+def test_baseline_partition_is_generation_only(tmp_path: Path, config: dict[str, Any]) -> None:
+    st = open_store(f"file://{tmp_path / 'store'}")
+    write_run(st, RUN, {"p00000": 4, "b00000": 3}, config, committed=["p00000"])
+    write_run(st, RUN, {"p00000": 4, "b00000": 3}, config, committed=["b00000"], through="generate")
+    c = client_for(st)
+    assert "b00000 baseline ✓ – – – – 2 1 records" in text(c.get(f"/runs/{RUN}").text)
+    body = text(c.get(f"/runs/{RUN}/records?partition=b00000").text)
+    assert "3 of 3 records in b00000" in body and "still to come" not in body
+
+
 def test_records_filter_to_rejects_by_reason_kind_and_search(store: ObjectStore) -> None:
     c = client_for(store)
     all_ = text(c.get(f"/runs/{RUN}/records?partition=p00000").text)

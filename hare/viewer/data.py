@@ -189,6 +189,10 @@ class PartitionState:
     manifests: dict[str, PartitionManifest]     # stage -> manifest (succeeded or not)
 
     @property
+    def baseline(self) -> bool:
+        return self.stages == ["generate"]
+
+    @property
     def readable(self) -> bool:
         return "generate" in self.committed
 
@@ -221,6 +225,10 @@ def partition_states(store: ObjectStore, run_id: str, info: dict[str, Any]) -> l
 
 
 def _state(pid: str, stages: list[str], got: dict[str, PartitionManifest]) -> PartitionState:
+    from hare.tasks.plan import is_baseline
+
+    if is_baseline(pid):  # the no-priors baseline prompts: generated for the diversity figures only
+        stages = stages[:1]
     return PartitionState(pid, stages, [st for st in stages if st in got and got[st].status == "succeeded"],
                           {st: m.error or m.status for st, m in got.items() if m.status != "succeeded"}, got)
 
