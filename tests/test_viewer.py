@@ -275,11 +275,17 @@ def test_live_view_shows_partitions_as_they_commit(store_url: str, config: dict[
     assert "5 of 5 records in p00001" in body and "still to come: quality, decontam, features, dedup" in body
 
 
-def test_a_page_reads_one_partition_never_the_run(tmp_path: Path, config: dict[str, Any]) -> None:
-    """Counted reads: the records page of p00001 GETs no object of another partition."""
+def test_a_page_reads_one_partition_never_the_run(tmp_path: Path, config: dict[str, Any],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Counted reads: the records page of p00001 GETs no object of another partition; the run
+    page lists its partitions a page at a time."""
     st = open_store(f"file://{tmp_path / 'store'}")
     pids = {f"p{i:05d}": 4 for i in range(6)}
     write_run(st, RUN, pids, config)
+    monkeypatch.setattr("hare.viewer.app.PARTITIONS_PER_PAGE", 4)
+    second = text(client_for(st).get(f"/runs/{RUN}?page=2").text)
+    assert "6 of 6 committed" in second and "p00004" in second and "p00005" in second and "p00000" not in second
+    assert "partitions 5–6" in second
     got: list[str] = []
     real = st.get_bytes
 

@@ -35,6 +35,7 @@ log = logging.getLogger("hare.viewer")
 
 HERE = Path(__file__).resolve().parent
 RECORDS_PER_PAGE = 50
+PARTITIONS_PER_PAGE = 200
 LIVE_REFRESH_S = 5
 # A page answers within seconds even when the store is down: a short retry budget of its own
 # (HARE_VIEW_RETRY_SECONDS), not the pipeline's two minutes.
@@ -141,7 +142,10 @@ def create_app(store_url: str, store: ObjectStore | None = None) -> FastAPI:
         info = data.read_run_info(st, run_id)
         parts = data.partition_states(st, run_id, info)
         running = info.get("status") == "running"
-        return page(request, "run.html", run_id=run_id, info=info, parts=parts, stages=data.run_stages(info),
+        n = _int_param(request, "page", 1)
+        shown = parts[(n - 1) * PARTITIONS_PER_PAGE: n * PARTITIONS_PER_PAGE]
+        return page(request, "run.html", run_id=run_id, info=info, parts=parts, shown=shown, page_no=n,
+                    per_page=PARTITIONS_PER_PAGE, stages=data.run_stages(info),
                     figures=data.card_figures(st, run_id), live=running and request.query_params.get("live") != "0",
                     refresh_s=LIVE_REFRESH_S)
 
