@@ -40,7 +40,7 @@ def filter_table(records: pa.Table, cfg: QualityConfig, default_kind: str = "exp
     for name in SCORE_NAMES:  # a rule skipped after an earlier reject leaves its score null
         values = np.array([v.scores[name] for v in verdicts], np.float64)
         scored = scored.append_column(f"q_{name}", pa.array(values, pa.float64(), mask=np.isnan(values)))
-    bad = pa.array([v.reason is not None for v in verdicts])
+    bad = pa.array([v.reason is not None for v in verdicts], pa.bool_())
     rejects = scored.filter(bad)
     reasons = [v.reason for v in verdicts if v.reason is not None]
     rejects = rejects.append_column("reject_stage", pa.array([STAGE] * len(reasons), pa.string()))

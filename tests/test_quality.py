@@ -112,3 +112,9 @@ def test_a_text_cld2_refuses_is_read_without_the_characters() -> None:
     is identified without them rather than failing the partition."""
     for bad in ("\x00", "\x85", "\ud800", "\ufffe", "\U0010ffff"):
         assert english_probability(GOOD.replace(". ", f".{bad} ", 2)) > 0.9
+
+
+def test_an_empty_table_filters_to_empty_tables() -> None:
+    kept, rejects = filter_table(pa.table({"text": pa.array([], pa.string())}), CFG)
+    assert (kept.num_rows, rejects.num_rows) == (0, 0) and "q_words" in kept.column_names
+    assert quality_report([kept], [rejects])["checked"] == 0
