@@ -104,7 +104,11 @@ class _Words:
 
 
 def _words(lowered: Sequence[str]) -> _Words:
-    words = pc.utf8_split_whitespace(pa.array(lowered, pa.large_string()))
+    try:
+        column = pa.array(lowered, pa.large_string())
+    except UnicodeEncodeError:  # a lone surrogate (only a str can hold one): "?" keeps lengths and words
+        column = pa.array([t.encode("utf-8", "replace").decode("utf-8") for t in lowered], pa.large_string())
+    words = pc.utf8_split_whitespace(column)
     flat = pc.list_flatten(words)
     parent = pc.list_parent_indices(words)
     lens = pc.utf8_length(flat)
