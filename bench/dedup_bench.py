@@ -184,6 +184,7 @@ def decide_child(store_url: str, run: int, pids: list[str], out: Path) -> None:
     t0 = time.perf_counter()
     decision = decide(store, cfg, name, pids)
     t1 = time.perf_counter()
+    rss_after_decide = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     ids = json.loads((out.parent / f"run{run}.ids.json").read_text())
     part = int(os.environ["BENCH_PART"])
     dropped = {pids.index(pid) * part + row for pid, v in decision.verdicts.items() for row in v}
@@ -196,6 +197,7 @@ def decide_child(store_url: str, run: int, pids: list[str], out: Path) -> None:
     out.write_text(json.dumps({
         "decide_seconds": round(t1 - t0, 1), "parts_seconds": decision.seconds, "publish_seconds": round(t2 - t1, 1),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mib_decide": round(rss_after_decide, 1),
         "candidates": decision.candidates, "verdicts": verdicts,
         "semantic_pairs": decision.semantic_pairs.tolist()}))
 
@@ -284,7 +286,8 @@ def index_bench(runs: int, n: int, part: int, work: Path) -> list[dict]:
         result = json.loads(out.read_text())
         row = {"run": run, "records": n, "partitions": len(pids), "store_records_before": run * n,
                "features_staged_seconds": round(staged, 1), **made,
-               **{k: result[k] for k in ("decide_seconds", "parts_seconds", "publish_seconds", "peak_rss_mib", "candidates")},
+               **{k: result[k] for k in ("decide_seconds", "parts_seconds", "publish_seconds", "peak_rss_mib",
+                                   "peak_rss_mib_decide", "candidates")},
                **score(work, run, result)}
         if run in (0, runs - 1):
             row["semantic"] = pair_recall(work, run, n, part, result["semantic_pairs"], DedupConfig().semantic_threshold)

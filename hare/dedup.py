@@ -159,19 +159,29 @@ def search_lists(m_order: np.ndarray, m_list: np.ndarray, m_vec: np.ndarray,
     their probed lists (-1 for none). Queries go in blocks of at most ``cells`` similarities,
     so memory stays bounded however long a list grows."""
     out = []
-    for lst in np.unique(m_list):
-        members = np.flatnonzero(m_list == lst)
-        queries = np.flatnonzero((q_probes == lst).any(axis=1))
-        if len(queries) == 0:
+    m_sorted = np.argsort(m_list, kind="stable")  # members grouped by list, found by slicing
+    m_lists, m_start = np.unique(m_list[m_sorted], return_index=True)
+    m_end = np.r_[m_start[1:], len(m_sorted)]
+    flat_l = q_probes.reshape(-1)
+    flat_q = np.repeat(np.arange(len(q_order)), q_probes.shape[1])[flat_l >= 0]
+    flat_l = flat_l[flat_l >= 0]
+    q_sorted = np.argsort(flat_l, kind="stable")  # (list, query) pairs grouped by list
+    q_lists, q_start = np.unique(flat_l[q_sorted], return_index=True)
+    q_end = np.r_[q_start[1:], len(q_sorted)]
+    q_at = dict(zip(q_lists.tolist(), zip(q_start.tolist(), q_end.tolist())))
+    for lst, ms, me in zip(m_lists.tolist(), m_start.tolist(), m_end.tolist()):
+        if lst not in q_at:
             continue
-        mv = m_vec[members]
+        members = m_sorted[ms:me]
+        queries = flat_q[q_sorted[q_at[lst][0]:q_at[lst][1]]]
+        mv, mo = m_vec[members].astype(np.float32), m_order[members]  # vectors may be kept as float16
         block = max(1, cells // len(members))
         for s in range(0, len(queries), block):
             q = queries[s:s + block]
-            sims = q_vec[q] @ mv.T
-            qi, mi = np.nonzero((sims >= threshold) & (m_order[members][None, :] < q_order[q][:, None]))
+            sims = q_vec[q].astype(np.float32) @ mv.T
+            qi, mi = np.nonzero((sims >= threshold) & (mo[None, :] < q_order[q][:, None]))
             if len(qi):
-                out.append(np.stack([q_order[q][qi].astype(np.float64), m_order[members][mi].astype(np.float64),
+                out.append(np.stack([q_order[q][qi].astype(np.float64), mo[mi].astype(np.float64),
                                      sims[qi, mi].astype(np.float64)], 1))
     return np.concatenate(out) if out else np.zeros((0, 3))
 

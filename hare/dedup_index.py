@@ -100,7 +100,8 @@ def stamped(table: pa.Table) -> pa.Table:
 
 
 def _parquet(table: pa.Table) -> bytes:
-    return to_parquet_bytes(stamped(table))
+    """Index shards hold hashes and vectors: zstd only costs time on them."""
+    return to_parquet_bytes(stamped(table), compression="none")
 
 
 def _read(store: ObjectStore, key: str, columns: list[str] | None = None) -> pa.Table:
@@ -308,7 +309,7 @@ def gather(store: ObjectStore, parts: Parts, orders: Iterable[int], columns: lis
         return out
 
     result: dict[int, dict[str, Any]] = {}
-    with ThreadPoolExecutor(8) as pool:
+    with ThreadPoolExecutor(4) as pool:  # each read holds one partition's features
         for part in pool.map(load, by_part.items()):
             result.update(part)
     return result
@@ -392,6 +393,15 @@ def ivf_version_key(version: str) -> str:
     return ivf_centroids_key(version).removesuffix("centroids.npy") + "quantizer.json"
 
 
+LIST_GROUP_RECORDS = 100_000
+
+
+def list_group_count(cfg: DedupConfig, records: int) -> int:
+    """List groups: at least ``index_groups``, and about one per 100k records, so one group
+    task's vectors stay near 100k * (1 + the queries probing it) whatever the run's size."""
+    return max(cfg.index_groups, -(-records // LIST_GROUP_RECORDS))
+
+
 def quantizer_for(store: ObjectStore, cfg: DedupConfig, run_id: str, partition_ids: list[str]) -> Quantizer:
     """The store's quantizer; the first run trains it on a sample of its own embeddings."""
     found = load_quantizer(store)
@@ -409,8 +419,8 @@ def quantizer_for(store: ObjectStore, cfg: DedupConfig, run_id: str, partition_i
         sample.append(vecs)
         have += len(vecs)
     vecs = np.concatenate(sample) if sample else np.zeros((0, 1), np.float32)
-    body = write_quantizer(store, train_quantizer(vecs, nlist), cfg.index_groups, "v1", trained_on=len(vecs),
-                           trained_by=run_id)
+    body = write_quantizer(store, train_quantizer(vecs, nlist), list_group_count(cfg, expected), "v1",
+                           trained_on=len(vecs), trained_by=run_id)
     store.put_if_absent(ivf_current_key(), json.dumps(body).encode())  # two first runs at once: the first wins
     found = load_quantizer(store)
     assert found is not None
@@ -475,7 +485,7 @@ def semantic_pairs(job: SearchJob) -> np.ndarray:
         t = _read(store, key)
         m_o.append(order_of(job.parts.number[(run, pid)], t.column("row").to_numpy()))
         m_l.append(t.column("list").to_numpy())
-        m_v.append(_matrix(t, "vector", np.float32, t.num_rows))
+        m_v.append(_matrix(t, "vector", np.float16, t.num_rows))
     for run, pid, new in job.parts.keys:
         if not new:
             continue
@@ -484,7 +494,7 @@ def semantic_pairs(job: SearchJob) -> np.ndarray:
         except KeyNotFound:
             continue
         o = order_of(job.parts.number[(run, pid)], t.column("row").to_numpy())
-        lst, vec = t.column("list").to_numpy(), _matrix(t, "vector", np.float32, t.num_rows)
+        lst, vec = t.column("list").to_numpy(), _matrix(t, "vector", np.float16, t.num_rows)
         home = lst >= 0
         m_o.append(o[home]), m_l.append(lst[home]), m_v.append(vec[home])
         q_o.append(o), q_p.append(_matrix(t, "probes", np.int32, t.num_rows)), q_v.append(vec)
@@ -540,7 +550,7 @@ def publish_run(store: ObjectStore, cfg: DedupConfig, run_id: str, partition_ids
     them count: a run cut off halfway is not published, and publishing again redoes it."""
     params = fix_params(store, minhash_params(store, cfg))
     quantizer = load_quantizer(store) if cfg.semantic else None
-    with ThreadPoolExecutor(8) as pool:
+    with ThreadPoolExecutor(4) as pool:  # each holds one partition's features
         records = sum(pool.map(lambda p: publish_partition(store, params, quantizer, run_id, p, kept_ids(p)),
                                partition_ids))
     marker = {"run_id": run_id, "published_at": utc_now(), "partitions": len(partition_ids), "records": records,
@@ -596,7 +606,8 @@ def retrain(store: ObjectStore, cfg: DedupConfig, nlist: int | None = None, seed
         raise ValueError(f"{store.url}: no published embeddings to train on (semantic dedup was off?)")
     old = load_quantizer(store)
     version = f"v{int(old.version.lstrip('v')) + 1}" if old else "v1"
-    body = write_quantizer(store, train_quantizer(np.concatenate(sample), nlist, seed), cfg.index_groups, version,
+    body = write_quantizer(store, train_quantizer(np.concatenate(sample), nlist, seed), list_group_count(cfg, total),
+                           version,
                            trained_on=have, published_records=total, replaces=old.version if old else None)
     moved = parallel_map(reassign_partition, [ReassignJob(_ref(store), r, p, version) for r, p in parts])
     store.put_bytes(ivf_current_key(), json.dumps(body).encode())

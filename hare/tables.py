@@ -9,9 +9,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 
-def to_parquet_bytes(table: pa.Table) -> bytes:
+def to_parquet_bytes(table: pa.Table, compression: str = "zstd") -> bytes:
+    """``compression="none"`` for tables of hashes and vectors, which do not compress."""
     buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
+    pq.write_table(table, buf, compression=compression)
     return buf.getvalue()
 
 
