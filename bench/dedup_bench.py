@@ -174,6 +174,12 @@ def stage_run(work: Path, store_url: str, run: int, n: int, part: int) -> list[s
     return pids
 
 
+def _cpu() -> float:
+    """CPU seconds of this process (user + system): steadier than wall time on a shared machine."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def decide_child(store_url: str, run: int, pids: list[str], out: Path) -> None:
     """One run's decision and its publish into the index, in this (child) process."""
     from hare.config import DedupConfig
@@ -181,9 +187,9 @@ def decide_child(store_url: str, run: int, pids: list[str], out: Path) -> None:
     from hare.store import open_store
 
     store, cfg, name = open_store(store_url), DedupConfig(), f"run-{run}"
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _cpu()
     decision = decide(store, cfg, name, pids)
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), _cpu()
     rss_after_decide = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     ids = json.loads((out.parent / f"run{run}.ids.json").read_text())
     part = int(os.environ["BENCH_PART"])
@@ -195,7 +201,7 @@ def decide_child(store_url: str, run: int, pids: list[str], out: Path) -> None:
     verdicts = [{"row": pids.index(pid) * part + row, "layer": d.layer, "of_id": of_id, "of_run": of_run}
                 for pid, v in decision.verdicts.items() for row, (d, of_id, of_run) in v.items()]
     out.write_text(json.dumps({
-        "decide_seconds": round(t1 - t0, 1), "parts_seconds": decision.seconds, "publish_seconds": round(t2 - t1, 1),
+        "decide_seconds": round(t1 - t0, 1), "decide_cpu_seconds": round(c1 - c0, 1), "parts_seconds": decision.seconds, "publish_seconds": round(t2 - t1, 1),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "peak_rss_mib_decide": round(rss_after_decide, 1),
         "candidates": decision.candidates, "verdicts": verdicts,
@@ -286,7 +292,7 @@ def index_bench(runs: int, n: int, part: int, work: Path) -> list[dict]:
         result = json.loads(out.read_text())
         row = {"run": run, "records": n, "partitions": len(pids), "store_records_before": run * n,
                "features_staged_seconds": round(staged, 1), **made,
-               **{k: result[k] for k in ("decide_seconds", "parts_seconds", "publish_seconds", "peak_rss_mib",
+               **{k: result[k] for k in ("decide_seconds", "decide_cpu_seconds", "parts_seconds", "publish_seconds", "peak_rss_mib",
                                    "peak_rss_mib_decide", "candidates")},
                **score(work, run, result)}
         if run in (0, runs - 1):
@@ -314,6 +320,7 @@ def main() -> None:
         out["index"] = index_bench(args.runs, args.n, args.part, Path(args.work))
         first, last = out["index"][0], out["index"][-1]
         out["last_over_first_decide"] = round(last["decide_seconds"] / first["decide_seconds"], 2)
+        out["last_over_first_decide_cpu"] = round(last["decide_cpu_seconds"] / first["decide_cpu_seconds"], 2)
     dest = ROOT / "bench" / "results" / f"dedup-{out['date']}-{args.runs}x{args.n}.json"
     dest.write_text(json.dumps(out, indent=2))
     print(f"-> {dest}")

@@ -128,6 +128,23 @@ def _ref(store: ObjectStore) -> "str | ObjectStore":
     return store.url if ray.is_initialized() else store
 
 
+def _read_stored(store: ObjectStore, key: str, columns: list[str] | None = None) -> pa.Table | None:
+    """An index shard, or None when it is corrupt: it is moved to ``quarantine/`` (named and
+    logged) and left out, so the dedup of later runs goes on without it."""
+    from hare.quarantine import quarantine_object
+
+    try:
+        return _read(store, key, columns)
+    except KeyNotFound:
+        return None
+    except (ValueError, OSError) as exc:
+        if isinstance(exc, SchemeMismatch):
+            raise
+        quarantine_object(store, key, f"unreadable index shard: {exc}")
+        log.error("dedup index: %s is corrupt, moved to quarantine/ and left out: %s", key, exc)
+        return None
+
+
 def parallel_map(fn: Callable[[T], R], items: list[T], num_cpus: float = 1) -> list[R]:
     """``fn`` over ``items`` as Ray tasks when Ray is up (a flow's task), else in this process."""
     import ray
@@ -266,8 +283,10 @@ def near_candidates(job: GroupJob) -> tuple[np.ndarray, np.ndarray]:
     store = _open(job.store)
     keys, orders, exact = [], [], []
 
-    def add(key: str, part: int) -> None:
-        t = _read(store, key)
+    def add(key: str, part: int, stored: bool = False) -> None:
+        t = _read_stored(store, key) if stored else _read(store, key)
+        if t is None:
+            return
         keys.append(t.column("key").to_numpy())
         orders.append(order_of(part, t.column("row").to_numpy()))
         exact.append(t.column("exact").to_numpy(zero_copy_only=False))
@@ -275,7 +294,7 @@ def near_candidates(job: GroupJob) -> tuple[np.ndarray, np.ndarray]:
     for key in store.list(index_bands_prefix(job.group)):
         run, pid = key.removeprefix(index_bands_prefix(job.group)).removesuffix(".parquet").split("/")
         if (run, pid) in job.parts.number and run != job.run_id:
-            add(key, job.parts.number[(run, pid)])
+            add(key, job.parts.number[(run, pid)], stored=True)
     for run, pid, new in job.parts.keys:
         if new:
             try:
@@ -300,7 +319,9 @@ def gather(store: ObjectStore, parts: Parts, orders: Iterable[int], columns: lis
         part, wanted = item
         run, pid, new = parts.keys[part]
         key = features_key(run, pid) if new else published_index_key(run, pid)
-        t = _read(store, key, columns)
+        t = _read(store, key, columns) if new else _read_stored(store, key, columns)
+        if t is None:
+            return {}
         rows = np.array([o & ((1 << ROW_BITS) - 1) for o in wanted])
         picked = t.take(pa.array(rows))
         out = {}
@@ -336,6 +357,8 @@ def decide(store: ObjectStore, cfg: DedupConfig, run_id: str, partition_ids: lis
     cands = np.concatenate([r[1] for r in results] or [np.zeros((0, 2), np.int64)])
     info = gather(store, parts, np.concatenate([exact_pairs.reshape(-1), cands.reshape(-1)]), ["id", "minhash"])
     sig_of = {o: np.asarray(v["minhash"], np.uint32) for o, v in info.items()}
+    exact_pairs, cands = (p[[int(a) in info and int(b) in info for a, b in p]] if len(p) else p  # a shard left out
+                          for p in (exact_pairs, cands))
     if len(exact_pairs):  # keys are 64 bits of the id: confirm the ids themselves
         exact_pairs = exact_pairs[[info[int(a)]["id"] == info[int(b)]["id"] for a, b in exact_pairs]]
     edges = np.concatenate([exact_pairs, confirm_near(cands, sig_of, cfg.near_threshold)])
@@ -482,7 +505,9 @@ def semantic_pairs(job: SearchJob) -> np.ndarray:
         run, pid = key.removeprefix(prefix).removesuffix(".parquet").split("/")
         if (run, pid) not in job.parts.number or run == job.run_id:
             continue
-        t = _read(store, key)
+        t = _read_stored(store, key)
+        if t is None:
+            continue
         m_o.append(order_of(job.parts.number[(run, pid)], t.column("row").to_numpy()))
         m_l.append(t.column("list").to_numpy())
         m_v.append(_matrix(t, "vector", np.float16, t.num_rows))

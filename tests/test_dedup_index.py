@@ -226,3 +226,27 @@ def test_retrain_moves_every_published_vector_to_a_new_version(tmp_path, cfg: De
     new_pids = _stage(store, cfg, "new", [new])
     ((_, (d, of_id, of_run)),) = decide(store, cfg, "new", new_pids).verdicts["p00000"].items()
     assert (d.layer, of_id, of_run) == ("semantic", record_id(parts[1][7][0]), "old")
+
+
+def test_a_corrupt_index_shard_is_quarantined_and_dedup_goes_on(store_url: str, cfg: DedupConfig) -> None:
+    from hare.layout import index_bands_prefix, published_index_key
+    from hare.quarantine import list_quarantined
+
+    store = open_store(store_url)
+    rng = np.random.default_rng(6)
+    parts = [[(BASE[0], _unit(rng.normal(size=DIM)))] + _filler(rng, 5), [(BASE[1], _unit(rng.normal(size=DIM)))]]
+    pids = _stage(store, cfg, "old", parts)
+    _publish(store, cfg, "old", pids, parts, decide(store, cfg, "old", pids).verdicts)
+    bad_bands = next(k for g in range(cfg.index_groups) for k in store.list(index_bands_prefix(g)) if k.endswith("p00001.parquet"))
+    store.put_bytes(bad_bands, b"not parquet at all")
+    store.put_bytes(published_index_key("old", "p00000"), b"PAR1 torn")
+
+    new_pids = _stage(store, cfg, "new", [[(EXACT, _unit(rng.normal(size=DIM))), (NEAR, _unit(rng.normal(size=DIM)))]])
+    decision = decide(store, cfg, "new", new_pids)  # goes on: what the corrupt shards held is left out
+    # the exact copy's original lived in the corrupt features shard: not matched; the near copy's
+    # original still shares keys in the other bucket groups
+    ((row, (d, of_id, of_run)),) = decision.verdicts["p00000"].items()
+    assert (row, d.layer, of_id, of_run) == (1, "near", record_id(BASE[1]), "old")
+    moved = {q["key"] for q in list_quarantined(store)}
+    assert {bad_bands, published_index_key("old", "p00000")} <= moved
+    assert not store.exists(bad_bands)
