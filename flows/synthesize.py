@@ -1,7 +1,8 @@
 """Flow ``synthesize``: the whole DAG of a run, top to bottom as in design.md.
 
     plan -> generate (one task a partition, on Ray, engines in actors)
-         -> per partition, streamed as each commits: quality -> decontam -> features
+         -> per partition, streamed as each commits: [cleanup -> validate ->] quality -> decontam -> features
+         -> top-up rounds: partitions for the strata the stages emptied, generated and streamed alike
          -> stage reports -> dedup (global, over stored features) -> diversity -> publish
 
 Flow ``rerun-failed`` takes only a run id: it reads the config from run.json and redoes what the
@@ -47,7 +48,7 @@ from hare.dedup_index import hold_index
 from hare.tasks.dedup import deduplicate
 from hare.tasks.diversity import measure_diversity
 from hare.tasks.generate import generate_partition
-from hare.tasks.plan import check_resume_inputs, is_baseline, plan_run
+from hare.tasks.plan import check_resume_inputs, is_baseline, plan_run, plan_top_up, record_top_up_outcome
 from hare.tasks.publish import publish
 from hare.tasks.stages import records_source, run_stage, stage_names, streamed_stages
 
@@ -140,6 +141,7 @@ def _execute_run(cfg: RunConfig, run_id: str, allow_changed_inputs: bool) -> dic
     try:
         try:
             streamed = _generate_and_stream(cfg, run_id, partition_ids)
+            dataset_ids += _top_up(cfg, run_id, dataset_ids, streamed)  # strata the record stages emptied
         except Exception as exc:  # engines could not start, Ray went away...: say so in run.json
             _fail(store, run_id, "failed", {"error": f"{type(exc).__name__}: {exc}"[:1000]})
             raise
@@ -169,6 +171,27 @@ def _execute_run(cfg: RunConfig, run_id: str, allow_changed_inputs: bool) -> dic
     finish_run(store, run_id, "succeeded", totals)
     lineage.emit(store, run_id, "synthesize", "COMPLETE", facets={"totals": totals})
     return {"run_id": run_id, "store": store.url, "flow_run_id": str(prefect_runtime.flow_run.id), **totals}
+
+
+def _top_up(cfg: RunConfig, run_id: str, dataset_ids: list[str], streamed: "Streamed") -> list[str]:
+    """Bounded rounds (``plan.top_up_rounds``) of top-up partitions for the strata whose records
+    the streamed stages removed, each round generated and streamed like the plan's partitions
+    (tasks/plan.py: plan_top_up). Returns the ids added to the dataset's."""
+    added: list[str] = []
+    previous = dataset_ids
+    for round_no in range(1, cfg.plan.top_up_rounds + 1):
+        if streamed.failed:
+            break
+        new_ids = plan_top_up(cfg, run_id, round_no, previous, [*dataset_ids, *added])
+        if not new_ids:
+            break
+        more = _generate_and_stream(cfg, run_id, new_ids)
+        streamed.failed.update(more.failed)
+        streamed.generation.setdefault("top_up", []).append({"round": round_no, **more.generation})
+        if not more.failed:
+            record_top_up_outcome(cfg, run_id, round_no, new_ids)
+        added, previous = [*added, *new_ids], new_ids
+    return added
 
 
 def write_stage_reports(store: Any, cfg: RunConfig, run_id: str, dataset_ids: list[str]) -> None:

@@ -282,3 +282,113 @@ def plan_run(cfg: RunConfig, run_id: str, allow_changed_inputs: bool = False) ->
                 "config_hash": cfg.config_hash()},
     )
     return list(parts)
+
+
+# --- Top-up: the plan holds for the published dataset, not only for the prompts -------------
+
+def kept_prompts(store: Any, cfg: RunConfig, run_id: str, partition_ids: list[str]) -> set[int]:
+    """Prompt indices whose record survived the streamed record stages (the records dedup reads,
+    or that publish reads when dedup is off)."""
+    from hare.layout import records_key
+    from hare.tables import from_parquet_bytes
+    from hare.tasks.stages import records_source
+
+    stage = records_source(cfg, "dedup" if cfg.dedup.enabled else "publish")
+    out: set[int] = set()
+    for pid in partition_ids:
+        key = records_key(run_id, pid, stage)
+        out.update(from_parquet_bytes(store.get_bytes(key), key).column("prompt_index").to_pylist())
+    return out
+
+
+def top_up_rows(cfg: RunConfig, previous: list[dict[str, Any]], kept: set[int], first_index: int,
+                first_partition: int) -> list[dict[str, Any]]:
+    """One new prompt for every row of ``previous`` whose record the stages removed, in the same
+    stratum (leaf, audience, style, kind), with its own index and seed (so a new sample, not the
+    same text again), cut into partitions numbered after the last. Deterministic from the rows
+    and what was kept, so a resume plans the same top-up partitions and finds them committed."""
+    leaves = {leaf.path: leaf for leaf in load_taxonomy(cfg.topics.path, *cfg.topics.extra_paths)}
+    per = cfg.plan.prompts_per_partition
+    rows = []
+    for row in (r for r in previous if r["prompt_index"] not in kept):
+        i = first_index + len(rows)
+        leaf, tpl = leaves[row["topic_path"]], template_for(row["kind"])
+        prompt = tpl.render(topic=leaf.topic, description=leaf.description, topic_path=leaf.path,
+                            audience=row["audience"], style=row["style"],
+                            problem_only=cfg.validation.samples(row["kind"]) > 1)
+        rows.append(_row(i, partition_id(first_partition + len(rows) // per), cfg.seed, tpl, prompt, leaf,
+                         row["audience"], row["style"]))
+    return rows
+
+
+def _read_plan_rows(store: Any, run_id: str, partition_ids: list[str]) -> list[dict[str, Any]]:
+    from hare.tables import from_parquet_bytes
+
+    rows: list[dict[str, Any]] = []
+    for pid in partition_ids:
+        key = plan_key(run_id, pid)
+        rows += from_parquet_bytes(store.get_bytes(key), key).to_pylist()
+    return rows
+
+
+def _strata_deficit(rows: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    return {axis: dict(Counter(r[col] for r in rows)) for axis, col in
+            (("kind", "kind"), ("audience", "audience"), ("style", "style"), ("leaf", "topic_path"))}
+
+
+@task(name="plan-top-up")
+def plan_top_up(cfg: RunConfig, run_id: str, round_no: int, previous_ids: list[str],
+                all_ids: list[str]) -> list[str]:
+    """Round ``round_no`` of the top-up (``plan.top_up_rounds``): measure what the record stages
+    removed from the partitions of the round before (``previous_ids``; the base plan for round
+    1), write top-up partitions for those strata (committed like any partition once generated)
+    and record the round in the plan report (planned; generated and kept are added by
+    :func:`record_top_up_outcome`). Returns the new partition ids (none: nothing to top up)."""
+    from hare.layout import run_json
+
+    store = open_store(cfg.store.url)
+    previous = _read_plan_rows(store, run_id, previous_ids)
+    kept = kept_prompts(store, cfg, run_id, previous_ids)
+    everything = _read_plan_rows(store, run_id, all_ids)
+    first_index = max(r["prompt_index"] for r in everything) + 1
+    first_partition = max(int(p[1:]) for p in all_ids) + 1
+    rows = top_up_rows(cfg, previous, kept, first_index, first_partition)
+    parts = split_partitions(pa.Table.from_pylist(rows, schema=PLAN_SCHEMA)) if rows else {}
+    for pid, table in parts.items():
+        data = to_parquet_bytes(table)
+        key = plan_key(run_id, pid)
+        if not store.exists(key) or sha256_bytes(store.get_bytes(key)) != sha256_bytes(data):
+            store.put_bytes(key, data)
+    report = json.loads(store.get_bytes(plan_report_key(run_id)))
+    rounds = [r for r in report.get("top_up", []) if r["round"] < round_no]
+    rounds.append({"round": round_no, "partitions": list(parts), "checked": len(previous), "planned": len(rows),
+                   "deficit": _strata_deficit(rows)})
+    report["top_up"] = rounds
+    store.put_bytes(plan_report_key(run_id), json.dumps(report, indent=2).encode())
+    if parts:
+        info = json.loads(store.get_bytes(run_json(run_id)))
+        info["partitions"] = list(dict.fromkeys([*info.get("partitions", []), *parts]))
+        store.put_bytes(run_json(run_id), json.dumps(info, indent=2).encode())
+        lineage.emit(store, run_id, f"synthesize.plan.top-up-{round_no}", "COMPLETE",
+                     outputs=[lineage.dataset(store.uri(plan_key(run_id, p))) for p in parts],
+                     facets={"stage": "plan", "top_up_round": round_no, "prompts": len(rows)})
+    return list(parts)
+
+
+@task(name="top-up-outcome")
+def record_top_up_outcome(cfg: RunConfig, run_id: str, round_no: int, partition_ids: list[str]) -> dict[str, Any]:
+    """Generated and kept records of a top-up round, into the plan report (and so the card)."""
+    from hare.manifest import read_manifest
+
+    store = open_store(cfg.store.url)
+    generated = 0
+    for pid in partition_ids:
+        m = read_manifest(store, run_id, pid, "generate")
+        generated += m.stats.get("prompts", 0) if m is not None else 0
+    kept = len(kept_prompts(store, cfg, run_id, partition_ids)) if partition_ids else 0
+    report = json.loads(store.get_bytes(plan_report_key(run_id)))
+    for r in report.get("top_up", []):
+        if r["round"] == round_no:
+            r.update(generated=generated, kept=kept)
+    store.put_bytes(plan_report_key(run_id), json.dumps(report, indent=2).encode())
+    return {"round": round_no, "generated": generated, "kept": kept}

@@ -118,10 +118,7 @@ def _settings_section(cfg: RunConfig) -> list[str]:
              f"drop_truncated {q.drop_truncated}, require_answer {q.require_answer}" if q.enabled else "")]
     if c.benchmarks:
         rows.append(("decontam", ", ".join(b.name for b in c.benchmarks),
-                     f"n-grams N {c.ngram_short}/{c.ngram_long} (short/long), overlap > {c.overlap_threshold}; "
-                     + (f"paraphrase similarity >= {c.paraphrase_threshold} over {c.window_words}-word windows "
-                        f"every {c.window_stride}, confirmed by content words >= {c.confirm_threshold}, numbers >= "
-                        f"{c.confirm_numbers} (sure at >= {c.paraphrase_sure})" if c.paraphrase else "no paraphrase search")))
+                     c.describe()))
     else:
         rows.append(("decontam", "off", "no benchmark configured"))
     rows.append(("dedup", "enabled" if d.enabled else "off",
@@ -141,7 +138,7 @@ def dataset_card(run_id: str, cfg: RunConfig, kinds: Counter[str], domains: Coun
                  diversity: dict[str, Any] | None = None, contamination: dict[str, Any] | None = None,
                  quality: dict[str, Any] | None = None, dedup: dict[str, Any] | None = None,
                  cost: list[str] | None = None, engines: Counter[tuple[str, str]] | None = None,
-                 languages: Counter[str] | None = None) -> str:
+                 languages: Counter[str] | None = None, checks: list[str] | None = None) -> str:
     """A Hugging Face dataset card (YAML header + Markdown) for the published run. It states
     what was measured: the model and backend that generated the records (their own columns),
     the language measured on them, and the settings in force."""
@@ -175,6 +172,7 @@ def dataset_card(run_id: str, cfg: RunConfig, kinds: Counter[str], domains: Coun
         "",
         *(f"- {k}: {n}" for k, n in sorted(domains.items())),
         "",
+        *(checks or []),
         *_quality_section(quality),
         *_dedup_section(dedup),
         *_diversity_section(diversity),
@@ -224,6 +222,41 @@ def _quality_section(report: dict[str, Any] | None) -> list[str]:
     for kind, v in report["by_kind"].items():
         lines.append(f"| {kind} | {v['kept']} | {', '.join(f'{r}: {n}' for r, n in v['rejects'].items())} |")
     return [*lines, ""]
+
+
+def _checks_section(cleanup: dict[str, Any] | None, validation: dict[str, Any] | None,
+                    plan_report: dict[str, Any] | None) -> list[str]:
+    """Cleanup (what chatter was stripped), answer validation per kind (self-consistency votes,
+    sandboxed code) and the top-up rounds (planned, generated, kept per round)."""
+    lines: list[str] = []
+    if cleanup:
+        pats = ", ".join(f"{k}: {v}" for k, v in cleanup["stripped_by_pattern"].items()) or "none"
+        lines += ["## Cleanup", "", f"{cleanup['changed']} of {cleanup['checked']} generated texts had chatter stripped "
+                  f"(by pattern: {pats}); {cleanup['checked'] - cleanup['kept']} were only chatter and were rejected. "
+                  "Each record's `cleanup` column names what was stripped.", ""]
+    if validation:
+        lines += ["## Answer validation", "",
+                  "Math word problems and logical deductions: the problem is written once and solved k times "
+                  "(seeds from the plan); kept when the majority of the normalised final answers holds the configured "
+                  "share, with the text of a majority solution. Code: run with its own asserts in a sandbox "
+                  "(time and memory limits, no network, a throwaway folder). Each record's `validation` column holds "
+                  "the vote or the sandbox outcome.", "",
+                  "| kind | prompts checked | samples | kept | pass rate | rejects |", "|---|---|---|---|---|---|"]
+        for kind, v in validation["by_kind"].items():
+            rej = ", ".join(f"{r}: {n}" for r, n in sorted(v["rejects"].items())) or "-"
+            rate = "" if v.get("pass_rate") is None else f"{v['pass_rate']:.0%}"
+            lines.append(f"| {kind} | {v['checked']} | {v['samples']} | {v['kept']} | {rate} | {rej} |")
+        lines.append("")
+    rounds = (plan_report or {}).get("top_up")
+    if rounds:
+        lines += ["## Top-up rounds", "",
+                  "After the record stages, the strata (leaf, audience, style, kind) whose records were removed are "
+                  "planned again in top-up partitions, generated and filtered like the others.", "",
+                  "| round | partitions | planned | generated | kept |", "|---|---|---|---|---|"]
+        lines += [f"| {r['round']} | {', '.join(r['partitions']) or '-'} | {r['planned']} | {r.get('generated', '')} | "
+                  f"{r.get('kept', '')} |" for r in rounds]
+        lines.append("")
+    return lines
 
 
 def _dedup_section(report: dict[str, Any] | None) -> list[str]:
@@ -359,7 +392,10 @@ def publish_records(
         _optional_json(store, decontamination_key(run_id)), _optional_json(store, quality_key(run_id)),
         _optional_json(store, dedup_report_key(run_id)),
         _cost_section(_optional_json(store, estimate_key(run_id)), generation, kept_tokens),
-        engines, measure_languages(sample)).encode())
+        engines, measure_languages(sample),
+        _checks_section(_optional_json(store, f"runs/{run_id}/cleanup.json"),
+                        _optional_json(store, f"runs/{run_id}/validation.json"),
+                        _optional_json(store, f"runs/{run_id}/plan/report.json"))).encode())
     body = {"run_id": run_id, "published_at": utc_now(), "totals": totals,
             "shards": [s.__dict__ for s in shards]}
     if cfg.dedup.enabled:

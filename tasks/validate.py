@@ -45,8 +45,20 @@ def _code_of(text: str, kind: str) -> str | None:
     return "\n\n".join(blocks) if blocks else None
 
 
-def _same_code(a: str, b: str) -> bool:
-    return _WS.sub(" ", a).strip() == _WS.sub(" ", b).strip()
+def _copies(code: str, example: str) -> bool:
+    """The template's example given back: the same code, or a function of the example's name
+    (measured: SmolLM2-135M returns the example with a print added, and its asserts pass)."""
+    if _WS.sub(" ", code).strip() == _WS.sub(" ", example).strip():
+        return True
+    import ast
+
+    def names(src: str) -> set[str]:
+        try:
+            return {n.name for n in ast.walk(ast.parse(src)) if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+        except (SyntaxError, ValueError):
+            return set()
+
+    return bool(names(code) & names(example))
 
 
 def check_code(text: str, kind: str, cfg: RunConfig) -> tuple[str | None, dict[str, Any]]:
@@ -55,7 +67,7 @@ def check_code(text: str, kind: str, cfg: RunConfig) -> tuple[str | None, dict[s
     if not code:
         return "no_code", {"method": "sandbox", "status": "no_code"}
     example = _code_of(template_for(kind).example, kind)
-    if example and _same_code(code, example):
+    if example and _copies(code, example):
         return "copied_example", {"method": "sandbox", "status": "copied_example"}
     asserts = count_asserts(code)
     if asserts is None:

@@ -120,6 +120,8 @@ def test_code_is_kept_only_when_it_runs_and_its_asserts_pass(tmp_path: Path) -> 
         "No code at all here.",
         "```python\ndef rectangle_area(width, height):\n    return width * height\n\n"
         "assert rectangle_area(2, 3) == 6\nassert rectangle_area(5, 1) == 5\n```",
+        "```python\ndef rectangle_area(width, height):\n    return width * height\n\nprint('Test 1:')\n"
+        "assert rectangle_area(2, 3) == 6\n```",
     ]
     kept, rejects, agg = validate_table(_code_table(texts), cfg)
     assert kept.column("text").to_pylist() == [texts[0]]
@@ -127,10 +129,10 @@ def test_code_is_kept_only_when_it_runs_and_its_asserts_pass(tmp_path: Path) -> 
     assert outcome["method"] == "sandbox" and outcome["status"] == "passed" and outcome["asserts"] == 1
     reasons = dict(zip(rejects.column("prompt_index").to_pylist(), rejects.column("reject_reason").to_pylist()))
     assert reasons == {1: "code_failed", 2: "code_timeout", 3: "code_unchecked", 4: "code_syntax", 5: "no_code",
-                       6: "copied_example"}
+                       6: "copied_example", 7: "copied_example"}
     failed = json.loads(rejects.filter(pa.compute.equal(rejects.column("prompt_index"), 1))["validation"][0].as_py())
     assert failed["error"].startswith("AssertionError")
-    assert agg["by_kind"]["code"]["checked"] == 7 and agg["kept"] == 1
+    assert agg["by_kind"]["code"]["checked"] == 8 and agg["kept"] == 1
 
 
 def test_validate_is_a_listed_stage_between_cleanup_and_quality(tmp_path: Path) -> None:
