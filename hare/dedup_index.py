@@ -45,7 +45,7 @@ from hare.layout import (features_key, index_bands_key, index_bands_prefix, inde
                          published_marker_key, run_bands_key, run_lists_key)
 from hare.minhash import SchemeMismatch, band_keys, check_scheme, id_keys, lsh_params, scheme
 from hare.store import KeyNotFound, ObjectStore, open_store
-from hare.tables import to_parquet_bytes
+from hare.tables import from_parquet_bytes, to_parquet_bytes
 from hare.manifest import utc_now
 
 log = logging.getLogger("hare.dedup")
@@ -141,8 +141,29 @@ def _read_stored(store: ObjectStore, key: str, columns: list[str] | None = None)
         if isinstance(exc, SchemeMismatch):
             raise
         quarantine_object(store, key, f"unreadable index shard: {exc}")
-        log.error("dedup index: %s is corrupt, moved to quarantine/ and left out: %s", key, exc)
+        if rebuild_shards(store, key):
+            log.warning("dedup index: %s was corrupt: moved to quarantine/ and rebuilt from its run", key)
+            return _read(store, key, columns)
+        log.error("dedup index: %s is corrupt, moved to quarantine/ and left out (its run's features "
+                  "or records are gone): %s", key, exc)
         return None
+
+
+def rebuild_shards(store: ObjectStore, key: str) -> bool:
+    """Write a published partition's index shards again from what its run still holds (its
+    features and the records its dedup stage kept); False when those are gone too."""
+    from hare.layout import records_key
+
+    parts = key.removesuffix(".parquet").split("/")
+    run_id, pid = parts[-2], parts[-1]
+    try:
+        source = records_key(run_id, pid, "dedup")
+        kept = set(from_parquet_bytes(store.get_bytes(source), source).column("id").to_pylist())
+        params = MinhashParams(**json.loads(store.get_bytes(minhash_params_key())))
+        publish_partition(store, params, load_quantizer(store), run_id, pid, kept)
+    except (KeyNotFound, ValueError, OSError):
+        return False
+    return store.exists(key)
 
 
 def parallel_map(fn: Callable[[T], R], items: list[T], num_cpus: float = 1) -> list[R]:

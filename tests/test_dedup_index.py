@@ -250,3 +250,25 @@ def test_a_corrupt_index_shard_is_quarantined_and_dedup_goes_on(store_url: str, 
     moved = {q["key"] for q in list_quarantined(store)}
     assert {bad_bands, published_index_key("old", "p00000")} <= moved
     assert not store.exists(bad_bands)
+
+
+def test_a_corrupt_index_shard_is_rebuilt_from_its_run(tmp_path, cfg: DedupConfig) -> None:
+    import pyarrow as pa
+
+    from hare.layout import published_index_key, records_key
+    from hare.quarantine import list_quarantined
+
+    store = open_store(str(tmp_path / "store"))
+    rng = np.random.default_rng(7)
+    parts = [[(BASE[0], _unit(rng.normal(size=DIM)))] + _filler(rng, 5)]
+    pids = _stage(store, cfg, "old", parts)
+    _publish(store, cfg, "old", pids, parts, decide(store, cfg, "old", pids).verdicts)
+    kept = pa.table({"id": [record_id(t) for t, _ in parts[0]], "text": [t for t, _ in parts[0]]})
+    store.put_bytes(records_key("old", "p00000", "dedup"), to_parquet_bytes(kept))  # what its dedup stage kept
+    store.put_bytes(published_index_key("old", "p00000"), b"torn")
+
+    new_pids = _stage(store, cfg, "new", [[(EXACT, _unit(rng.normal(size=DIM)))]])
+    ((_, (d, of_id, of_run)),) = decide(store, cfg, "new", new_pids).verdicts["p00000"].items()
+    assert (d.layer, of_id, of_run) == ("exact", record_id(BASE[0]), "old")  # matched through the rebuilt shard
+    assert published_index_key("old", "p00000") in {q["key"] for q in list_quarantined(store)}
+    assert len(from_parquet(store, published_index_key("old", "p00000"))) == 6
