@@ -413,28 +413,62 @@ class BenchmarkConfig(_Strict):
 
 
 class DecontamConfig(_Strict):
-    """Benchmark decontamination (HARE): n-gram overlap plus embedding paraphrase search."""
+    """Benchmark decontamination (HARE): n-gram overlap plus embedding paraphrase search.
+
+    N follows each benchmark's items (GPT-3's rule), not the record: a short-answer item is
+    shorter than the 13 words a long-text kind would use. ``ngram_long``/``ngram_short`` and
+    ``n_by_kind`` remain as overrides."""
 
     benchmarks: list[BenchmarkConfig] = Field(default_factory=list)
-    ngram_long: int = Field(default=13, ge=2, description="N for long-text kinds (template long_text: true).")
-    ngram_short: int = Field(default=8, ge=2, description="N for the other (task) kinds.")
-    n_by_kind: dict[str, int] = Field(default_factory=dict, description="N for a kind, overriding the two above.")
+    ngram_min: int = Field(default=8, ge=2, description="Smallest N a benchmark's item lengths may give (GPT-3: 8).")
+    ngram_max: int = Field(default=13, ge=2, description="Largest N (GPT-3: 13).")
+    ngram_percentile: float = Field(default=5, ge=0, le=100,
+                                    description="N is this percentile of a benchmark's item lengths in words, clamped.")
+    field_min_words: int = Field(default=8, ge=1,
+                                 description="A field shorter than N counts alone (as one whole gram) from this many "
+                                             "words; a shorter one counts only inside its whole item.")
+    ngram_long: int | None = Field(default=None, ge=2,
+                                   description="Override: N for long-text kinds (template long_text: true).")
+    ngram_short: int | None = Field(default=None, ge=2, description="Override: N for the other (task) kinds.")
+    n_by_kind: dict[str, int] = Field(default_factory=dict, description="Override: N for a kind (before the two above).")
     overlap_threshold: float = Field(default=0.5, gt=0, le=1,
                                      description="Drop a record sharing more than this fraction of one item's n-grams.")
     paraphrase: bool = True
-    paraphrase_threshold: float = Field(default=0.55, gt=0, le=1,
-                                        description="Cosine similarity of a record window to an item's question.")
+    paraphrase_threshold: float = Field(default=0.7, gt=0, le=1,
+                                        description="Cosine similarity of a record window to an item.")
     confirm_threshold: float = Field(default=0.4, ge=0, le=1,
-                                     description="Share of the item's content words (and numbers) the record must contain.")
+                                     description="Share of the item's content words the window must contain (items "
+                                                 "with 2+ numbers).")
     paraphrase_sure: float = Field(default=0.9, gt=0, le=1,
-                                   description="At or above this similarity only the content-word check applies.")
+                                   description="At or above this similarity the numbers need not be there.")
     confirm_numbers: float = Field(default=0.75, ge=0, le=1,
-                                   description="Share of the item's numbers the record must contain, for items with 2+ numbers.")
+                                   description="Share of the item's numbers the window must contain, for items with 2+ numbers.")
     confirm_without_numbers: float = Field(default=0.6, ge=0, le=1,
                                            description="Content-word share required for items with fewer than 2 numbers.")
-    window_words: int = Field(default=48, ge=8, description="Records are embedded in windows of this many words.")
-    window_stride: int = Field(default=16, ge=1, description="Words between the starts of two windows.")
+    common_words: int = Field(default=3000, ge=0,
+                              description="Words this frequent (rank in the embedder's vocabulary) are not rare: a "
+                                          "window is embedded only if it shares a rare word with an item.")
+    window_words: int | None = Field(default=None, ge=4,
+                                     description="Override: words per paraphrase window (default: from each "
+                                                 "benchmark's item lengths; windows follow sentences).")
     resources: StageResources = Field(default_factory=lambda: StageResources())
+
+    @model_validator(mode="after")
+    def _ngram_range(self) -> "DecontamConfig":
+        if self.ngram_min > self.ngram_max:
+            raise ValueError(f"ngram_min ({self.ngram_min}) is above ngram_max ({self.ngram_max})")
+        return self
+
+    def describe(self) -> str:
+        """The settings in force, one line (the dataset card)."""
+        n = (f"N from item lengths (p{self.ngram_percentile:g}, {self.ngram_min}..{self.ngram_max})"
+             if self.ngram_long is None and self.ngram_short is None and not self.n_by_kind else
+             f"N overridden (short {self.ngram_short}, long {self.ngram_long}, by kind {self.n_by_kind})")
+        para = (f"paraphrase similarity >= {self.paraphrase_threshold} over "
+                f"{self.window_words or 'item-sized'} sentence windows sharing rare words with an item, confirmed by "
+                f"content words >= {self.confirm_threshold}/{self.confirm_without_numbers}, numbers >= "
+                f"{self.confirm_numbers} (sure at >= {self.paraphrase_sure})" if self.paraphrase else "no paraphrase search")
+        return f"n-grams {n}, overlap > {self.overlap_threshold}; {para}"
 
 
 class EmbeddingConfig(_Strict):
