@@ -131,3 +131,142 @@ def test_a_partition_that_quality_emptied_passes_through(dec) -> None:
     """Zero records in: zero kept, zero rejects, no error (a type-less empty mask once failed)."""
     kept, rejects = decontaminate_table(RECORD_SCHEMA.empty_table(), dec)
     assert kept.num_rows == 0 and rejects.num_rows == 0
+
+
+# --- issue 16: N per benchmark, short items, the candidate filter, the stage on a partition ---
+
+TRUTHFULQA = ROOT / "data" / "benchmarks" / "truthfulqa_bigbench.jsonl"
+TQ_SPEC = BenchmarkConfig(name="truthfulqa", source=str(TRUTHFULQA), fields=["question", "best_answer"])
+GSM_SPEC = BenchmarkConfig(name="gsm8k", source=str(GSM8K))
+HOST = ("The river valley was settled slowly over many centuries, first by herders who moved with the "
+        "seasons and later by farmers who built terraces on the lower slopes. Each village kept a granary "
+        "and a small market, and the roads between them followed the line of the water. Traders carried "
+        "salt, cloth and iron tools up from the coast, and brought back wool and cheese. In the long winters "
+        "families repaired their tools, told stories by the fire and prepared the seed for spring. The "
+        "records of the old monastery describe floods, good harvests and bad ones, and the slow growth of "
+        "the towns along the river until the railway arrived and changed the valley for good.")
+
+
+class CountingEmbed:
+    """The real embedder, counting calls and texts (the candidate filter is judged by them)."""
+
+    def __init__(self) -> None:
+        self.calls, self.texts = 0, 0
+
+    def __call__(self, texts):
+        self.calls += 1
+        self.texts += len(texts)
+        return embed(texts)
+
+
+@pytest.fixture(scope="module")
+def both_items(items):
+    return items + load_benchmark(TQ_SPEC)
+
+
+def middle(host: str, leak: str) -> str:
+    words = host.split()
+    return " ".join(words[:len(words) // 2]) + "\n\n" + leak + "\n\n" + " ".join(words[len(words) // 2:])
+
+
+def test_n_follows_each_benchmarks_items(both_items) -> None:
+    from hare.benchmarks import BenchmarkItem
+    from hare.decontam import percentile_n
+
+    dec = Decontaminator(DecontamConfig(paraphrase=False), both_items, None)
+    assert dec.n_by_benchmark == {"gsm8k": 13, "truthfulqa": 11}  # GPT-3's rule, 5th percentile
+    cfg = DecontamConfig()
+    assert percentile_n([3] * 10, cfg) == 8 and percentile_n([40] * 10, cfg) == 13  # clamped 8..13
+    assert percentile_n(list(range(1, 101)), cfg) == 8 and percentile_n(list(range(10, 110)), cfg) == 13
+    assert percentile_n([9] * 5 + [30] * 95, cfg) == 9
+    # The per-kind settings still override it: 12-word items give N 12, so 10 words of one are no
+    # 12-gram; with N 8 for a kind, the same 10 words hold 3 of its 5 8-grams.
+    twelve = [BenchmarkItem("s", str(i), (" ".join(f"w{i}x{k}" for k in range(12)),)) for i in range(20)]
+    leak = "intro " + " ".join(f"w3x{k}" for k in range(1, 11)) + " outro"
+    over = Decontaminator(DecontamConfig(paraphrase=False, n_by_kind={"code": 8}), twelve, None)
+    assert over.n_by_benchmark == {"s": 12} and over.n_for("code") == 8 and over.n_for("textbook") is None
+    assert over.check_ngrams(leak, "textbook") is None
+    m = over.check_ngrams(leak, "code")
+    assert m is not None and m.item_id == "3" and m.score == 0.6
+    old_style = Decontaminator(DecontamConfig(paraphrase=False, ngram_long=13, ngram_short=8), twelve, None)
+    assert old_style.n_for("textbook") == 13 and old_style.n_for("math_word_problem") == 8
+
+
+def test_short_items_are_caught_inside_long_records(both_items) -> None:
+    """An 11-to-20-word QA item planted verbatim in a 150-word record: the n-grams alone catch it,
+    whole or question only (N 13 for long-text kinds missed these, issue 16)."""
+    dec = Decontaminator(DecontamConfig(paraphrase=False), both_items, None)
+    tq = [it for it in both_items if it.benchmark == "truthfulqa"]
+    picked = random.Random(3).sample(tq, 40)
+    for it in picked:
+        m = dec.check_ngrams(middle(HOST, "\n".join(it.texts)), "textbook")
+        assert m is not None and (m.benchmark, m.item_id) == ("truthfulqa", it.item_id), it
+    long_questions = [it for it in picked if len(tokens(it.question)) >= 8]
+    assert len(long_questions) > 20
+    for it in long_questions:
+        m = dec.check_ngrams(middle(HOST, it.question), "explanation")
+        assert m is not None and m.item_id == it.item_id, it
+    assert dec.check_ngrams(HOST, "textbook") is None
+
+
+def test_tokens_fast_path_matches_the_regular_expression() -> None:
+    import re
+    import unicodedata
+
+    def reference(text: str) -> list[str]:
+        text = unicodedata.normalize("NFKC", text).lower()
+        text = re.sub(r"(?<=\d),(?=\d{3})", "", re.sub(r"<<[^>]*>>", " ", text))
+        return re.findall(r"[a-z0-9]+", text)
+
+    samples = ["Ｆｕｌｌ，width １，０００ and ﬁne café naïve — “quoted” 1,000,000 <<3*4=12>>12 Straße",
+               "He paid $1,250.50 (x,123; 3,14) for it!", HOST, CLEAN[2], CLEAN[3], ""]
+    for s in samples:
+        assert tokens(s) == reference(s), s
+
+
+def test_no_rare_shared_word_no_embedding(both_items) -> None:
+    """The candidate filter: clean records are never embedded; a reworded leak is, with only its
+    candidate windows, and is found."""
+    from hare.paraphrase import ParaphraseSearch
+
+    counter = CountingEmbed()
+    search = ParaphraseSearch(DecontamConfig(), both_items, counter)
+    search._item_vectors()  # benchmark embeddings (cached per machine) are not the records'
+    counter.calls = counter.texts = 0
+    clean = [HOST, *CLEAN, "What time is it? Time to go home, said the man, and he walked out into the night."]
+    assert search.search(clean) == [None] * len(clean)
+    assert counter.calls == 0 and search.windows_embedded == 0
+    reworded = ("If you swallow the seeds of a watermelon, what happens to you? "
+                "They simply travel through the digestive system.")
+    text = middle(HOST, reworded)
+    (found,) = search.search([text])
+    assert found is not None and search.items[found[0]].item_id == "0" and search.items[found[0]].benchmark == "truthfulqa"
+    assert counter.calls >= 1 and 0 < counter.texts <= 4 < len(text.split()) // 10
+
+
+def test_stage_on_a_partition_drops_leaks_of_both_benchmarks(items) -> None:
+    """The decontam stage as the flow runs it on one partition (no Ray actors: embeds in-process)."""
+    from hare.config import RunConfig, load_config
+    from hare.tasks.decontam import Decontam
+
+    cfg = load_config(ROOT / "configs" / "demo.yaml")
+    assert [b.name for b in cfg.decontamination.benchmarks] == ["gsm8k", "truthfulqa"]
+    tq = load_benchmark(TQ_SPEC)
+    texts = {
+        "clean": HOST,
+        "tq-verbatim": middle(HOST, "\n".join(tq[7].texts)),
+        "gsm-reworded": ("Janet has ducks that produce 16 eggs daily. Each morning she eats 3 of them and uses 4 "
+                         "more baking muffins for friends. The rest she sells at the market at $2 apiece. "
+                         "How many dollars does she earn per day?"),
+        "tq-reworded": middle(HOST, "Which part of a chili pepper is the hottest? The placenta is the hottest part."),
+    }
+    base = {f: "" for f in RECORD_SCHEMA.names}
+    rows = [{**base, "created_at": None, "prompt_tokens": 0, "output_tokens": 0, "template_version": 1,
+             "prompt_index": i, "id": k, "text": t, "kind": "textbook"} for i, (k, t) in enumerate(texts.items())]
+    result = Decontam().process(cfg, "no-such-run", "p00000", pa.Table.from_pylist(rows, schema=RECORD_SCHEMA))
+    assert result.kept.column("id").to_pylist() == ["clean"]
+    got = {r["id"]: (r["benchmark"], r["benchmark_item"], r["match_method"]) for r in result.rejects.to_pylist()}
+    assert got == {"tq-verbatim": ("truthfulqa", "7", "ngram"), "gsm-reworded": ("gsm8k", "0", "paraphrase"),
+                   "tq-reworded": ("truthfulqa", "3", "paraphrase")}
+    assert result.aggregate["benchmarks"]["truthfulqa"]["records"] == 2
+    assert isinstance(cfg, RunConfig)
