@@ -16,7 +16,7 @@ core, 36 core-hours for 13 GB of text):
   (n-1)-gram's id and its last word (numpy), and counts, most frequent grams and covered
   characters are array operations per text. Scores are the same numbers the per-text Python
   definitions give (ties included: the most frequent n-gram is the first to occur).
-- The language identifier is CLD2 (pycld2, a compiled model in its wheel): about 10-30x
+- The language identifier is CLD2 (pycld2, a compiled model in its wheel): about 15x
   langid's speed, with the same verdicts on the demo's records; where it disagrees with langid
   is listed in docs/quality-dedup.md.
 """
