@@ -11,8 +11,9 @@ import yaml
 from hare.config import DecontamConfig, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
-MEASURED = {"paraphrase_threshold": 0.55, "window_words": 48, "window_stride": 16, "confirm_threshold": 0.4,
-            "confirm_numbers": 0.75, "paraphrase_sure": 0.9, "ngram_long": 13, "ngram_short": 8,
+MEASURED = {"paraphrase_threshold": 0.7, "window_words": None, "common_words": 3000, "confirm_threshold": 0.4,
+            "confirm_numbers": 0.75, "paraphrase_sure": 0.9, "ngram_long": None, "ngram_short": None,
+            "ngram_min": 8, "ngram_max": 13, "ngram_percentile": 5, "field_min_words": 8,
             "overlap_threshold": 0.5}
 
 
@@ -34,6 +35,6 @@ def test_docs_state_the_code_defaults() -> None:
     for key, value in documented.items():
         if key != "benchmarks":
             assert value == defaults[key], f"docs/decontamination.md says {key}: {value}, the code {defaults[key]}"
-    assert {"paraphrase_threshold", "window_words"} <= set(documented)
+    assert {"paraphrase_threshold", "common_words", "ngram_percentile"} <= set(documented)
     bench = (ROOT / "docs" / "benchmarks.md").read_text()
-    assert "windows of 48 words every 16, paraphrase similarity >= 0.55" in bench
+    assert "paraphrase similarity >= 0.7, common_words 3000" in bench
