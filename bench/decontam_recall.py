@@ -37,7 +37,6 @@ from pathlib import Path
 from hare.benchmarks import load_benchmark
 from hare.config import BenchmarkConfig, DecontamConfig
 from hare.decontam import Decontaminator, ngrams, tokens
-from hare.paraphrase import term_keys
 from hare.embed import embed
 from hare.store import LocalStore
 from hare.tables import from_parquet_bytes

@@ -42,7 +42,7 @@ _CALC = re.compile(r"<<[^>]*>>")
 _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3})")
 _COMMA_DIGITS = re.compile(r",(?=\d{3})")
 _BYTE_SPACES = bytes(b if chr(b).isascii() and chr(b).isalnum() else 32 for b in range(256))
-_STOP = frozenset(
+STOPWORDS = frozenset(
     "the a an and or of to in on at for with from by is are was were be been it its this that these "
     "those he she they them his her their we you i me my our your as if then than so but not no how "
     "what which who whom when where why many much each every per all some any more most other into "
@@ -72,7 +72,7 @@ def ngrams(toks: Sequence[str], n: int) -> set[Gram]:
 
 def key_terms(toks: Iterable[str]) -> set[str]:
     """Numbers and content words: what a rewording of a problem keeps."""
-    return {t for t in toks if t.isdigit() or (len(t) > 2 and t not in _STOP)}
+    return {t for t in toks if t.isdigit() or (len(t) > 2 and t not in STOPWORDS)}
 
 
 def percentile_n(lengths: Sequence[int], cfg: DecontamConfig) -> int:

@@ -36,7 +36,6 @@ import hashlib
 import math
 import re
 import statistics
-from collections import Counter
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -44,7 +43,7 @@ import numpy as np
 
 from hare.benchmarks import BenchmarkItem
 from hare.config import DecontamConfig
-from hare.decontam import _STOP, key_terms, tokens
+from hare.decontam import STOPWORDS, key_terms, tokens
 from hare.paths import cache_dir
 
 Embed = Callable[[Sequence[str]], np.ndarray]
@@ -130,7 +129,7 @@ class ParaphraseSearch:
 
         @functools.lru_cache(maxsize=1 << 16)
         def rare(word: str) -> str | None:
-            return stem(word) if not word.isdigit() and len(word) > 2 and word not in _STOP and \
+            return stem(word) if not word.isdigit() and len(word) > 2 and word not in STOPWORDS and \
                 word_rank(word, rank) >= cfg.common_words else None
 
         self._rare = rare
