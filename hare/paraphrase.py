@@ -123,7 +123,8 @@ class ParaphraseSearch:
         self._views_of: list[list[int]] = [[] for _ in self.items]
         for v, i in enumerate(self.view_items):
             self._views_of[i].append(v)
-        self._vecs: np.ndarray | None = None
+        self._vecs: np.ndarray | None = None  # item view vectors, filled as candidates need them
+        self._have = np.zeros(0, dtype=bool)
         # Terms, the share each item needs, its anchors (rarest words), and the inverted index.
         rank = word_ranks()
 
@@ -204,8 +205,28 @@ class ParaphraseSearch:
                 and len(self.numbers[j] & keys) >= self.need_numbers[j])
 
     def _item_vectors(self) -> np.ndarray:
-        if self._vecs is None:
+        """Every item's vectors: from the machine's cache, else embedded and cached there."""
+        if self._vecs is None or not self._have.all():
             self._vecs = _cached_embeddings(self.views, self._embed)
+            self._have = np.ones(len(self.views), dtype=bool)
+        return self._vecs
+
+    def _vectors_for(self, views: Sequence[int]) -> np.ndarray:
+        """The vectors of these views, embedding only those not known yet: a worker that sees a
+        few candidate items embeds those, not the whole benchmark (the full matrix is used when
+        the machine's cache has it)."""
+        if self._vecs is None:
+            cached = _cached_embeddings(self.views, None)
+            if cached is not None:
+                self._vecs, self._have = cached, np.ones(len(self.views), dtype=bool)
+        missing = [v for v in views if self._vecs is None or not self._have[v]]
+        if missing:
+            got = self._embed([self.views[v] for v in missing])
+            if self._vecs is None:
+                self._vecs = np.zeros((len(self.views), got.shape[1]), dtype=np.float32)
+                self._have = np.zeros(len(self.views), dtype=bool)
+            self._vecs[missing] = got
+            self._have[missing] = True
         return self._vecs
 
     def _embed(self, texts: Sequence[str]) -> np.ndarray:
@@ -271,7 +292,7 @@ class ParaphraseSearch:
                 rows.append(window_texts.setdefault(wtext, len(window_texts)))
         if not jobs:
             return found
-        items = self._item_vectors()
+        items = self._vectors_for(sorted({v for _, passing, _ in jobs for j in passing for v in self._views_of[j]}))
         vecs = self._embed(list(window_texts))
         self.windows_embedded += len(window_texts)
         for (r, passing, wkeys), row in zip(jobs, rows):
@@ -287,12 +308,15 @@ class ParaphraseSearch:
         return found
 
 
-def _cached_embeddings(texts: list[str], embed: Embed) -> np.ndarray:
-    """Benchmark embeddings are computed once per machine (they never change)."""
+def _cached_embeddings(texts: list[str], embed: Embed | None) -> np.ndarray | None:
+    """Benchmark embeddings are computed once per machine (they never change); with no
+    ``embed``, the cached matrix or None."""
     digest = hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:24]
     path = cache_dir() / "benchmarks" / f"{digest}.npy"
     if path.is_file():
         return np.load(path)
+    if embed is None:
+        return None
     vecs = embed(texts)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npy")

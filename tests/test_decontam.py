@@ -270,3 +270,16 @@ def test_stage_on_a_partition_drops_leaks_of_both_benchmarks(items) -> None:
                    "tq-reworded": ("truthfulqa", "3", "paraphrase")}
     assert result.aggregate["benchmarks"]["truthfulqa"]["records"] == 2
     assert isinstance(cfg, RunConfig)
+
+
+def test_item_vectors_are_embedded_only_for_candidates(both_items, tmp_path, monkeypatch) -> None:
+    """With no cached benchmark matrix, a search embeds the views of its candidate items only."""
+    from hare.paraphrase import ParaphraseSearch
+
+    monkeypatch.setenv("HARE_CACHE_DIR", str(tmp_path))
+    counter = CountingEmbed()
+    search = ParaphraseSearch(DecontamConfig(), both_items, counter)
+    (found,) = search.search([middle(HOST, "Which part of a chili pepper is the hottest? The placenta is.")])
+    assert found is not None and search.items[found[0]].item_id == "3"
+    assert counter.texts < 20 < len(search.views)  # a few candidate views and windows, not 1,900 texts
+    assert search._have.sum() < 10 and search._have[search._views_of[found[0]]].all()
