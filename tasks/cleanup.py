@@ -111,7 +111,7 @@ def clean_table(records: pa.Table, cfg: CleanupConfig) -> tuple[pa.Table, pa.Tab
     out = records.set_column(records.schema.get_field_index("text"), "text", pa.array(texts, pa.string()))
     out = out.set_column(out.schema.get_field_index("id"), "id", pa.array(ids, pa.string()))
     out = out.append_column("cleanup", pa.array(notes, pa.string()))
-    mask = pa.array(keep)
+    mask = pa.array(keep, pa.bool_())  # typed, also for a partition with no records
     rejects = records.filter(pc.invert(mask))
     n = rejects.num_rows
     rejects = rejects.append_column("reject_stage", pa.array([STAGE] * n, pa.string()))

@@ -244,7 +244,8 @@ def _checks_section(cleanup: dict[str, Any] | None, validation: dict[str, Any] |
                   "| kind | prompts checked | samples | kept | pass rate | rejects |", "|---|---|---|---|---|---|"]
         for kind, v in validation["by_kind"].items():
             rej = ", ".join(f"{r}: {n}" for r, n in sorted(v["rejects"].items())) or "-"
-            rate = "" if v.get("pass_rate") is None else f"{v['pass_rate']:.0%}"
+            rate = ("not checked" if v.get("method") == "none" else
+                    "" if v.get("pass_rate") is None else f"{v['pass_rate']:.0%}")
             lines.append(f"| {kind} | {v['checked']} | {v['samples']} | {v['kept']} | {rate} | {rej} |")
         lines.append("")
     rounds = (plan_report or {}).get("top_up")

@@ -129,7 +129,8 @@ def validate_table(records: pa.Table, cfg: RunConfig) -> tuple[pa.Table, pa.Tabl
                 reason, outcome = check_code(row["text"] or "", row["kind"], cfg)
             else:
                 reason, outcome = None, {"method": "none"}
-        slot = by_kind.setdefault(row["kind"], {"checked": 0, "samples": 0, "kept": 0, "rejects": {}})
+        slot = by_kind.setdefault(row["kind"], {"checked": 0, "samples": 0, "kept": 0, "rejects": {},
+                                                "method": outcome["method"]})
         slot["checked"] += 1
         slot["samples"] += samples
         out = {**row, "validation": json.dumps(outcome, sort_keys=True)}
@@ -156,7 +157,8 @@ def merge_validation(aggregates: list[dict[str, Any]]) -> dict[str, Any]:
     for agg in aggregates:
         add_counts(reasons, agg["reject_reasons"])
         for kind, fig in agg["by_kind"].items():
-            slot = by_kind.setdefault(kind, {"checked": 0, "samples": 0, "kept": 0, "rejects": {}})
+            slot = by_kind.setdefault(kind, {"checked": 0, "samples": 0, "kept": 0, "rejects": {},
+                                             "method": fig.get("method", "none")})
             for f in ("checked", "samples", "kept"):
                 slot[f] += fig[f]
             add_counts(slot["rejects"], fig["rejects"])
