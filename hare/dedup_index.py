@@ -460,7 +460,8 @@ def quantizer_for(store: ObjectStore, cfg: DedupConfig, run_id: str, partition_i
         if have >= want:
             break
         _, _, vecs = split_features(_read(store, features_key(run_id, pid), ["id", "embedding"]))
-        sample.append(vecs)
+        if len(vecs):  # a partition the filters emptied has (0, 0) features: nothing to train on
+            sample.append(vecs)
         have += len(vecs)
     vecs = np.concatenate(sample) if sample else np.zeros((0, 1), np.float32)
     body = write_quantizer(store, train_quantizer(vecs, nlist), list_group_count(cfg, expected), "v1",

@@ -37,7 +37,7 @@ Verdicts = dict[int, tuple[Duplicate, str, str]]  # row -> (duplicate, its recor
 def apply_verdicts(records: pa.Table, verdicts: Verdicts) -> tuple[pa.Table, pa.Table]:
     """(kept, rejects): the rows with a verdict dropped, each naming what it duplicates."""
     dropped = sorted(verdicts)
-    mask = pa.array([i in verdicts for i in range(records.num_rows)])
+    mask = pa.array([i in verdicts for i in range(records.num_rows)], pa.bool_())  # typed: an emptied partition
     rejects = records.filter(mask)
     hits = [verdicts[i] for i in dropped]
     for name, values, typ in (
