@@ -345,10 +345,9 @@ def gather(store: ObjectStore, parts: Parts, orders: Iterable[int], columns: lis
             return {}
         rows = np.array([o & ((1 << ROW_BITS) - 1) for o in wanted])
         picked = t.take(pa.array(rows))
-        out = {}
-        for i, o in enumerate(wanted):
-            out[o] = {c: picked.column(c)[i].as_py() for c in columns}
-        return out
+        values = {c: _matrix(picked, c, np.uint32, len(rows)) if c == "minhash" else picked.column(c).to_pylist()
+                  for c in columns}  # signatures as one uint32 matrix, not Python ints
+        return {o: {c: values[c][i] for c in columns} for i, o in enumerate(wanted)}
 
     result: dict[int, dict[str, Any]] = {}
     with ThreadPoolExecutor(4) as pool:  # each read holds one partition's features
@@ -363,7 +362,7 @@ class Decision:
     prior_records: int
     candidates: int
     semantic_pairs: np.ndarray  # (query, member, cosine) rows the list search found (benchmarks read them)
-    seconds: dict[str, float]  # wall time of the near (exact + MinHash) and semantic parts
+    seconds: dict[str, float]  # wall time and peak RSS after the near (exact + MinHash) and semantic parts
 
 
 def decide(store: ObjectStore, cfg: DedupConfig, run_id: str, partition_ids: list[str]) -> Decision:
@@ -384,7 +383,7 @@ def decide(store: ObjectStore, cfg: DedupConfig, run_id: str, partition_ids: lis
         exact_pairs = exact_pairs[[info[int(a)]["id"] == info[int(b)]["id"] for a, b in exact_pairs]]
     edges = np.concatenate([exact_pairs, confirm_near(cands, sig_of, cfg.near_threshold)])
     dups = layer_verdicts(resolve_clusters(edges, parts.first_new), {o: v["id"] for o, v in info.items()}, sig_of)
-    near_done = time.perf_counter()
+    near_done, near_rss = time.perf_counter(), _peak_rss_mib()
     pairs = np.zeros((0, 3))
     if cfg.semantic:
         pairs = semantic_search(store, cfg, run_id, partition_ids, parts)
@@ -395,8 +394,15 @@ def decide(store: ObjectStore, cfg: DedupConfig, run_id: str, partition_ids: lis
         _, pid, row, _ = parts.locate(o)
         of_run, _, _, _ = parts.locate(d.of)
         verdicts[pid][row] = (d, names[d.of]["id"], of_run)
-    seconds = {"near": round(near_done - started, 2), "semantic": round(time.perf_counter() - near_done, 2)}
+    seconds = {"near": round(near_done - started, 2), "semantic": round(time.perf_counter() - near_done, 2),
+               "peak_rss_mib_near": near_rss, "peak_rss_mib_semantic": _peak_rss_mib()}
     return Decision(verdicts, published_records(store, exclude=run_id), len(cands) + len(exact_pairs), pairs, seconds)
+
+
+def _peak_rss_mib() -> float:
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 # --- semantic: the stored IVF index ---------------------------------------------------------------------
