@@ -183,14 +183,14 @@ def _cpu() -> float:
 def decide_child(store_url: str, run: int, pids: list[str], out: Path) -> None:
     """One run's decision and its publish into the index, in this (child) process."""
     from hare.config import DedupConfig
-    from hare.dedup_index import decide, publish_run
+    from hare.dedup_index import _peak_rss_mib, decide, publish_run
     from hare.store import open_store
 
     store, cfg, name = open_store(store_url), DedupConfig(), f"run-{run}"
     t0, c0 = time.perf_counter(), _cpu()
     decision = decide(store, cfg, name, pids)
     t1, c1 = time.perf_counter(), _cpu()
-    rss_after_decide = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss_after_decide = _peak_rss_mib()  # VmHWM: ru_maxrss would carry the forking parent's RSS
     ids = json.loads((out.parent / f"run{run}.ids.json").read_text())
     part = int(os.environ["BENCH_PART"])
     dropped = {pids.index(pid) * part + row for pid, v in decision.verdicts.items() for row in v}
@@ -202,7 +202,7 @@ def decide_child(store_url: str, run: int, pids: list[str], out: Path) -> None:
                 for pid, v in decision.verdicts.items() for row, (d, of_id, of_run) in v.items()]
     out.write_text(json.dumps({
         "decide_seconds": round(t1 - t0, 1), "decide_cpu_seconds": round(c1 - c0, 1), "parts_seconds": decision.seconds, "publish_seconds": round(t2 - t1, 1),
-        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mib": _peak_rss_mib(),
         "peak_rss_mib_decide": round(rss_after_decide, 1),
         "candidates": decision.candidates, "verdicts": verdicts,
         "semantic_pairs": decision.semantic_pairs.tolist()}))

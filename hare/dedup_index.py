@@ -400,9 +400,15 @@ def decide(store: ObjectStore, cfg: DedupConfig, run_id: str, partition_ids: lis
 
 
 def _peak_rss_mib() -> float:
-    import resource
+    """This process's peak RSS since it started its program (VmHWM: unlike ru_maxrss it does
+    not carry the RSS of the parent it was forked from)."""
+    try:
+        with open("/proc/self/status") as fh:
+            return round(next(int(ln.split()[1]) for ln in fh if ln.startswith("VmHWM:")) / 1024, 1)
+    except (OSError, StopIteration):
+        import resource
 
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 # --- semantic: the stored IVF index ---------------------------------------------------------------------
