@@ -102,7 +102,7 @@ def test_deployments_carry_schedule_defaults_and_descriptions(served: dict) -> N
     assert [s.schedule.cron for s in syn.schedules] == ["0 3 * * *"]
     assert syn.parameters == {"config_path": str(served["config"]), "store_url": served["store"]}
     props = syn.parameter_openapi_schema["properties"]
-    assert set(props) == {"config_path", "run_id", "store_url"}
+    assert set(props) == {"config_path", "run_id", "store_url", "allow_changed_inputs"}
     for name, prop in props.items():
         assert prop.get("description"), f"synthesize parameter {name} has no description"
         assert "default" in prop, f"synthesize parameter {name} has no default"
