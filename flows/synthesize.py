@@ -470,6 +470,7 @@ def run_synthesize(config_path: str, run_id: str | None = None, store_url: str |
 def run_rerun_failed(run_id: str, store_url: str, progress: bool = False,
                      allow_changed_inputs: bool = False) -> dict[str, Any]:
     """Check the run and its config exist, bring up the Prefect API and Ray, run the flow (``hare rerun``)."""
+    check_store(absolute_store_url(store_url))  # before run.json is read: one line, not retries
     cfg = config_of_run(store_url, run_id)
     _check_resumable(cfg, run_id, allow_changed_inputs)
     with _driver(cfg, run_id, progress):
@@ -481,6 +482,7 @@ def _check_resumable(cfg: RunConfig, run_id: str, allow_changed_inputs: bool) ->
     run id another live process holds (LeaseHeld naming it), is one line and exit 2."""
     from hare.lease import LeaseHeld, read_lease, run_lease_key
 
+    check_store(cfg.store.url)  # first: an unreachable store is one line (short budget), not retries
     store = open_store(cfg.store.url)
     check_resume_inputs(store, cfg, run_id, allow_changed_inputs, write=False)
     holder = read_lease(store, run_lease_key(run_id))
