@@ -24,7 +24,8 @@ def test_demo_run_then_diversity_notebook(tmp_path: Path, monkeypatch: pytest.Mo
     resolved = load_config(demo)
     raw["topics"]["path"] = str(resolved.topics.path)
     raw["axes"]["path"] = str(resolved.axes.path)
-    raw["decontamination"]["benchmarks"][0]["source"] = resolved.decontamination.benchmarks[0].source
+    for bench, done in zip(raw["decontamination"]["benchmarks"], resolved.decontamination.benchmarks):
+        bench["source"] = done.source  # every benchmark's path, resolved against configs/
     # 48 tokens cut every answer short: relax the rules that would drop everything at this size.
     raw["quality"] = {"drop_truncated": False, "require_answer": False, "min_words": {"default": 10}}
     raw.update(plan={"partitions": 2, "prompts_per_partition": 3},

@@ -168,7 +168,8 @@ def test_an_engine_resolves_its_model_by_spec_on_its_own_node(tmp_path: Path, mo
     node it runs on (HARE_CACHE_DIR of that node's processes)."""
     import inspect
 
-    assert list(inspect.signature(EngineActor.__init__).parameters) == ["self", "model_cfg"]
+    params = [p for p in inspect.signature(EngineActor.__init__).parameters if not p.startswith("_ray")]
+    assert params == ["self", "model_cfg"]  # (once Ray has wrapped the class, it adds _ray_trace_ctx)
     folder = tmp_path / "hf-model"
     folder.mkdir()
     (folder / "config.json").write_text('{"model_type": "llama"}')
