@@ -167,6 +167,17 @@ class ObjectStore(Protocol):
     def replace_if(self, key: str, data: bytes, version: str) -> bool: ...
 
 
+def _synced_temp(path: Path, data: bytes) -> Path:
+    """``data`` in a new temp file beside ``path``, flushed to disk: the one way a local write
+    starts, so a reader never sees half an object (it is then renamed or linked into place)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{random.getrandbits(32):08x}.tmp")
+    with open(tmp, "xb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return tmp
+
+
 class LocalStore:
     """A folder. Writes go to a temp file then ``os.replace`` so a reader never sees half."""
 
@@ -183,12 +194,7 @@ class LocalStore:
 
         def write() -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.{random.getrandbits(32):08x}.tmp")
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
+            os.replace(_synced_temp(path, data), path)
 
         self.retry.call(f"put {self.uri(key)}", lambda: _local_io(f"put {self.uri(key)}", write), (OSError,))
         return sha256_bytes(data)
@@ -269,11 +275,7 @@ class LocalStore:
 
         def create() -> bool:
             with self._folder_lock(path):
-                tmp = path.with_name(f".{path.name}.{os.getpid()}.{random.getrandbits(32):08x}.tmp")
-                with open(tmp, "xb") as fh:
-                    fh.write(data)
-                    fh.flush()
-                    os.fsync(fh.fileno())
+                tmp = _synced_temp(path, data)
                 try:
                     os.link(tmp, path)
                     return True
@@ -303,12 +305,7 @@ class LocalStore:
                     return False
                 if sha256_bytes(current) != version:
                     return False
-                tmp = path.with_name(f".{path.name}.{os.getpid()}.{random.getrandbits(32):08x}.tmp")
-                with open(tmp, "wb") as fh:
-                    fh.write(data)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, path)
+                os.replace(_synced_temp(path, data), path)
                 return True
 
         return self.retry.call(f"replace-if {self.uri(key)}", lambda: _local_io(
