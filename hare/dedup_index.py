@@ -31,7 +31,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Iterable, Iterator, TypeVar
+from typing import Any, Callable, Iterable, Iterator, TypeVar, Union
 
 import numpy as np
 import pyarrow as pa
@@ -114,14 +114,14 @@ def _read(store: ObjectStore, key: str, columns: list[str] | None = None) -> pa.
     return table
 
 
-StoreRef = "str | ObjectStore"  # a URL (Ray tasks reopen it) or, in one process, the store itself
+StoreRef = Union[str, ObjectStore]  # a URL (Ray tasks reopen it) or, in one process, the store itself
 
 
-def _open(ref: "str | ObjectStore") -> ObjectStore:
+def _open(ref: StoreRef) -> ObjectStore:
     return open_store(ref) if isinstance(ref, str) else ref
 
 
-def _ref(store: ObjectStore) -> "str | ObjectStore":
+def _ref(store: ObjectStore) -> StoreRef:
     """What a job carries: the URL where a Ray task can reopen it, else the store object."""
     import ray
 
@@ -290,7 +290,7 @@ def published_records(store: ObjectStore, exclude: str = "") -> int:
 
 @dataclass
 class GroupJob:
-    store: Any  # StoreRef
+    store: StoreRef
     run_id: str
     group: int
     parts: Parts
@@ -490,7 +490,7 @@ def store_rows(store: ObjectStore, key: str) -> int:
 
 @dataclass
 class ListJob:
-    store: Any  # StoreRef
+    store: StoreRef
     run_id: str
     partition_id: str
     version: str
@@ -521,7 +521,7 @@ def assign_partition(job: ListJob) -> None:
 
 @dataclass
 class SearchJob:
-    store: Any  # StoreRef
+    store: StoreRef
     run_id: str
     group: int
     version: str
@@ -622,7 +622,7 @@ def publish_run(store: ObjectStore, cfg: DedupConfig, run_id: str, partition_ids
 
 @dataclass
 class ReassignJob:
-    store: Any  # StoreRef
+    store: StoreRef
     run_id: str
     partition_id: str
     version: str
