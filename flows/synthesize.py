@@ -138,13 +138,16 @@ def _execute_run(cfg: RunConfig, run_id: str, allow_changed_inputs: bool) -> dic
     baseline_ids = [p for p in partition_ids if is_baseline(p)]
     _show_estimate(cfg, run_id, store)
     embedders = start_embedders(cfg, run_id)
+    engines = EnginePool(cfg, run_id)
     try:
         try:
-            streamed = _generate_and_stream(cfg, run_id, partition_ids)
-            dataset_ids += _top_up(cfg, run_id, dataset_ids, streamed)  # strata the record stages emptied
+            streamed = _generate_and_stream(cfg, run_id, partition_ids, engines, last=not cfg.plan.top_up_rounds)
+            dataset_ids += _top_up(cfg, run_id, dataset_ids, streamed, engines)  # strata the stages emptied
         except Exception as exc:  # engines could not start, Ray went away...: say so in run.json
             _fail(store, run_id, "failed", {"error": f"{type(exc).__name__}: {exc}"[:1000]})
             raise
+        finally:
+            engines.release()  # a top-up that ended early: the stages after it get the engines' CPUs/GPUs
         if streamed.failed:
             _fail(store, run_id, "incomplete", {"failed_partitions": sorted(streamed.failed),
                                                 "failures": streamed.failed, "generation": streamed.generation})
@@ -173,10 +176,12 @@ def _execute_run(cfg: RunConfig, run_id: str, allow_changed_inputs: bool) -> dic
     return {"run_id": run_id, "store": store.url, "flow_run_id": str(prefect_runtime.flow_run.id), **totals}
 
 
-def _top_up(cfg: RunConfig, run_id: str, dataset_ids: list[str], streamed: "Streamed") -> list[str]:
+def _top_up(cfg: RunConfig, run_id: str, dataset_ids: list[str], streamed: "Streamed",
+            engines: "EnginePool") -> list[str]:
     """Bounded rounds (``plan.top_up_rounds``) of top-up partitions for the strata whose records
     the streamed stages removed, each round generated and streamed like the plan's partitions
-    (tasks/plan.py: plan_top_up). Returns the ids added to the dataset's."""
+    (tasks/plan.py: plan_top_up) on the engines the plan's partitions used (loaded once per
+    run). Returns the ids added to the dataset's."""
     added: list[str] = []
     previous = dataset_ids
     for round_no in range(1, cfg.plan.top_up_rounds + 1):
@@ -185,7 +190,7 @@ def _top_up(cfg: RunConfig, run_id: str, dataset_ids: list[str], streamed: "Stre
         new_ids = plan_top_up(cfg, run_id, round_no, previous, [*dataset_ids, *added])
         if not new_ids:
             break
-        more = _generate_and_stream(cfg, run_id, new_ids)
+        more = _generate_and_stream(cfg, run_id, new_ids, engines, last=round_no == cfg.plan.top_up_rounds)
         streamed.failed.update(more.failed)
         streamed.generation.setdefault("top_up", []).append({"round": round_no, **more.generation})
         if not more.failed:
@@ -272,11 +277,42 @@ class StageChain:
             self.finished(_first_finished(self.futures()))
 
 
-def _generate_and_stream(cfg: RunConfig, run_id: str, partition_ids: list[str]) -> Streamed:
+class EnginePool:
+    """The run's engine actors: started by the first round that generates, kept for the top-up
+    rounds after it (a model load is ~25 s on the CPU and minutes for a large model on a GPU),
+    released when the last round's generation ends so the stages still running get their
+    CPUs/GPUs. An engine that left the pool in one round is not used in the next."""
+
+    def __init__(self, cfg: RunConfig, run_id: str) -> None:
+        self.cfg, self.run_id = cfg, run_id
+        self.handles: dict[str, Any] | None = None
+        self.starts = 0
+
+    def live(self) -> dict[str, Any]:
+        if self.handles is None:
+            self.handles = _start_engines(self.cfg, self.run_id)
+            self.starts += 1
+        return self.handles
+
+    def retire(self, names: list[str]) -> None:
+        for name in names:
+            if self.handles is not None and name in self.handles:
+                stop_engines({name: self.handles.pop(name)})
+
+    def release(self) -> None:
+        if self.handles is not None:
+            stop_engines(self.handles)
+            self.handles = None
+
+
+def _generate_and_stream(cfg: RunConfig, run_id: str, partition_ids: list[str], pool: EnginePool,
+                         last: bool = True) -> Streamed:
     """One generation task per partition, queued to the first engine with a free slot; behind
     each dataset partition that commits, its stage chain. While waiting for a generation to
-    finish the driver serves stage completions, so stages advance as soon as they can."""
-    engines = _start_engines(cfg, run_id)
+    finish the driver serves stage completions, so stages advance as soon as they can. ``last``:
+    no round of generation comes after this one, so the engines are released before the stages
+    drain (otherwise they wait, loaded, for the next round)."""
+    engines = pool.live()
     progress = RunProgress(run_id, len(partition_ids), list(engines), cfg.model.num_gpus)
     queue: EngineQueue[Any] = EngineQueue(list(engines), cfg.ray.partitions_in_flight_per_engine)
     chain = StageChain(cfg, run_id)
@@ -308,8 +344,13 @@ def _generate_and_stream(cfg: RunConfig, run_id: str, partition_ids: list[str]) 
             elif not is_baseline(done.partition_id):
                 chain.start(done.partition_id)
         generation = progress.totals(outcomes)
-    finally:
-        stop_engines(engines)  # their CPUs/GPUs go to the stages still running
+    except BaseException:
+        pool.release()
+        raise
+    pool.retire(queue.retired)
+    if last:
+        pool.release()  # their CPUs/GPUs go to the stages still running
+    generation["engine_starts"] = pool.starts
     chain.drain()
     if queue.retired:
         generation["engines_retired"] = queue.retired  # run.json says which engines left the pool

@@ -356,6 +356,11 @@ class ValidationConfig(_Strict):
     min_share: float = Field(default=0.6, gt=0, le=1, description="Share of the votes the majority answer needs.")
     problem_max_tokens: int = Field(default=160, ge=16, le=4096,
                                     description="Tokens for writing the problem before it is solved k times.")
+    answer_line: Literal["free", "guided"] = Field(
+        default="free",
+        description="free: a solution without a final-answer line gets no vote. guided: it is continued "
+                    "with 'Final answer:' and a value decoded under vLLM structured outputs (the template's "
+                    "answer.guided regex), so every sample that finished votes; the forced samples are recorded.")
     code: CodeCheckConfig = CodeCheckConfig()
     resources: StageResources = Field(default_factory=lambda: StageResources())
 
@@ -576,6 +581,8 @@ def _drop_unused_new_settings(content: dict[str, Any]) -> None:
     for section in ("cleanup", "validation"):
         if not content.get(section, {}).get("enabled"):
             content.pop(section, None)
+    if content.get("validation", {}).get("answer_line") == "free":
+        content["validation"].pop("answer_line")
     if not content.get("sampling", {}).get("by_kind"):
         content.get("sampling", {}).pop("by_kind", None)
     if not content.get("plan", {}).get("top_up_rounds"):

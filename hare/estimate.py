@@ -4,8 +4,14 @@ The plan is the real one (``build_plan``/``plan_report`` of ``tasks/plan.py``: d
 cheap, nothing is written). The cost is a throughput figure times the expected output tokens:
 
 * expected output tokens = all prompts (dataset + baseline) x tokens per prompt, where tokens per
-  prompt is the mean measured by earlier succeeded runs of the same model with the same
-  ``sampling.max_tokens``, else ``max_tokens x DEFAULT_FILL`` (stated under ``source``);
+  prompt is the mean measured by earlier succeeded runs of the same model with the same token
+  budget (:func:`budget_signature`: ``sampling.max_tokens``, the per-kind ``max_tokens``, the
+  self-consistency settings), else each kind's budget x ``DEFAULT_FILL`` (stated under
+  ``source``). A kind's budget is its ``max_tokens``; a self-consistency kind's is the problem
+  (``validation.problem_max_tokens``) plus k solutions (plus k forced answer lines);
+* top-up rounds (``plan.top_up_rounds``) add, at most, the prompts of the strata the stages
+  empty: prompts x r + prompts x r^2 ... with r the share of prompts the record stages removed
+  (:data:`DEFAULT_REMOVED_SHARE`, stated), at the dataset's tokens per prompt;
 * throughput = the median output tokens/s per engine (per GPU on a GPU) of earlier succeeded runs
   of the same model on the same kind of device (run.json ``summary.generation``), else a stated
   default per model size (:data:`CPU_DEFAULT`, :data:`GPU_DEFAULTS`), labelled "default, not
@@ -35,6 +41,14 @@ from hare.store import KeyNotFound, ObjectStore, StoreError, check_key_part
 # max_tokens on average. The demo's 135M model filled 0.69 of 256 (docs/benchmarks.md:
 # 11,312 tokens for 64 prompts); 0.8 leaves room for chattier models.
 DEFAULT_FILL = 0.8
+
+# Share of a round's prompts the record stages remove (what a top-up round re-plans) when no
+# figure is given: the demo's first round, SmolLM2-135M (docs/benchmarks.md#reasoning-kinds:
+# 21 of 48 planned prompts lost their record). A stronger model loses fewer.
+DEFAULT_REMOVED_SHARE = 0.45
+
+# Output tokens of a forced final-answer line (validation.answer_line: guided; its max_tokens).
+ANSWER_LINE_TOKENS = 16
 
 # run.json files read at most (the newest by the time stamp in the run id), so a big store
 # costs one listing and this many small reads.
@@ -199,25 +213,52 @@ def measured_throughput(store: ObjectStore | None, model_name: str, *, on_gpu: b
     }
 
 
-def measured_tokens_per_prompt(runs: list[dict[str, Any]], model_name: str, max_tokens: int) -> dict[str, Any] | None:
-    """Median, over earlier succeeded runs of the model with the same ``sampling.max_tokens``, of
-    their mean output tokens per dataset prompt (run.json ``summary.output_tokens``, the
-    dataset partitions' manifests, over ``plan.partitions x plan.prompts_per_partition``)."""
+def budget_signature(config: dict[str, Any]) -> str:
+    """What decides a run's output tokens per prompt besides the model, from a config as JSON
+    (``RunConfig.to_jsonable()`` or run.json ``config``): ``sampling.max_tokens``, each kind's
+    own ``max_tokens``, and the self-consistency settings when validation is on. Runs with the
+    same signature (and model) measure each other's tokens per prompt."""
+    sampling = config.get("sampling") or {}
+    by_kind = {k: v.get("max_tokens") for k, v in (sampling.get("by_kind") or {}).items()
+               if isinstance(v, dict) and v.get("max_tokens") is not None}
+    validation = config.get("validation") or {}
+    voted = ({f: validation.get(f) for f in ("k", "problem_max_tokens", "answer_line")}
+             if validation.get("enabled") else None)
+    return json.dumps({"max_tokens": sampling.get("max_tokens"), "by_kind": by_kind, "validation": voted},
+                      sort_keys=True)
+
+
+def prompt_budget(cfg: RunConfig, kind: str) -> int:
+    """Most output tokens one prompt of ``kind`` can cost: its ``max_tokens``; for a
+    self-consistency kind the problem plus k solutions (and k forced answer lines)."""
+    own = cfg.sampling.for_kind(kind).max_tokens
+    k = cfg.validation.samples(kind)
+    if k <= 1:
+        return own
+    lines = k * ANSWER_LINE_TOKENS if cfg.validation.answer_line == "guided" else 0
+    return cfg.validation.problem_max_tokens + k * own + lines
+
+
+def measured_tokens_per_prompt(runs: list[dict[str, Any]], model_name: str, signature: str) -> dict[str, Any] | None:
+    """Median, over earlier succeeded runs of the model with the same token budget
+    (:func:`budget_signature`), of their mean output tokens per dataset prompt (run.json
+    ``summary.output_tokens``, the dataset partitions' manifests, over ``plan.partitions x
+    plan.prompts_per_partition``)."""
     means, ids = [], []
     for info in _same_model(runs, model_name):
         cfg, summary = info["config"], info["summary"]
         plan = cfg.get("plan") or {}
         prompts = int(plan.get("partitions", 0)) * int(plan.get("prompts_per_partition", 0))
-        if (cfg.get("sampling") or {}).get("max_tokens") != max_tokens or not prompts or not summary.get("output_tokens"):
+        if budget_signature(cfg) != signature or not prompts or not summary.get("output_tokens"):
             continue
         means.append(summary["output_tokens"] / prompts)
         ids.append(info["run_id"])
     if not means:
         return None
-    return {"kind": "measured", "tokens_per_prompt": round(min(statistics.median(means), max_tokens), 2),
+    return {"kind": "measured", "tokens_per_prompt": round(statistics.median(means), 2),
             "runs": len(ids), "newest_run": max(ids, key=lambda r: (_stamp(r), r)),
             "detail": (f"measured: median mean output tokens per prompt of {len(ids)} earlier run(s) "
-                       f"of {model_name} with max_tokens={max_tokens}")}
+                       f"of {model_name} with the same token budget (max_tokens, per-kind max_tokens, k)")}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -239,14 +280,26 @@ def plan_summary(cfg: RunConfig, store: ObjectStore | None = None, *,
     if runs is None and store is not None:
         runs = scan_runs(store)
     max_tokens = cfg.sampling.max_tokens
-    measured = measured_tokens_per_prompt(runs or [], cfg.model.name, max_tokens)
+    budgets = {kind: prompt_budget(cfg, kind) for kind in report["kinds"]}
+    dataset_budget = sum(n * budgets[kind] for kind, n in report["kinds"].items())
+    measured = measured_tokens_per_prompt(runs or [], cfg.model.name, budget_signature(cfg.to_jsonable()))
     if measured is not None:
         per_prompt, source = measured["tokens_per_prompt"], measured
+        plan_tokens = total * per_prompt
     else:
-        per_prompt = max_tokens * DEFAULT_FILL
-        source = {"kind": "default", "fill_factor": DEFAULT_FILL,
-                  "detail": (f"default, not measured: max_tokens {max_tokens} x fill factor {DEFAULT_FILL} "
-                             f"(no earlier succeeded run of {cfg.model.name} with this max_tokens)")}
+        plan_tokens = (dataset_budget + report["baseline_prompts"] * max_tokens) * DEFAULT_FILL
+        per_prompt = plan_tokens / total if total else 0.0
+        voted = {k: n for k in report["kinds"] if (n := cfg.validation.samples(k)) > 1}
+        source = {"kind": "default", "fill_factor": DEFAULT_FILL, "budget_per_prompt": budgets,
+                  "detail": (f"default, not measured: each kind's token budget per prompt x fill factor "
+                             f"{DEFAULT_FILL} ({', '.join(f'{k} {b}' for k, b in budgets.items())}"
+                             + (f"; voted kinds: the problem + k solutions, k {voted}" if voted else "")
+                             + f"; no earlier succeeded run of {cfg.model.name} with this token budget)")}
+    prompts = report["prompts"]
+    dataset_per_prompt = (per_prompt if measured is not None or not prompts
+                          else dataset_budget * DEFAULT_FILL / prompts)
+    rounds = cfg.plan.top_up_rounds
+    top_up = round(sum(prompts * DEFAULT_REMOVED_SHARE ** i for i in range(1, rounds + 1)))
     return {
         "config": cfg.name,
         "config_hash": cfg.config_hash(),
@@ -266,7 +319,12 @@ def plan_summary(cfg: RunConfig, store: ObjectStore | None = None, *,
         "leaves_covered": sum(1 for n in report["leaves"].values() if n),
         "max_tokens": max_tokens,
         "expected_tokens_per_prompt": round(per_prompt, 2),
-        "expected_output_tokens": int(round(total * per_prompt)),
+        "top_up_rounds": rounds,
+        "expected_top_up_prompts": top_up,
+        "top_up_source": (f"default, not measured: up to {rounds} round(s), each re-planning the "
+                          f"{DEFAULT_REMOVED_SHARE:.0%} of the round before's prompts the record stages are "
+                          f"assumed to remove (the demo's measured share)") if rounds else "no top-up rounds",
+        "expected_output_tokens": int(round(plan_tokens + top_up * dataset_per_prompt)),
         "source": source,
     }
 
@@ -365,6 +423,8 @@ def _totals_rows(summary: dict[str, Any], est: dict[str, Any]) -> list[tuple[str
                        f"{summary['total_partitions']:,} (x {summary['prompts_per_partition']:,} prompts)"),
         ("leaves covered", f"{summary['leaves_covered']:,} of {summary['leaves']:,}"),
         ("tokens per prompt", f"{summary['expected_tokens_per_prompt']:,.1f} (max_tokens {summary['max_tokens']:,})"),
+        *([("top-up prompts", f"~{summary['expected_top_up_prompts']:,} in up to {summary['top_up_rounds']} "
+                              f"round(s), included below")] if summary.get("top_up_rounds") else []),
         ("expected output tokens", f"{summary['expected_output_tokens']:,}"),
         ("model", f"{est['model']} ({est['model_size']}, {est['device'].upper()})"),
         ("engines", f"{est['engines']} ({est['engines_from']})" + (
@@ -377,7 +437,10 @@ def _totals_rows(summary: dict[str, Any], est: dict[str, Any]) -> list[tuple[str
 
 
 def _sources(summary: dict[str, Any], est: dict[str, Any]) -> list[tuple[str, str]]:
-    return [("throughput", est["source"]["detail"]), ("tokens per prompt", summary["source"]["detail"])]
+    rows = [("throughput", est["source"]["detail"]), ("tokens per prompt", summary["source"]["detail"])]
+    if summary.get("top_up_rounds"):
+        rows.append(("top-up prompts", summary["top_up_source"]))
+    return rows
 
 
 _AXES = (("kind", "kinds"), ("audience", "audiences"), ("style", "styles"), ("domain", "domains"))

@@ -25,6 +25,9 @@ class AnswerSpec:
     format: str
     pattern: str
     type: str  # "number" | "text" | "code"
+    # The value after "Final answer:" as a regex for guided decoding (validation.answer_line:
+    # guided): a solution that ends without the line gets it forced, value and all.
+    guided: str | None = None
 
 
 @dataclass(frozen=True)

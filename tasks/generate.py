@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -73,6 +73,7 @@ class Solve:
     prompt_index: int
     sample: int
     problem: str
+    forced_answer: bool = False  # its final-answer line was forced (validation.answer_line: guided)
 
 
 def sample_seed(seed: int, sample: int) -> int:
@@ -103,6 +104,39 @@ def solve_requests(plan: pa.Table, first: list[GenerationResult], sampling: Samp
                                               sample_seed(row["seed"], j), j, own))
             solves.append(Solve(row["prompt_index"], j, problem))
     return requests, solves
+
+
+def answer_line_requests(solve_reqs: list[GenerationRequest], solutions: list[GenerationResult],
+                         solves: list[Solve], plan: pa.Table) -> list[GenerationRequest]:
+    """The third engine call (``validation.answer_line: guided``): each solution that finished
+    (``stop``) without a final-answer line the template's extractor finds is continued with
+    ``Final answer:`` and a value decoded under structured outputs (the template's
+    ``answer.guided`` regex), greedily: the randomness of a vote is in the solutions, the value
+    is the one the model reads off its own solution. Numbered like ``solve_reqs``."""
+    kinds = dict(zip(plan.column("prompt_index").to_pylist(), plan.column("kind").to_pylist()))
+    out: list[GenerationRequest] = []
+    for req, res, solve in zip(solve_reqs, solutions, solves):
+        tpl = template_for(kinds[solve.prompt_index])
+        if (res.error or res.finish_reason != "stop" or tpl.answer is None or not tpl.answer.guided
+                or tpl.extract_answer(res.text) is not None):
+            continue
+        own = (req.sampling or SamplingConfig()).model_copy(update={"max_tokens": 16, "temperature": 0.0})
+        out.append(GenerationRequest(req.prompt_index, req.system, req.prompt, req.seed, req.sample, own,
+                                     prefix=f"{res.text.rstrip()}\nFinal answer:", guided_regex=tpl.answer.guided))
+    return out
+
+
+def with_answer_lines(solutions: list[GenerationResult], forced: list[GenerationResult]) -> list[GenerationResult]:
+    """The solutions with each forced value appended as their ``Final answer:`` line (a forced
+    request that failed leaves its solution as it was: it then has no vote)."""
+    by_index = {r.prompt_index: r for r in forced if not r.error and r.text.strip()}
+    out = []
+    for r in solutions:
+        f = by_index.get(r.prompt_index)
+        out.append(r if f is None else GenerationResult(
+            r.prompt_index, f"{r.text.rstrip()}\nFinal answer: {f.text.strip()}", r.prompt_tokens,
+            r.output_tokens + f.output_tokens, r.finish_reason, r.error))
+    return out
 
 
 def _problem_failure(res: GenerationResult) -> str | None:
@@ -152,7 +186,8 @@ def records_from_results(
                 merged = GenerationResult(row["prompt_index"], text, sres.prompt_tokens,
                                           res.output_tokens + sres.output_tokens, sres.finish_reason, sres.error)
                 outputs.append((text, merged, {"seed": sample_seed(row["seed"], solve.sample), "sample": solve.sample,
-                                               "samples": k, "problem_seed": row["seed"]}))
+                                               "samples": k, "problem_seed": row["seed"],
+                                               **({"forced_answer": True} if solve.forced_answer else {})}))
         else:
             failure = _problem_failure(res) if ctx.voted(row["kind"]) and not res.error else None
             if failure is not None:
@@ -234,12 +269,24 @@ def generate_partition(cfg: RunConfig, run_id: str, partition_id: str, engine: s
         # self-consistency kinds: the problems written above are now solved k times each
         solve_reqs, solves = solve_requests(plan, results, cfg.sampling, cfg.validation)
         solved: list[tuple[Solve, GenerationResult]] = []
+        forced_stats: dict[str, int] = {}
         all_results = list(results)
         if solve_reqs:
             solutions, solve_seconds, gpu = call_engine(engine, solve_reqs, cfg.sampling, cfg.model)
             gen_seconds += solve_seconds
-            solved = list(zip(solves, sorted(solutions, key=lambda r: r.prompt_index)))
+            solutions = sorted(solutions, key=lambda r: r.prompt_index)
             all_results += solutions
+            forced_reqs = (answer_line_requests(solve_reqs, solutions, solves, plan)
+                           if cfg.validation.answer_line == "guided" else [])
+            if forced_reqs:
+                forced, forced_seconds, gpu = call_engine(engine, forced_reqs, cfg.sampling, cfg.model)
+                gen_seconds += forced_seconds
+                all_results += forced
+                done = {f.prompt_index for f in forced if not f.error and f.text.strip()}
+                solutions = with_answer_lines(solutions, forced)
+                solves = [replace(s, forced_answer=True) if i in done else s for i, s in enumerate(solves)]
+                forced_stats = {"forced_answers": len(done), "forced_failed": len(forced_reqs) - len(done)}
+            solved = list(zip(solves, solutions))
         info = ray.get(get_engine(engine).describe.remote(), timeout=cfg.model.call_timeout_s)
         voted = tuple(k for k in cfg.validation.k if cfg.validation.samples(k) > 1)
         ctx = RecordContext(run_id, partition_id, info["backend"], info["model"], info["model_revision"],
@@ -249,6 +296,7 @@ def generate_partition(cfg: RunConfig, run_id: str, partition_id: str, engine: s
             **generation_stats(all_results, gen_seconds),
             "prompts": plan.num_rows,
             **({"samples": len(solve_reqs)} if solve_reqs else {}),
+            **forced_stats,
             "records": kept.num_rows,
             "rejects": rejects.num_rows,
             "engine": engine,

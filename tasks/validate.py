@@ -96,6 +96,9 @@ def vote_group(rows: list[dict[str, Any]], cfg: RunConfig) -> tuple[dict[str, An
     answers = [normalize_answer(tpl.extract_answer(r["text"] or ""), tpl.answer.type) for r in rows]
     v = vote(answers, cfg.validation.min_share)
     outcome = {"method": "self_consistency", "min_share": cfg.validation.min_share, **v.as_json()}
+    forced = [i for i, r in enumerate(rows) if r.get("sampling") and json.loads(r["sampling"]).get("forced_answer")]
+    if forced:  # which samples' final-answer lines were forced (validation.answer_line: guided)
+        outcome["forced_answer_samples"] = forced
     if v.reason is not None:
         return rows[0], v.reason, outcome
     winners = [i for i, a in enumerate(answers) if a == v.majority]

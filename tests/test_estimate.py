@@ -17,8 +17,9 @@ import pytest
 
 from hare.config import ConfigError, load_config
 from hare.estimate import (
-    DEFAULT_FILL, card_section, default_throughput, estimate, measured_throughput, model_size_b,
-    plan_markdown, plan_summary, register, render_plan, scan_runs,
+    ANSWER_LINE_TOKENS, DEFAULT_FILL, DEFAULT_REMOVED_SHARE, budget_signature, card_section, default_throughput,
+    estimate, measured_throughput, model_size_b, plan_markdown, plan_summary, prompt_budget, register, render_plan,
+    scan_runs,
 )
 from hare.store import open_store
 from hare.tasks.plan import build_plan, is_baseline, split_partitions
@@ -279,3 +280,36 @@ def test_render_plan_and_markdown(tmp_path: Path) -> None:
     assert "| expected output tokens | 179 |" in md
     assert "## Prompts per kind" in md and "| explanation |" in md
     assert "default, not measured" in md
+
+
+def test_the_budget_counts_each_kinds_max_tokens_the_k_solutions_and_top_up_rounds(tmp_path: Path) -> None:
+    """A self-consistency kind costs its problem plus k solutions (plus k forced answer lines), a
+    kind with its own max_tokens costs that, and each top-up round re-plans the assumed removed
+    share of the round before."""
+    cfg = load_config(write_run_config(
+        tmp_path, axes={"kinds": ["math_word_problem", "explanation"]},
+        plan={"partitions": 2, "prompts_per_partition": 5, "top_up_rounds": 2},
+        sampling={"max_tokens": 16, "by_kind": {"math_word_problem": {"max_tokens": 40},
+                                                "explanation": {"max_tokens": 30}}},
+        validation={"enabled": True, "k": {"math_word_problem": 3}, "problem_max_tokens": 20,
+                    "answer_line": "guided"}))
+    assert prompt_budget(cfg, "math_word_problem") == 20 + 3 * 40 + 3 * ANSWER_LINE_TOKENS
+    assert prompt_budget(cfg, "explanation") == 30
+    s = plan_summary(cfg)
+    kinds = s["kinds"]
+    plan_tokens = (kinds["math_word_problem"] * 188 + kinds["explanation"] * 30 + s["baseline_prompts"] * 16) * DEFAULT_FILL
+    top_up = round(10 * DEFAULT_REMOVED_SHARE + 10 * DEFAULT_REMOVED_SHARE ** 2)
+    assert s["expected_top_up_prompts"] == top_up and s["top_up_rounds"] == 2
+    per_dataset_prompt = (kinds["math_word_problem"] * 188 + kinds["explanation"] * 30) * DEFAULT_FILL / 10
+    assert s["expected_output_tokens"] == round(plan_tokens + top_up * per_dataset_prompt)
+    assert "k {'math_word_problem': 3}" in s["source"]["detail"]
+    # an earlier run measures this one only with the same budget: other per-kind limits do not count
+    store = open_store(str(tmp_path / "store"))
+    run_id = fake_run(store, "a", 1, dataset_tokens=500)
+    info = json.loads(store.get_bytes(f"runs/{run_id}/run.json"))
+    assert plan_summary(cfg, store)["source"]["kind"] == "default"
+    info["config"] = {**cfg.to_jsonable(), "name": "a", "model": {"name": MODEL}}  # a vllm run of the model
+    store.put_bytes(f"runs/{run_id}/run.json", json.dumps(info).encode())
+    assert plan_summary(cfg, store)["source"]["kind"] == "measured"
+    assert budget_signature(cfg.to_jsonable()) != budget_signature(
+        {**cfg.to_jsonable(), "validation": {**cfg.to_jsonable()["validation"], "k": {"math_word_problem": 5}}})

@@ -62,3 +62,7 @@ def test_top_up_rounds_on_the_flow(tmp_path: Path) -> None:
     assert rejects, "the top-up partition is committed with its own rejects like any partition"
     info = json.loads(store.get_bytes(f"runs/{run_id}/run.json"))
     assert info["partitions"][-2:] == ["p00001", "p00002"]
+    generation = info["summary"]["generation"]
+    assert [r["engine_starts"] for r in generation["top_up"]] == [1, 1], \
+        "the engines loaded for the plan's partitions serve every top-up round: one start in the run"
+

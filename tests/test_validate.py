@@ -6,6 +6,7 @@ not a model."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,8 @@ import pytest
 from hare.backends.fake import DeterministicFakeBackend
 from hare.config import load_config
 from hare.schema import record_id
-from hare.tasks.generate import RecordContext, records_from_results, requests_from_plan, solve_requests
+from hare.tasks.generate import (RecordContext, answer_line_requests, records_from_results, requests_from_plan,
+                                 solve_requests, with_answer_lines)
 from hare.tasks.plan import build_plan
 from hare.tasks.validate import validate_table
 from tests.conftest import write_run_config
@@ -28,6 +30,11 @@ SCRIPTED = {
         {"Spaced": "SCRIPTED_ANSWERS=1,200|1200.0|7"},
     ]}},
 }
+# two samples end without a final-answer line ("-"): forced (answer_line: guided) they say 4 and 4
+FORCED = {
+    "version": 1,
+    "domains": {"Mathematics": {"Arithmetic": [{"Forced": "SCRIPTED_ANSWERS=-|-|4 SCRIPTED_GUIDED=4|4|9"}]}},
+}
 
 
 def _generate(cfg: Any) -> tuple[pa.Table, pa.Table, int]:
@@ -38,6 +45,12 @@ def _generate(cfg: Any) -> tuple[pa.Table, pa.Table, int]:
     first = backend.generate(requests_from_plan(plan, cfg.sampling, cfg.validation), cfg.sampling)
     reqs, solves = solve_requests(plan, first, cfg.sampling, cfg.validation)
     solutions = backend.generate(reqs, cfg.sampling)
+    forced_reqs = answer_line_requests(reqs, solutions, solves, plan) if cfg.validation.answer_line == "guided" else []
+    if forced_reqs:
+        forced = backend.generate(forced_reqs, cfg.sampling)
+        solutions = with_answer_lines(solutions, forced)
+        solves = [replace(s, forced_answer=True) if i in {f.prompt_index for f in forced} else s
+                  for i, s in enumerate(solves)]
     ctx = RecordContext("r", "p00000", backend.name, backend.model, backend.model_revision,
                         cfg.sampling.model_dump(exclude={"by_kind"}), cfg.sampling, ("math_word_problem",))
     kept, rejects = records_from_results(plan, first, ctx, list(zip(solves, solutions)))
@@ -100,6 +113,33 @@ def test_a_stricter_share_turns_the_majority_into_disagreement(voted_cfg: Any) -
     assert kept.num_rows == 0
     assert sorted(rejects.column("reject_reason").to_pylist()) == ["answer_disagreement", "answer_disagreement",
                                                                      "no_majority"]
+
+
+@pytest.mark.parametrize("answer_line", ["free", "guided"])
+def test_a_missing_final_answer_line_is_forced_only_when_guided(tmp_path: Path, answer_line: str) -> None:
+    cfg = load_config(write_run_config(
+        tmp_path, topics_doc=FORCED, axes={"audiences": ["a child"], "styles": ["a worked example"],
+                                           "kinds": ["math_word_problem"]},
+        plan={"partitions": 1, "prompts_per_partition": 1}, diversity={"baseline_prompts": 0},
+        validation={"enabled": True, "k": {"math_word_problem": 3}, "answer_line": answer_line}))
+    plan = build_plan(cfg)
+    first = DeterministicFakeBackend().generate(requests_from_plan(plan, cfg.sampling, cfg.validation), cfg.sampling)
+    reqs, solves = solve_requests(plan, first, cfg.sampling, cfg.validation)
+    forced = answer_line_requests(reqs, DeterministicFakeBackend().generate(reqs, cfg.sampling), solves, plan)
+    assert [r.sample for r in forced] == [0, 1], "only the samples without a final-answer line are continued"
+    assert all(r.prefix.endswith("\nFinal answer:") and r.guided_regex and r.sampling.temperature == 0.0
+               for r in forced)
+    generated, _, _ = _generate(cfg)
+    kept, rejects, _ = validate_table(generated, cfg)
+    if answer_line == "free":
+        assert kept.num_rows == 0 and rejects.column("reject_reason").to_pylist() == ["answer_disagreement"]
+        assert json.loads(rejects.column("validation")[0].as_py())["answers"] == [None, None, "4"]
+    else:
+        vote = json.loads(kept.column("validation")[0].as_py())
+        assert vote["answers"] == ["4", "4", "4"] and vote["forced_answer_samples"] == [0, 1]
+        assert [json.loads(s).get("forced_answer", False) for s in generated.column("sampling").to_pylist()] \
+            == [True, True, False], "each sample's lineage says whether its answer line was forced"
+        assert "answer_line" in cfg.to_jsonable()["validation"]
 
 
 def _code_table(texts: list[str]) -> pa.Table:

@@ -22,6 +22,8 @@ class GenerationRequest:
     seed: int
     sample: int = 0                          # j of the k samples of one prompt (self-consistency)
     sampling: SamplingConfig | None = None   # this request's kind's settings; None: the batch's
+    prefix: str = ""                          # the assistant's text so far: the output continues it
+    guided_regex: str | None = None           # structured outputs: the output must match this regex
 
 
 @dataclass(frozen=True)

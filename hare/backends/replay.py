@@ -456,6 +456,10 @@ class ReplayBackend:
         cap_words = max(1, math.floor(sampling.max_tokens / TOKENS_PER_WORD))
         out = []
         for r in requests:
+            if r.guided_regex or r.prefix:  # a corpus has no continuation to serve
+                out.append(GenerationResult(r.prompt_index, "", 0, 0, "error",
+                                            error="unsupported: the replay backend serves no continuation or structured output"))
+                continue
             text = self.replayer.text(r.prompt_index, r.seed, cap_words)
             finish = "stop"
             words = text.split()

