@@ -14,8 +14,10 @@ Plants, inserted in the middle of a random clean record, per benchmark:
 - question_one_word: the question alone with one word replaced (harder: a short question has
   few words to go on; reported beside the targets, not one of them);
 - reworded: question (GSM8K) or question and answer (TruthfulQA) reworded by hand,
-  ``--rewordings heldout`` (default: written after the settings were chosen, never tuned on) or
-  ``tuning`` (the sets the paraphrase settings were chosen on).
+  ``--rewordings heldout2`` (default: written on 2026-11-26 by someone who had not seen the
+  method or its settings, after the last change of either; never tuned on), ``heldout`` (the
+  first held-out sets: reported once, then their misses were studied for the near-verbatim
+  match and the stemmer, so they are tuning sets now) or ``tuning`` (the first tuning sets).
 Speed: the full check (n-grams, then paraphrase search) over the clean records on one core
 (torch limited to one thread, the embedder in this process), per wall second and per CPU second
 of this process (the per-core figure on a shared machine), with how many windows were embedded; and, side by side in one loop of interleaved rounds, hare's n-gram check beside a
@@ -49,7 +51,9 @@ BENCHMARKS = [
 ]
 REWORDINGS = {("gsm8k", "tuning"): "bench.data.gsm8k_reworded", ("gsm8k", "heldout"): "bench.data.gsm8k_reworded_heldout",
               ("truthfulqa", "tuning"): "bench.data.truthfulqa_reworded_tuning",
-              ("truthfulqa", "heldout"): "bench.data.truthfulqa_reworded_heldout"}
+              ("truthfulqa", "heldout"): "bench.data.truthfulqa_reworded_heldout",
+              ("gsm8k", "heldout2"): "bench.data.gsm8k_reworded_heldout2",
+              ("truthfulqa", "heldout2"): "bench.data.truthfulqa_reworded_heldout2"}
 # Replacement words for the one-word plants: ordinary words of all kinds, none a number.
 OTHER_WORDS = ("green", "river", "quickly", "seven", "table", "happy", "north", "stone", "music", "garden",
                "yellow", "carefully", "window", "bright", "winter", "paper", "horse", "silver", "gently", "market")
@@ -126,12 +130,16 @@ def speed(dec: Decontaminator, clean: list[dict], items: list, rounds: int = 5) 
            "full_check_cpu_s": round(full_cpu, 2), "full_check_mb_per_cpu_s": round(mb / full_cpu, 3),
            "windows_embedded": search.windows_embedded - windows0, "embed_calls": search.embed_calls - calls0}
     plain13 = set().union(*(ngrams(tokens(t), 13) for it in items for t in it.texts))
-    runs: dict[str, list[float]] = {"hare_ngram": [], "plain_set13": []}
+    runs: dict[str, list[float]] = {"hare_ngram": [], "plain_set13": [], "hare_near_verbatim": []}
     for _ in range(rounds):  # interleaved, so both see the same load
         t = time.perf_counter()
         for text, kind in zip(texts, kinds):
             dec.check_ngrams(text, kind)
         runs["hare_ngram"].append(mb / (time.perf_counter() - t))
+        t = time.perf_counter()
+        for text in texts:  # tokens included, as in the other two
+            dec.check_near_verbatim(tokens(text))
+        runs["hare_near_verbatim"].append(mb / (time.perf_counter() - t))
         t = time.perf_counter()
         for text in texts:
             words = text.lower().split()
@@ -148,7 +156,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--store", action="append", default=[], help="also take generated records from this store")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--rewordings", choices=["heldout", "tuning"], default="heldout")
+    p.add_argument("--rewordings", choices=["heldout2", "heldout", "tuning"], default="heldout2")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a decontamination setting, e.g. --set paraphrase_threshold=0.7")
     p.add_argument("--no-speed", action="store_true", help="recall and false positives only")

@@ -438,6 +438,10 @@ class DecontamConfig(_Strict):
     n_by_kind: dict[str, int] = Field(default_factory=dict, description="Override: N for a kind (before the two above).")
     overlap_threshold: float = Field(default=0.5, gt=0, le=1,
                                      description="Drop a record sharing more than this fraction of one item's n-grams.")
+    near_verbatim: bool = Field(default=True, description="Also match item sequences (whole items, fields of "
+                                "edit_min_words+) held with one word replaced, dropped or added.")
+    edit_min_words: int = Field(default=10, ge=10, description="Shortest item sequence matched near-verbatim "
+                                "(shorter ones are everyday phrases with one word changed).")
     paraphrase: bool = True
     paraphrase_threshold: float = Field(default=0.7, gt=0, le=1,
                                         description="Cosine similarity of a record window to an item.")
@@ -473,7 +477,9 @@ class DecontamConfig(_Strict):
                 f"{self.window_words or 'item-sized'} sentence windows sharing rare words with an item, confirmed by "
                 f"content words >= {self.confirm_threshold}/{self.confirm_without_numbers}, numbers >= "
                 f"{self.confirm_numbers} (sure at >= {self.paraphrase_sure})" if self.paraphrase else "no paraphrase search")
-        return f"n-grams {n}, overlap > {self.overlap_threshold}; {para}"
+        near = (f"; item sequences of {self.edit_min_words}+ words within one word edit"
+                if self.near_verbatim else "")
+        return f"n-grams {n}, overlap > {self.overlap_threshold}{near}; {para}"
 
 
 class EmbeddingConfig(_Strict):

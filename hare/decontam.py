@@ -16,6 +16,13 @@ the shortest gram length), the record is scanned once for ``a``-grams as a set o
 cost of the plain set-of-tuples reference), and only the rare anchor hits are checked at full
 length.
 
+Near-verbatim (:class:`EditIndex`): a short item with one word changed, added or dropped keeps
+none of its N-grams when the change falls in its middle (an 18-word item has 8 grams of 11
+words, and each covers the middle). So every item sequence of ``edit_min_words`` or more (the
+whole item, and each field that long) is also matched with at most one word edit: by the
+pigeonhole principle one of its two halves then occurs verbatim, so the halves are indexed
+(under their first words, as the grams are) and each hit is aligned and compared word by word.
+
 Paraphrases: :mod:`hare.paraphrase` (sentence windows sized to the items, a rare-word candidate
 filter, then embeddings of the candidate windows only).
 """
@@ -92,7 +99,7 @@ def item_length(item: BenchmarkItem) -> int:
 class Match:
     benchmark: str
     item_id: str
-    method: str  # "ngram" | "paraphrase"
+    method: str  # "ngram" | "near_verbatim" | "paraphrase"
     score: float
 
 
@@ -163,6 +170,78 @@ class NgramIndex:
         return best_item, best[0]
 
 
+def starts_within_one_edit(a: Sequence[str], b: Sequence[str]) -> bool:
+    """Whether ``b`` begins with ``a`` changed by at most one word: replaced, dropped, or one
+    word added."""
+    n, i = len(a), 0
+    while i < n and i < len(b) and a[i] == b[i]:
+        i += 1
+    if i == n:
+        return True
+    rest = list(a[i + 1:])
+    return (rest == list(b[i + 1:n])                   # replaced (or cut at the record's end)
+            or rest == list(b[i:n - 1])                # dropped
+            or list(a[i:]) == list(b[i + 1:n + 1]))    # one word added
+
+
+class EditIndex:
+    """Item sequences (whole items, and fields of ``min_words`` or more) found in a text with at
+    most one word replaced, dropped or added. One half of such a sequence occurs verbatim
+    (pigeonhole), so halves are filed under their first ``ANCHOR`` words, a text is scanned once
+    for its ``ANCHOR``-grams (``frozenset.isdisjoint``: no set is built for a clean text), and
+    each hit is aligned on the sequence and compared word by word."""
+
+    ANCHOR = 5
+
+    def __init__(self, items: Sequence[BenchmarkItem], min_words: int) -> None:
+        self.min_words = max(min_words, 2 * self.ANCHOR)
+        self.seqs: list[list[str]] = []
+        self.seq_item: list[int] = []
+        self.postings: dict[Gram, list[tuple[int, int]]] = {}  # anchor -> (sequence, offset of its half)
+        for i, item in enumerate(items):
+            fields = [tokens(t) for t in item.texts]
+            candidates = [[t for f in fields for t in f], *fields] if len(fields) > 1 else fields
+            seen: set[Gram] = set()
+            for seq in candidates:
+                if len(seq) < self.min_words or tuple(seq) in seen:
+                    continue
+                seen.add(tuple(seq))
+                s = len(self.seqs)
+                self.seqs.append(seq)
+                self.seq_item.append(i)
+                half = len(seq) // 2
+                for offset in (0, half):
+                    self.postings.setdefault(tuple(seq[offset:offset + self.ANCHOR]), []).append((s, offset))
+        self.keys = frozenset(self.postings)
+
+    def find(self, toks: Sequence[str]) -> tuple[int, float]:
+        """(item index, 1 - edits / length) of the first item sequence the tokens hold within one
+        word edit; (-1, 0) if none."""
+        a = self.ANCHOR
+        if self.keys.isdisjoint(zip(*[toks[i:] for i in range(a)])):
+            return -1, 0.0
+        toks = list(toks)
+        for pos in range(len(toks) - a + 1):
+            hits = self.postings.get(tuple(toks[pos:pos + a]))
+            if not hits:
+                continue
+            for s, offset in hits:
+                seq = self.seqs[s]
+                half = len(seq) // 2
+                if offset == 0:  # the first half verbatim here: the rest follows within one edit
+                    if toks[pos:pos + half] == seq[:half] and starts_within_one_edit(seq[half:], toks[pos + half:]):
+                        return self.seq_item[s], self._score(seq, toks[pos:pos + len(seq) + 1])
+                elif toks[pos:pos + len(seq) - half] == seq[half:]:  # the second half: the rest precedes it
+                    before = toks[max(0, pos - half - 1):pos][::-1]
+                    if starts_within_one_edit(seq[:half][::-1], before):
+                        return self.seq_item[s], self._score(seq, toks[max(0, pos - half - 1):pos + len(seq) - half])
+        return -1, 0.0
+
+    @staticmethod
+    def _score(seq: Sequence[str], window: Sequence[str]) -> float:
+        return 1.0 if " ".join(seq) in " ".join(window) else round(1 - 1 / len(seq), 4)
+
+
 def _field_grams(toks: Sequence[str], n: int, min_words: int) -> set[Gram]:
     if len(toks) >= n:
         return ngrams(toks, n)
@@ -184,6 +263,7 @@ class Decontaminator:
         for it, length in zip(self.items, self._lengths):
             lengths.setdefault(it.benchmark, []).append(length)
         self.n_by_benchmark = {name: percentile_n(ls, cfg) for name, ls in lengths.items()}
+        self.edits = EditIndex(self.items, cfg.edit_min_words) if cfg.near_verbatim else None
         self.paraphrases = ParaphraseSearch(cfg, self.items, self.embed) if self.embed is not None else None
 
     def n_for(self, kind: str) -> int | None:
@@ -211,6 +291,13 @@ class Decontaminator:
             return Match(self.items[item].benchmark, self.items[item].item_id, "ngram", round(overlap, 4))
         return None
 
+    def check_near_verbatim(self, toks: Sequence[str]) -> Match | None:
+        """An item sequence held with at most one word edit (:class:`EditIndex`), or None."""
+        if self.edits is None:
+            return None
+        item, score = self.edits.find(toks)
+        return Match(self.items[item].benchmark, self.items[item].item_id, "near_verbatim", score) if item >= 0 else None
+
     def check_paraphrases(self, texts: Sequence[str], toks: Sequence[Sequence[str]] | None = None) -> list[Match | None]:
         """A confirmed paraphrase per text, or None (hare/paraphrase.py)."""
         if self.paraphrases is None or not texts or not self.items:
@@ -220,9 +307,10 @@ class Decontaminator:
                                              round(f[1], 4)) for f in found]
 
     def check(self, texts: Sequence[str], kinds: Sequence[str]) -> list[Match | None]:
-        """One verdict per text: the n-gram match if any, else a confirmed paraphrase, else None."""
+        """One verdict per text: the n-gram match if any, else a near-verbatim one, else a confirmed
+        paraphrase, else None."""
         toks = [tokens(t) for t in texts]
-        found = [self.check_ngrams(t, k, tk) for t, k, tk in zip(texts, kinds, toks)]
+        found = [self.check_ngrams(t, k, tk) or self.check_near_verbatim(tk) for t, k, tk in zip(texts, kinds, toks)]
         rest = [i for i, m in enumerate(found) if m is None]
         for i, m in zip(rest, self.check_paraphrases([texts[i] for i in rest], [toks[i] for i in rest])):
             found[i] = m

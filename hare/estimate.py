@@ -1,7 +1,7 @@
 """What a run will cost, before it runs: ``hare plan CONFIG`` (a dry run with an estimate).
 
-The plan is the real one (``build_plan``/``plan_report`` of ``tasks/plan.py``: deterministic and
-cheap, nothing is written). The cost is a throughput figure times the expected output tokens:
+The plan is the real one (the allocation and partition ids of ``tasks/plan.py``: deterministic
+and cheap, nothing is written). The cost is a throughput figure times the expected output tokens:
 
 * expected output tokens = all prompts (dataset + baseline) x tokens per prompt, where tokens per
   prompt is the mean measured by earlier succeeded runs of the same model with the same token
@@ -269,14 +269,14 @@ def plan_summary(cfg: RunConfig, store: ObjectStore | None = None, *,
                  runs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Prompts per kind, domain, audience and style of the real plan, partitions, and the
     expected output tokens (with their ``source``: measured by earlier runs in ``store``, or
-    ``sampling.max_tokens x DEFAULT_FILL``)."""
-    from hare.tasks.plan import build_plan, is_baseline, plan_report, split_partitions
+    ``sampling.max_tokens x DEFAULT_FILL``). The counts come from the plan's allocation alone
+    (``count_plan``: no prompt is rendered), so a 10M-prompt plan is summed in seconds."""
+    from hare.tasks.plan import count_plan, is_baseline, plan_partition_ids
 
-    plan = build_plan(cfg)
-    report = plan_report(cfg, plan)
-    parts = split_partitions(plan)
+    report = count_plan(cfg).report(cfg)
+    parts = plan_partition_ids(cfg)
     baseline_parts = [p for p in parts if is_baseline(p)]
-    total = plan.num_rows
+    total = report["prompts"] + report["baseline_prompts"]
     if runs is None and store is not None:
         runs = scan_runs(store)
     max_tokens = cfg.sampling.max_tokens

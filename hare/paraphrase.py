@@ -6,8 +6,10 @@ and content words anyway (the confirmation step has always required that). So th
 first, through an inverted index over the benchmark, and only windows that pass are embedded;
 a record that shares no rare word with any item is never embedded.
 
-- Terms: numbers and content words (hare.decontam.key_terms), stemmed by a trailing "s" and the
-  first five letters so "cookie"/"cookies" and "origin"/"originate" meet.
+- Terms: numbers and content words (hare.decontam.key_terms), stemmed: an inflection's ending
+  off ("-ing", "-ed", "-es", "-s", "-ly"; "-ies" to "i"), a final "e" off, a final "y" to "i",
+  then the first five letters, so "cook"/"cooking"/"cooked", "make"/"making", "study"/"studies",
+  "cookie"/"cookies" and "origin"/"originate" meet.
 - Rare words: words outside the ``common_words`` most frequent English words. The frequency
   order is the embedder's own WordPiece vocabulary (all-MiniLM-L6-v2's ``vocab.txt``, whose
   whole words are listed by frequency in its Wikipedia and books corpus: "the", "of", "and"...),
@@ -55,10 +57,25 @@ GENERIC_MIN_TERMS = 3  # a generic item with fewer terms (question and answer) i
 MIN_QUESTION_TERMS = 3  # fewer: the answer's terms join the item's
 
 
+_INFLECTIONS = (("ies", "i"), ("ing", ""), ("ed", ""), ("es", ""), ("s", ""), ("ly", ""))
+
+
+@functools.lru_cache(maxsize=1 << 16)
 def stem(term: str) -> str:
+    """One key for a word's inflected forms: the ending off (when three letters are left), a
+    final "e" off, the first five letters. Crude on purpose: both sides of a comparison are
+    stemmed alike, and a candidate only decides what is embedded."""
     if term.isdigit():
         return term
-    return (term[:-1] if term.endswith("s") else term)[:5]
+    for suffix, back in _INFLECTIONS:
+        if term.endswith(suffix) and len(term) - len(suffix) >= 3:
+            term = term[:-len(suffix)] + back
+            break
+    if term.endswith("e") and len(term) > 3:
+        term = term[:-1]
+    if term.endswith("y") and len(term) > 3:
+        term = term[:-1] + "i"
+    return term[:5]
 
 
 def term_keys(toks: Sequence[str]) -> set[str]:

@@ -20,10 +20,11 @@ prompt with no priors, generated like the others and kept out of the dataset.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import random
 from collections import Counter
-from typing import Any, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import pyarrow as pa
 from prefect import task
@@ -91,13 +92,13 @@ def _least_used(counts: Counter, values: Sequence[str], rng: random.Random) -> s
 def allocate(
     leaves: Sequence[Leaf], audiences: Sequence[str], styles: Sequence[str], kinds: Sequence[str],
     total: int, seed: int,
-) -> list[tuple[Leaf, str, str, str]]:
-    """The stratified (leaf, audience, style, kind) of every prompt, in plan order."""
+) -> Iterator[tuple[Leaf, str, str, str]]:
+    """The stratified (leaf, audience, style, kind) of every prompt, in plan order, one at a
+    time (a 10M-prompt plan is never held whole)."""
     rng = random.Random(seed)
     slots = leaf_slots(leaves, total, rng)
     targets = kind_targets(slots, kinds)
     used_a, used_s, used_k = Counter(), Counter(), Counter()
-    out = []
     for leaf in slots:
         audience = _least_used(used_a, audiences, rng)
         style = _least_used(used_s, styles, rng)
@@ -110,8 +111,7 @@ def allocate(
         used_a[audience] += 1
         used_s[style] += 1
         used_k[kind] += 1
-        out.append((leaf, audience, style, kind))
-    return out
+        yield leaf, audience, style, kind
 
 
 def _row(i: int, pid: str, seed: int, tpl: PromptTemplate, prompt: str, leaf: Leaf | None,
@@ -125,13 +125,63 @@ def _row(i: int, pid: str, seed: int, tpl: PromptTemplate, prompt: str, leaf: Le
     }
 
 
-def build_plan(cfg: RunConfig) -> pa.Table:
-    """All prompt specs of the dataset (partitions ``p*``) and the baseline (``b*``)."""
+class PlanCounts:
+    """The plan report's counts (per domain, leaf, audience, style and kind), added up one
+    prompt at a time, so the report never needs the plan held whole."""
+
+    AXES = (("leaves", "topic_path"), ("audiences", "audience"), ("styles", "style"), ("kinds", "kind"))
+
+    def __init__(self) -> None:
+        self.prompts = self.baseline_prompts = 0
+        self.counts: dict[str, Counter[str]] = {name: Counter() for name, _ in self.AXES}
+
+    def add(self, topic_path: str, audience: str, style: str, kind: str) -> None:
+        self.prompts += 1
+        for (name, _), value in zip(self.AXES, (topic_path, audience, style, kind)):
+            self.counts[name][value] += 1
+
+    def add_table(self, plan: pa.Table) -> None:
+        """Count a plan table (dataset and baseline rows)."""
+        cols = {col: plan.column(col).to_pylist() for _, col in self.AXES}
+        for i, pid in enumerate(plan.column("partition_id").to_pylist()):
+            if is_baseline(pid):
+                self.baseline_prompts += 1
+            else:
+                self.add(*(cols[col][i] for _, col in self.AXES))
+
+    def report(self, cfg: RunConfig) -> dict[str, Any]:
+        """Planned counts per domain, leaf and axis value (the dataset's prompts, not the baseline)."""
+        leaves = load_taxonomy(cfg.topics.path, *cfg.topics.extra_paths)
+        axes = cfg.axes.resolve()
+        by_domain = Counter()
+        for path, n in self.counts["leaves"].items():
+            by_domain[path.split(" > ")[0]] += n
+        universe = {"leaves": [leaf.path for leaf in leaves], "audiences": axes.audiences,
+                    "styles": axes.styles, "kinds": axes.kinds}
+        return {
+            "prompts": self.prompts,
+            "baseline_prompts": self.baseline_prompts,
+            "allocation_rule": ALLOCATION_RULE,
+            "domains": {d: by_domain.get(d, 0) for d in dict.fromkeys(leaf.domain for leaf in leaves)},
+            **{name: {v: self.counts[name].get(v, 0) for v in universe[name]} for name, _ in self.AXES},
+        }
+
+
+def plan_partition_ids(cfg: RunConfig) -> list[str]:
+    """The plan's partition ids, dataset (``p*``) then baseline (``b*``), without building it."""
+    per = cfg.plan.prompts_per_partition
+    baseline = -(-cfg.diversity.baseline_prompts // per)
+    return [partition_id(i) for i in range(cfg.plan.partitions)] + [partition_id(j, "b") for j in range(baseline)]
+
+
+def plan_partitions(cfg: RunConfig, counts: PlanCounts | None = None) -> Iterator[tuple[str, pa.Table]]:
+    """Each partition's prompt specs, in plan order (dataset ``p*``, then baseline ``b*``), built
+    one partition at a time; ``counts`` adds up the plan report on the way."""
     leaves = load_taxonomy(cfg.topics.path, *cfg.topics.extra_paths)
     axes = cfg.axes.resolve()
     per = cfg.plan.prompts_per_partition
     total = cfg.plan.partitions * per
-    rows = []
+    rows: list[dict[str, Any]] = []
     for i, (leaf, audience, style, kind) in enumerate(
         allocate(leaves, axes.audiences, axes.styles, axes.kinds, total, cfg.seed)
     ):
@@ -140,9 +190,37 @@ def build_plan(cfg: RunConfig) -> pa.Table:
         prompt = tpl.render(topic=leaf.topic, description=leaf.description, topic_path=leaf.path,
                             audience=audience, style=style, problem_only=problem_only)
         rows.append(_row(i, partition_id(i // per), cfg.seed, tpl, prompt, leaf, audience, style, problem_only))
+        if counts is not None:
+            counts.add(leaf.path, audience, style, kind)
+        if len(rows) == per:
+            yield rows[0]["partition_id"], pa.Table.from_pylist(rows, schema=PLAN_SCHEMA)
+            rows = []
     for j in range(cfg.diversity.baseline_prompts):
         rows.append(_row(total + j, partition_id(j // per, "b"), cfg.seed, BASELINE, BASELINE.text, None, "", ""))
-    return pa.Table.from_pylist(rows, schema=PLAN_SCHEMA)
+        if counts is not None:
+            counts.baseline_prompts += 1
+        if len(rows) == per or j == cfg.diversity.baseline_prompts - 1:
+            yield rows[0]["partition_id"], pa.Table.from_pylist(rows, schema=PLAN_SCHEMA)
+            rows = []
+
+
+def count_plan(cfg: RunConfig) -> PlanCounts:
+    """The plan report's counts from the allocation alone (no prompt rendered): what the
+    estimate (``hare plan``) needs, cheap at any size."""
+    leaves = load_taxonomy(cfg.topics.path, *cfg.topics.extra_paths)
+    axes = cfg.axes.resolve()
+    counts = PlanCounts()
+    for leaf, audience, style, kind in allocate(leaves, axes.audiences, axes.styles, axes.kinds,
+                                                cfg.plan.partitions * cfg.plan.prompts_per_partition, cfg.seed):
+        counts.add(leaf.path, audience, style, kind)
+    counts.baseline_prompts = cfg.diversity.baseline_prompts
+    return counts
+
+
+def build_plan(cfg: RunConfig) -> pa.Table:
+    """All prompt specs of the dataset (partitions ``p*``) and the baseline (``b*``) as one
+    table: for tests and small plans; a run writes :func:`plan_partitions` one at a time."""
+    return pa.concat_tables([PLAN_SCHEMA.empty_table(), *(t for _, t in plan_partitions(cfg))])
 
 
 def split_partitions(plan: pa.Table) -> dict[str, pa.Table]:
@@ -162,27 +240,11 @@ def is_baseline(partition: str) -> bool:
 
 
 def plan_report(cfg: RunConfig, plan: pa.Table) -> dict[str, Any]:
-    """Planned counts per domain, leaf and axis value (the dataset's prompts, not the baseline)."""
-    rows = [r for r in plan.to_pylist() if not is_baseline(r["partition_id"])]
-    leaves = load_taxonomy(cfg.topics.path, *cfg.topics.extra_paths)
-
-    def counts(key: str, universe: Sequence[str]) -> dict[str, int]:
-        c = Counter(r[key] for r in rows)
-        return {v: c.get(v, 0) for v in universe}
-
-    axes = cfg.axes.resolve()
-    domains = list(dict.fromkeys(leaf.domain for leaf in leaves))
-    by_domain = Counter(r["topic_path"].split(" > ")[0] for r in rows)
-    return {
-        "prompts": len(rows),
-        "baseline_prompts": plan.num_rows - len(rows),
-        "allocation_rule": ALLOCATION_RULE,
-        "domains": {d: by_domain.get(d, 0) for d in domains},
-        "leaves": counts("topic_path", [leaf.path for leaf in leaves]),
-        "audiences": counts("audience", axes.audiences),
-        "styles": counts("style", axes.styles),
-        "kinds": counts("kind", axes.kinds),
-    }
+    """Planned counts per domain, leaf and axis value of a plan table (the dataset's prompts,
+    not the baseline)."""
+    counts = PlanCounts()
+    counts.add_table(plan)
+    return counts.report(cfg)
 
 
 def changed_inputs(recorded: dict[str, Any], current: dict[str, Any]) -> dict[str, dict[str, str]]:
@@ -263,17 +325,14 @@ def plan_run(cfg: RunConfig, run_id: str, allow_changed_inputs: bool = False) ->
     ids, dataset (``p*``) and baseline (``b*``).
     """
     store = open_store(cfg.store.url)
-    plan = build_plan(cfg)
-    parts = split_partitions(plan)
+    parts = plan_partition_ids(cfg)
     check_resume_inputs(store, cfg, run_id, allow_changed_inputs)
-    start_run(store, cfg, run_id, list(parts))
+    start_run(store, cfg, run_id, parts)
     record_inputs(store, cfg, run_id)
-    for pid, table in parts.items():
-        key = plan_key(run_id, pid)
-        data = to_parquet_bytes(table)
-        if not store.exists(key) or sha256_bytes(store.get_bytes(key)) != sha256_bytes(data):
-            store.put_bytes(key, data)
-    report = plan_report(cfg, plan)
+    counts = PlanCounts()
+    for pid, table in plan_partitions(cfg, counts):  # one partition in memory at a time
+        write_plan_partition(store, run_id, pid, table)
+    report = counts.report(cfg)
     store.put_bytes(plan_report_key(run_id), json.dumps(report, indent=2).encode())
     lineage.emit(
         store, run_id, "synthesize.plan", "COMPLETE",
@@ -286,6 +345,15 @@ def plan_run(cfg: RunConfig, run_id: str, allow_changed_inputs: bool = False) ->
 
 
 # --- Top-up: the plan holds for the published dataset, not only for the prompts -------------
+
+def write_plan_partition(store: Any, run_id: str, pid: str, table: pa.Table) -> None:
+    """Write one partition's prompt specs, unless the same bytes are there (a resume rewrites
+    nothing; a half-written plan from an interrupted start is completed)."""
+    key = plan_key(run_id, pid)
+    data = to_parquet_bytes(table)
+    if not store.exists(key) or sha256_bytes(store.get_bytes(key)) != sha256_bytes(data):
+        store.put_bytes(key, data)
+
 
 def kept_prompts(store: Any, cfg: RunConfig, run_id: str, partition_ids: list[str]) -> set[int]:
     """Prompt indices whose record survived the streamed record stages (the records dedup reads,
@@ -302,39 +370,54 @@ def kept_prompts(store: Any, cfg: RunConfig, run_id: str, partition_ids: list[st
     return out
 
 
-def top_up_rows(cfg: RunConfig, previous: list[dict[str, Any]], kept: set[int], first_index: int,
-                first_partition: int) -> list[dict[str, Any]]:
-    """One new prompt for every row of ``previous`` whose record the stages removed, in the same
-    stratum (leaf, audience, style, kind), with its own index and seed (so a new sample, not the
-    same text again), cut into partitions numbered after the last. Deterministic from the rows
-    and what was kept, so a resume plans the same top-up partitions and finds them committed."""
+def iter_top_up_rows(cfg: RunConfig, removed: Iterable[dict[str, Any]], first_index: int,
+                     first_partition: int) -> Iterator[dict[str, Any]]:
+    """One new prompt for every plan row in ``removed`` (rows whose record the stages removed),
+    in the same stratum (leaf, audience, style, kind), with its own index and seed (so a new
+    sample, not the same text again), cut into partitions numbered after the last. Deterministic
+    from the rows, so a resume plans the same top-up partitions and finds them committed."""
     leaves = {leaf.path: leaf for leaf in load_taxonomy(cfg.topics.path, *cfg.topics.extra_paths)}
     per = cfg.plan.prompts_per_partition
-    rows = []
-    for row in (r for r in previous if r["prompt_index"] not in kept):
-        i = first_index + len(rows)
+    for n, row in enumerate(removed):
         leaf, tpl = leaves[row["topic_path"]], template_for(row["kind"])
         problem_only = cfg.validation.samples(row["kind"]) > 1
         prompt = tpl.render(topic=leaf.topic, description=leaf.description, topic_path=leaf.path,
                             audience=row["audience"], style=row["style"], problem_only=problem_only)
-        rows.append(_row(i, partition_id(first_partition + len(rows) // per), cfg.seed, tpl, prompt, leaf,
-                         row["audience"], row["style"], problem_only))
-    return rows
+        yield _row(first_index + n, partition_id(first_partition + n // per), cfg.seed, tpl, prompt, leaf,
+                   row["audience"], row["style"], problem_only)
 
 
-def _read_plan_rows(store: Any, run_id: str, partition_ids: list[str]) -> list[dict[str, Any]]:
+def top_up_rows(cfg: RunConfig, previous: Iterable[dict[str, Any]], kept: set[int], first_index: int,
+                first_partition: int) -> list[dict[str, Any]]:
+    """:func:`iter_top_up_rows` of the rows of ``previous`` whose prompt index is not in ``kept``."""
+    return list(iter_top_up_rows(cfg, (r for r in previous if r["prompt_index"] not in kept),
+                                 first_index, first_partition))
+
+
+def _plan_rows(store: Any, run_id: str, pid: str) -> list[dict[str, Any]]:
     from hare.tables import from_parquet_bytes
 
-    rows: list[dict[str, Any]] = []
+    key = plan_key(run_id, pid)
+    return from_parquet_bytes(store.get_bytes(key), key).to_pylist()
+
+
+def _removed_rows(store: Any, cfg: RunConfig, run_id: str, partition_ids: list[str],
+                  tally: Counter[str]) -> Iterator[dict[str, Any]]:
+    """The plan rows of these partitions whose record the record stages removed, one partition
+    read at a time; ``tally["checked"]`` counts the rows looked at."""
     for pid in partition_ids:
-        key = plan_key(run_id, pid)
-        rows += from_parquet_bytes(store.get_bytes(key), key).to_pylist()
-    return rows
+        kept = kept_prompts(store, cfg, run_id, [pid])
+        rows = _plan_rows(store, run_id, pid)
+        tally["checked"] += len(rows)
+        yield from (r for r in rows if r["prompt_index"] not in kept)
 
 
-def _strata_deficit(rows: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
-    return {axis: dict(Counter(r[col] for r in rows)) for axis, col in
-            (("kind", "kind"), ("audience", "audience"), ("style", "style"), ("leaf", "topic_path"))}
+def _next_prompt_index(store: Any, run_id: str, partition_ids: list[str]) -> int:
+    """One past the largest prompt index of the run: indices grow with the partition number
+    within each prefix (plan ``p*``, baseline ``b*``, top-up ``p*`` after the plan), so the last
+    partition of each prefix holds its largest."""
+    last = {p[0]: p for p in sorted(partition_ids, key=lambda p: (p[0], int(p[1:])))}
+    return max(r["prompt_index"] for pid in last.values() for r in _plan_rows(store, run_id, pid)) + 1
 
 
 @task(name="plan-top-up")
@@ -348,22 +431,26 @@ def plan_top_up(cfg: RunConfig, run_id: str, round_no: int, previous_ids: list[s
     from hare.layout import run_json
 
     store = open_store(cfg.store.url)
-    previous = _read_plan_rows(store, run_id, previous_ids)
-    kept = kept_prompts(store, cfg, run_id, previous_ids)
-    everything = _read_plan_rows(store, run_id, all_ids)
-    first_index = max(r["prompt_index"] for r in everything) + 1
-    first_partition = max(int(p[1:]) for p in all_ids) + 1
-    rows = top_up_rows(cfg, previous, kept, first_index, first_partition)
-    parts = split_partitions(pa.Table.from_pylist(rows, schema=PLAN_SCHEMA)) if rows else {}
-    for pid, table in parts.items():
-        data = to_parquet_bytes(table)
-        key = plan_key(run_id, pid)
-        if not store.exists(key) or sha256_bytes(store.get_bytes(key)) != sha256_bytes(data):
-            store.put_bytes(key, data)
+    first_index = _next_prompt_index(store, run_id, all_ids)
+    first_partition = max(int(p[1:]) for p in all_ids if not is_baseline(p)) + 1
+    tally: Counter[str] = Counter()
+    deficit = PlanCounts()
+    parts: list[str] = []
+    buffer: list[dict[str, Any]] = []
+    rows = iter_top_up_rows(cfg, _removed_rows(store, cfg, run_id, previous_ids, tally), first_index, first_partition)
+    for row in itertools.chain(rows, [None]):  # a partition is written as soon as it is full (None: the end)
+        if buffer and (row is None or row["partition_id"] != buffer[0]["partition_id"]):
+            write_plan_partition(store, run_id, buffer[0]["partition_id"], pa.Table.from_pylist(buffer, schema=PLAN_SCHEMA))
+            parts.append(buffer[0]["partition_id"])
+            buffer = []
+        if row is not None:
+            buffer.append(row)
+            deficit.add(row["topic_path"], row["audience"], row["style"], row["kind"])
     report = json.loads(store.get_bytes(plan_report_key(run_id)))
     rounds = [r for r in report.get("top_up", []) if r["round"] < round_no]
-    rounds.append({"round": round_no, "partitions": list(parts), "checked": len(previous), "planned": len(rows),
-                   "deficit": _strata_deficit(rows)})
+    rounds.append({"round": round_no, "partitions": parts, "checked": tally["checked"], "planned": deficit.prompts,
+                   "deficit": {axis: dict(deficit.counts[name]) for axis, name in
+                               (("kind", "kinds"), ("audience", "audiences"), ("style", "styles"), ("leaf", "leaves"))}})
     report["top_up"] = rounds
     store.put_bytes(plan_report_key(run_id), json.dumps(report, indent=2).encode())
     if parts:
@@ -372,7 +459,7 @@ def plan_top_up(cfg: RunConfig, run_id: str, round_no: int, previous_ids: list[s
         store.put_bytes(run_json(run_id), json.dumps(info, indent=2).encode())
         lineage.emit(store, run_id, f"synthesize.plan.top-up-{round_no}", "COMPLETE",
                      outputs=[lineage.dataset(store.uri(plan_key(run_id, p))) for p in parts],
-                     facets={"stage": "plan", "top_up_round": round_no, "prompts": len(rows)})
+                     facets={"stage": "plan", "top_up_round": round_no, "prompts": deficit.prompts})
     return list(parts)
 
 

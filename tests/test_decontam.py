@@ -209,6 +209,31 @@ def test_short_items_are_caught_inside_long_records(both_items) -> None:
     assert dec.check_ngrams(HOST, "textbook") is None
 
 
+def test_one_word_changed_in_the_middle_of_a_short_item_is_caught_near_verbatim(both_items) -> None:
+    """A short QA item with its middle word replaced, dropped or doubled keeps none of its 11-grams
+    (every gram covers the middle); the near-verbatim match finds it, and a sequence with two
+    words changed, or a clean text, is not taken for it."""
+    dec = Decontaminator(DecontamConfig(paraphrase=False), both_items, None)
+    off = Decontaminator(DecontamConfig(paraphrase=False, near_verbatim=False), both_items, None)
+    tq = [it for it in both_items if it.benchmark == "truthfulqa" and len(tokens("\n".join(it.texts))) >= 16]
+    caught = 0
+    for it in random.Random(5).sample(tq, 30):
+        words = "\n".join(it.texts).split()
+        mid = len(words) // 2
+        for edited in (words[:mid] + ["zorbled"] + words[mid + 1:], words[:mid] + words[mid + 1:],
+                       words[:mid] + ["very", words[mid]] + words[mid + 1:]):
+            toks = tokens(middle(HOST, " ".join(edited)))
+            m = dec.check_near_verbatim(toks)
+            assert m is not None and (m.benchmark, m.item_id, m.method) == ("truthfulqa", it.item_id, "near_verbatim")
+            assert 0.9 <= m.score <= 1
+            caught += off.check_ngrams(" ".join(toks), "textbook") is None
+        every_fourth = [w if k % 4 != 2 else "zorbled" for k, w in enumerate(words)]  # 2+ edits in any 10 words
+        assert dec.check_near_verbatim(tokens(middle(HOST, " ".join(every_fourth)))) is None
+    assert caught >= 10, "edits the n-grams miss (the other field too short to count alone): found near-verbatim"
+    assert dec.check_near_verbatim(tokens(HOST)) is None
+    assert off.check_near_verbatim(tokens(middle(HOST, "\n".join(tq[0].texts)))) is None
+
+
 def test_tokens_fast_path_matches_the_regular_expression() -> None:
     import re
     import unicodedata
