@@ -23,9 +23,15 @@ a record that shares no rare word with any item is never embedded.
   current president of the United States? I have no comment.") has everyone's words, so a
   window needs all but one of its terms (question and answer, at least three); one with fewer
   than three ("Are all Muslims Muslims?") is left to the n-gram check.
-- Windows fit the items: sentences, and runs of sentences reaching the benchmark's typical item
-  length (its median item in words for short QA, where an item is compared as question plus
-  answer; the median question otherwise), so a short item is not diluted in a 48-word window.
+- Two more ways in, both stricter on the words than on rarity: a window holding two or more of
+  an item's rare words needs no share of its other terms (a rewording keeps "Taiping" and
+  "rebellion" and rephrases the rest), and one holding at least ``DENSE_SHARE`` of an item's
+  terms (four or more) needs no rare word (a rewording that replaced the rare words, "consensus"
+  by "agree", keeps nearly all the others).
+- Windows fit the items: sentences, pairs of sentences (a short QA item is a question and its
+  answer), and runs of sentences reaching the benchmark's typical item length (its median item
+  in words for short QA, where an item is compared as question plus answer; the median question
+  otherwise), so a short item is not diluted in a 48-word window.
 - A window's similarity is taken to its candidate items only (question, and question plus answer
   for short items); a match needs ``paraphrase_threshold`` and, for items with two or more
   numbers, ``confirm_numbers`` of them unless the similarity reaches ``paraphrase_sure``.
@@ -38,6 +44,7 @@ import hashlib
 import math
 import re
 import statistics
+from collections import Counter
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -55,6 +62,8 @@ SHORT_ITEM_WORDS = 40  # a benchmark whose median item is this short is matched 
 EMBED_CHUNK = 16  # texts per embedder call
 GENERIC_MIN_TERMS = 3  # a generic item with fewer terms (question and answer) is not searched
 MIN_QUESTION_TERMS = 3  # fewer: the answer's terms join the item's
+DENSE_SHARE = 0.75  # this share of an item's terms (and at least DENSE_MIN_TERMS) makes a candidate alone
+DENSE_MIN_TERMS = 4
 
 
 _INFLECTIONS = (("ies", "i"), ("ing", ""), ("ed", ""), ("es", ""), ("s", ""), ("ly", ""))
@@ -189,11 +198,18 @@ class ParaphraseSearch:
                                      if len(numbers) >= 2 else 0)
         self.postings: dict[str, list[int]] = {}  # rare stem -> items
         self.generic_postings: dict[str, list[int]] = {}  # any stem -> generic items
+        self.term_postings: dict[str, list[int]] = {}  # any stem -> items with DENSE_MIN_TERMS+ terms
+        self.dense_need: list[int] = []
         for j in range(len(self.items)):
             for t in self.anchors[j]:
                 self.postings.setdefault(t, []).append(j)
             for t in self.generic[j]:
                 self.generic_postings.setdefault(t, []).append(j)
+            dense = not self.generic[j] and len(self.terms[j]) >= DENSE_MIN_TERMS
+            self.dense_need.append(max(DENSE_MIN_TERMS, math.ceil(DENSE_SHARE * len(self.terms[j]) - 1e-9))
+                                   if dense else 0)
+            for t in self.terms[j] if dense else ():
+                self.term_postings.setdefault(t, []).append(j)
         self.generic_keys = frozenset(self.generic_postings)
         self.index_keys = frozenset(self.postings)
 
@@ -210,16 +226,24 @@ class ParaphraseSearch:
         hit = self.index_keys.intersection(self._rare_stems(words))
         keys = term_keys(words)
         generic_hit = self.generic_keys.intersection(keys)
-        if not hit and not generic_hit:
+        shared: Counter[int] = Counter(j for t in keys for j in self.term_postings.get(t, ()))
+        dense = {j for j, n in shared.items() if n >= self.dense_need[j]}
+        if not hit and not generic_hit and not dense:
             return []
-        seen = {j for t in hit for j in self.postings[t]} | {j for t in generic_hit for j in self.generic_postings[t]}
+        seen = ({j for t in hit for j in self.postings[t]} | {j for t in generic_hit for j in self.generic_postings[t]}
+                | dense)
         return [j for j in seen if self._passes(j, keys, hit)]
 
     def _passes(self, j: int, keys: set[str], rare: set[str]) -> bool:
+        """Whether a text (its terms ``keys``, its rare stems ``rare``) could be a rewording of item j."""
+        shared = len(self.terms[j] & keys)
         if self.generic[j]:
-            return len(self.terms[j] & keys) >= self.need[j]
-        return (len(self.terms[j] & keys) >= self.need[j] and not self.anchors[j].isdisjoint(rare)
-                and len(self.numbers[j] & keys) >= self.need_numbers[j])
+            return shared >= self.need[j]
+        if len(self.numbers[j] & keys) < self.need_numbers[j]:
+            return False
+        rare_shared = len(self.anchors[j] & rare)
+        return ((rare_shared >= 1 and shared >= self.need[j]) or rare_shared >= 2
+                or bool(self.dense_need[j]) and shared >= self.dense_need[j])
 
     def _item_vectors(self) -> np.ndarray:
         """Every item's vectors: from the machine's cache, else embedded and cached there."""
@@ -280,7 +304,7 @@ class ParaphraseSearch:
         for name in by_bench:
             width = self.window_words[name]
             for s in range(len(sents)):
-                spans.add((s, s + 1))
+                spans.update({(s, s + 1), (s, min(s + 2, len(sents)))})
                 words, e = 0, s
                 while e < len(sents) and words < width:
                     words += len(toks[e])
