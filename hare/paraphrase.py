@@ -23,11 +23,13 @@ a record that shares no rare word with any item is never embedded.
   current president of the United States? I have no comment.") has everyone's words, so a
   window needs all but one of its terms (question and answer, at least three); one with fewer
   than three ("Are all Muslims Muslims?") is left to the n-gram check.
-- Two more ways in, both stricter on the words than on rarity: a window holding two or more of
-  an item's rare words needs no share of its other terms (a rewording keeps "Taiping" and
-  "rebellion" and rephrases the rest), and one holding at least ``DENSE_SHARE`` of an item's
-  terms (four or more) needs no rare word (a rewording that replaced the rare words, "consensus"
-  by "agree", keeps nearly all the others).
+- One more way in, stricter on the words than on rarity: a window holding at least
+  ``DENSE_SHARE`` of an item's terms (four or more) needs no rare word (a rewording that
+  replaced the rare words, "consensus" by "agree", keeps nearly all the others). Two shared
+  rare words alone were tried and dropped: ordinary prose shares two rare words with some GSM8K
+  item often enough to embed 8x the windows.
+- Each candidate item gets its ``WINDOWS_PER_ITEM`` (2) best spans embedded, by most of its
+  terms then fewest words: a sentence, its pair and its run hold the same leak.
 - Windows fit the items: sentences, pairs of sentences (a short QA item is a question and its
   answer), and runs of sentences reaching the benchmark's typical item length (its median item
   in words for short QA, where an item is compared as question plus answer; the median question
@@ -64,6 +66,7 @@ GENERIC_MIN_TERMS = 3  # a generic item with fewer terms (question and answer) i
 MIN_QUESTION_TERMS = 3  # fewer: the answer's terms join the item's
 DENSE_SHARE = 0.75  # this share of an item's terms (and at least DENSE_MIN_TERMS) makes a candidate alone
 DENSE_MIN_TERMS = 4
+WINDOWS_PER_ITEM = 2  # spans embedded per (record, candidate item): the ones holding most of its terms
 
 
 _INFLECTIONS = (("ies", "i"), ("ing", ""), ("ed", ""), ("es", ""), ("s", ""), ("ly", ""))
@@ -198,7 +201,10 @@ class ParaphraseSearch:
                                      if len(numbers) >= 2 else 0)
         self.postings: dict[str, list[int]] = {}  # rare stem -> items
         self.generic_postings: dict[str, list[int]] = {}  # any stem -> generic items
-        self.term_postings: dict[str, list[int]] = {}  # any stem -> items with DENSE_MIN_TERMS+ terms
+        # Dense route: an item needing d of its n terms shares one of any n - d + 1 of them
+        # (pigeonhole), so it is filed under its n - d + 1 least common terms only: short
+        # posting lists, and no item that could pass is missed.
+        self.term_postings: dict[str, list[int]] = {}
         self.dense_need: list[int] = []
         for j in range(len(self.items)):
             for t in self.anchors[j]:
@@ -208,8 +214,12 @@ class ParaphraseSearch:
             dense = not self.generic[j] and len(self.terms[j]) >= DENSE_MIN_TERMS
             self.dense_need.append(max(DENSE_MIN_TERMS, math.ceil(DENSE_SHARE * len(self.terms[j]) - 1e-9))
                                    if dense else 0)
-            for t in self.terms[j] if dense else ():
-                self.term_postings.setdefault(t, []).append(j)
+        df = Counter(t for j in range(len(self.items)) if self.dense_need[j] for t in self.terms[j])
+        for j in range(len(self.items)):
+            if self.dense_need[j]:
+                rarest = sorted(self.terms[j], key=lambda t: (df[t], t))[:len(self.terms[j]) - self.dense_need[j] + 1]
+                for t in rarest:
+                    self.term_postings.setdefault(t, []).append(j)
         self.generic_keys = frozenset(self.generic_postings)
         self.index_keys = frozenset(self.postings)
 
@@ -226,8 +236,8 @@ class ParaphraseSearch:
         hit = self.index_keys.intersection(self._rare_stems(words))
         keys = term_keys(words)
         generic_hit = self.generic_keys.intersection(keys)
-        shared: Counter[int] = Counter(j for t in keys for j in self.term_postings.get(t, ()))
-        dense = {j for j, n in shared.items() if n >= self.dense_need[j]}
+        dense = {j for j in {j for t in keys for j in self.term_postings.get(t, ())}
+                 if len(self.terms[j] & keys) >= self.dense_need[j]}
         if not hit and not generic_hit and not dense:
             return []
         seen = ({j for t in hit for j in self.postings[t]} | {j for t in generic_hit for j in self.generic_postings[t]}
@@ -241,8 +251,7 @@ class ParaphraseSearch:
             return shared >= self.need[j]
         if len(self.numbers[j] & keys) < self.need_numbers[j]:
             return False
-        rare_shared = len(self.anchors[j] & rare)
-        return ((rare_shared >= 1 and shared >= self.need[j]) or rare_shared >= 2
+        return ((shared >= self.need[j] and not self.anchors[j].isdisjoint(rare))
                 or bool(self.dense_need[j]) and shared >= self.dense_need[j])
 
     def _item_vectors(self) -> np.ndarray:
@@ -310,13 +319,22 @@ class ParaphraseSearch:
                     words += len(toks[e])
                     e += 1
                 spans.add((s, e))
-        out = []
+        # Each candidate item keeps its WINDOWS_PER_ITEM best spans: most of its terms, then the
+        # fewest words (a span and the one sentence longer hold the same leak; embedding both
+        # doubles the cost, and the tighter one scores higher).
+        best: dict[int, list[tuple[int, int, int, int]]] = {}  # item -> (-shared, words, s, e)
+        wkeys_of: dict[tuple[int, int], set[str]] = {}
         for s, e in sorted(spans):
             wkeys = set().union(*keys[s:e])
-            passing = [j for j in cands if self._passes(j, wkeys, set().union(*rares[s:e]))]
-            if passing:
-                out.append((" ".join(sents[s:e]), passing, wkeys))
-        return out
+            for j in cands:
+                if self._passes(j, wkeys, set().union(*rares[s:e])):
+                    wkeys_of[(s, e)] = wkeys
+                    best.setdefault(j, []).append((-len(self.terms[j] & wkeys), sum(map(len, toks[s:e])), s, e))
+        kept: dict[tuple[int, int], list[int]] = {}
+        for j, ranked in best.items():
+            for _, _, s, e in sorted(ranked)[:WINDOWS_PER_ITEM]:
+                kept.setdefault((s, e), []).append(j)
+        return [(" ".join(sents[s:e]), items, wkeys_of[(s, e)]) for (s, e), items in sorted(kept.items())]
 
     def search(self, texts: Sequence[str], toks: Sequence[Sequence[str]] | None = None) -> list[tuple[int, float] | None]:
         """Per text: (item index, similarity) of its best confirmed paraphrase, or None."""
