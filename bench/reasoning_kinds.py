@@ -22,7 +22,6 @@ import json
 import platform
 import time
 from collections import Counter
-from dataclasses import replace
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -58,7 +57,7 @@ def run_kind(backend: Any, cfg: Any, kind: str) -> dict[str, Any]:
     forced_reqs = answer_line_requests(reqs, solutions, solves, plan) if reqs else []
     forced = backend.generate(forced_reqs, cfg.sampling) if forced_reqs else []
     seconds = time.perf_counter() - t0
-    done = {f.prompt_index for f in forced if not f.error and f.text.strip()}
+    guided = with_answer_lines(solutions, solves, forced) if reqs else None
     ctx = RecordContext("bench", "p00000", backend.name, backend.model, backend.model_revision,
                         cfg.sampling.model_dump(exclude={"by_kind"}), cfg.sampling, tuple(cfg.validation.k))
     out: dict[str, Any] = {"prompts": plan.num_rows, "samples": len(reqs) or plan.num_rows,
@@ -67,11 +66,10 @@ def run_kind(backend: Any, cfg: Any, kind: str) -> dict[str, Any]:
                            "problems_failed": sum(1 for r in first if r.error or r.finish_reason == "length")
                            if reqs else None,
                            "solutions_truncated": sum(1 for r in solutions if r.finish_reason == "length"),
-                           "forced_lines": len(done)}
+                           "forced_lines": guided[2]["forced_answers"] if guided else 0}
     variants = {"free": (solutions, solves)}
-    if reqs:
-        variants["guided"] = (with_answer_lines(solutions, forced),
-                              [replace(s, forced_answer=True) if i in done else s for i, s in enumerate(solves)])
+    if guided:
+        variants["guided"] = guided[:2]
     for name, (sols, slv) in variants.items():
         generated, gen_rejects = records_from_results(plan, first, ctx, list(zip(slv, sols)) if reqs else None)
         cleaned = Cleanup().process(cfg, "bench", "p00000", generated)

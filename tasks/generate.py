@@ -126,9 +126,11 @@ def answer_line_requests(solve_reqs: list[GenerationRequest], solutions: list[Ge
     return out
 
 
-def with_answer_lines(solutions: list[GenerationResult], forced: list[GenerationResult]) -> list[GenerationResult]:
-    """The solutions with each forced value appended as their ``Final answer:`` line (a forced
-    request that failed leaves its solution as it was: it then has no vote)."""
+def with_answer_lines(solutions: list[GenerationResult], solves: list[Solve], forced: list[GenerationResult],
+                      ) -> tuple[list[GenerationResult], list[Solve], dict[str, int]]:
+    """The solutions with each forced value appended as their ``Final answer:`` line, the
+    solves marked ``forced_answer``, and the counts for the manifest (a forced request that
+    failed leaves its solution as it was: it then has no vote)."""
     by_index = {r.prompt_index: r for r in forced if not r.error and r.text.strip()}
     out = []
     for r in solutions:
@@ -136,7 +138,8 @@ def with_answer_lines(solutions: list[GenerationResult], forced: list[Generation
         out.append(r if f is None else GenerationResult(
             r.prompt_index, f"{r.text.rstrip()}\nFinal answer: {f.text.strip()}", r.prompt_tokens,
             r.output_tokens + f.output_tokens, r.finish_reason, r.error))
-    return out
+    marked = [replace(s, forced_answer=True) if i in by_index else s for i, s in enumerate(solves)]
+    return out, marked, {"forced_answers": len(by_index), "forced_failed": len(forced) - len(by_index)}
 
 
 def _problem_failure(res: GenerationResult) -> str | None:
@@ -282,10 +285,7 @@ def generate_partition(cfg: RunConfig, run_id: str, partition_id: str, engine: s
                 forced, forced_seconds, gpu = call_engine(engine, forced_reqs, cfg.sampling, cfg.model)
                 gen_seconds += forced_seconds
                 all_results += forced
-                done = {f.prompt_index for f in forced if not f.error and f.text.strip()}
-                solutions = with_answer_lines(solutions, forced)
-                solves = [replace(s, forced_answer=True) if i in done else s for i, s in enumerate(solves)]
-                forced_stats = {"forced_answers": len(done), "forced_failed": len(forced_reqs) - len(done)}
+                solutions, solves, forced_stats = with_answer_lines(solutions, solves, forced)
             solved = list(zip(solves, solutions))
         info = ray.get(get_engine(engine).describe.remote(), timeout=cfg.model.call_timeout_s)
         voted = tuple(k for k in cfg.validation.k if cfg.validation.samples(k) > 1)

@@ -6,7 +6,6 @@ not a model."""
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -47,10 +46,7 @@ def _generate(cfg: Any) -> tuple[pa.Table, pa.Table, int]:
     solutions = backend.generate(reqs, cfg.sampling)
     forced_reqs = answer_line_requests(reqs, solutions, solves, plan) if cfg.validation.answer_line == "guided" else []
     if forced_reqs:
-        forced = backend.generate(forced_reqs, cfg.sampling)
-        solutions = with_answer_lines(solutions, forced)
-        solves = [replace(s, forced_answer=True) if i in {f.prompt_index for f in forced} else s
-                  for i, s in enumerate(solves)]
+        solutions, solves, _ = with_answer_lines(solutions, solves, backend.generate(forced_reqs, cfg.sampling))
     ctx = RecordContext("r", "p00000", backend.name, backend.model, backend.model_revision,
                         cfg.sampling.model_dump(exclude={"by_kind"}), cfg.sampling, ("math_word_problem",))
     kept, rejects = records_from_results(plan, first, ctx, list(zip(solves, solutions)))
