@@ -242,8 +242,8 @@ def prompt_budget(cfg: RunConfig, kind: str) -> int:
 def measured_tokens_per_prompt(runs: list[dict[str, Any]], model_name: str, signature: str) -> dict[str, Any] | None:
     """Median, over earlier succeeded runs of the model with the same token budget
     (:func:`budget_signature`), of their mean output tokens per dataset prompt (run.json
-    ``summary.output_tokens``, the dataset partitions' manifests, over ``plan.partitions x
-    plan.prompts_per_partition``)."""
+    ``summary.output_tokens``, the dataset partitions' manifests, less the top-up rounds' tokens
+    (``summary.generation.top_up``), over ``plan.partitions x plan.prompts_per_partition``)."""
     means, ids = [], []
     for info in _same_model(runs, model_name):
         cfg, summary = info["config"], info["summary"]
@@ -251,7 +251,9 @@ def measured_tokens_per_prompt(runs: list[dict[str, Any]], model_name: str, sign
         prompts = int(plan.get("partitions", 0)) * int(plan.get("prompts_per_partition", 0))
         if budget_signature(cfg) != signature or not prompts or not summary.get("output_tokens"):
             continue
-        means.append(summary["output_tokens"] / prompts)
+        # the plan's prompts only: a top-up round's tokens are the estimate's top-up term
+        top_up = sum(r.get("output_tokens", 0) for r in (summary.get("generation") or {}).get("top_up", []))
+        means.append((summary["output_tokens"] - top_up) / prompts)
         ids.append(info["run_id"])
     if not means:
         return None

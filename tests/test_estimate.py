@@ -94,6 +94,12 @@ def test_tokens_per_prompt_measured_by_earlier_runs_of_the_same_max_tokens(tmp_p
     assert s["source"]["newest_run"].startswith("c-")
     assert s["expected_tokens_per_prompt"] == 12
     assert s["expected_output_tokens"] == 14 * 12
+    # a run with a top-up round: its tokens are not the plan's prompts' (the top-up term counts them)
+    run_id = fake_run(store, "f", 6, dataset_tokens=300)
+    info = json.loads(store.get_bytes(f"runs/{run_id}/run.json"))
+    info["summary"]["generation"]["top_up"] = [{"round": 1, "output_tokens": 120}]
+    store.put_bytes(f"runs/{run_id}/run.json", json.dumps(info).encode())
+    assert plan_summary(cfg, store)["expected_tokens_per_prompt"] == 13.5  # median of 10, 12, 15, 15
 
 
 # --------------------------------------------------------------------------- earlier runs' figures
