@@ -174,44 +174,52 @@ def plan_partition_ids(cfg: RunConfig) -> list[str]:
     return [partition_id(i) for i in range(cfg.plan.partitions)] + [partition_id(j, "b") for j in range(baseline)]
 
 
+def _allocation(cfg: RunConfig) -> Iterator[tuple[Leaf, str, str, str]]:
+    """The config's allocation (:func:`allocate` over its taxonomy and axes), one prompt at a time."""
+    leaves = load_taxonomy(cfg.topics.path, *cfg.topics.extra_paths)
+    axes = cfg.axes.resolve()
+    total = cfg.plan.partitions * cfg.plan.prompts_per_partition
+    return allocate(leaves, axes.audiences, axes.styles, axes.kinds, total, cfg.seed)
+
+
+def _prompt_row(cfg: RunConfig, i: int, pid: str, leaf: Leaf, audience: str, style: str, kind: str) -> dict[str, Any]:
+    """The prompt spec of one stratum (a self-consistency kind asks for the problem only)."""
+    tpl = template_for(kind)
+    problem_only = cfg.validation.samples(kind) > 1
+    prompt = tpl.render(topic=leaf.topic, description=leaf.description, topic_path=leaf.path,
+                        audience=audience, style=style, problem_only=problem_only)
+    return _row(i, pid, cfg.seed, tpl, prompt, leaf, audience, style, problem_only)
+
+
+def by_partition_table(rows: Iterable[dict[str, Any]]) -> Iterator[tuple[str, pa.Table]]:
+    """Consecutive rows of one partition id as one table, a partition at a time."""
+    for pid, group in itertools.groupby(rows, key=lambda r: r["partition_id"]):
+        yield pid, pa.Table.from_pylist(list(group), schema=PLAN_SCHEMA)
+
+
 def plan_partitions(cfg: RunConfig, counts: PlanCounts | None = None) -> Iterator[tuple[str, pa.Table]]:
     """Each partition's prompt specs, in plan order (dataset ``p*``, then baseline ``b*``), built
     one partition at a time; ``counts`` adds up the plan report on the way."""
-    leaves = load_taxonomy(cfg.topics.path, *cfg.topics.extra_paths)
-    axes = cfg.axes.resolve()
+    counts = counts if counts is not None else PlanCounts()
     per = cfg.plan.prompts_per_partition
     total = cfg.plan.partitions * per
-    rows: list[dict[str, Any]] = []
-    for i, (leaf, audience, style, kind) in enumerate(
-        allocate(leaves, axes.audiences, axes.styles, axes.kinds, total, cfg.seed)
-    ):
-        tpl = template_for(kind)
-        problem_only = cfg.validation.samples(kind) > 1
-        prompt = tpl.render(topic=leaf.topic, description=leaf.description, topic_path=leaf.path,
-                            audience=audience, style=style, problem_only=problem_only)
-        rows.append(_row(i, partition_id(i // per), cfg.seed, tpl, prompt, leaf, audience, style, problem_only))
-        if counts is not None:
+
+    def rows() -> Iterator[dict[str, Any]]:
+        for i, (leaf, audience, style, kind) in enumerate(_allocation(cfg)):
             counts.add(leaf.path, audience, style, kind)
-        if len(rows) == per:
-            yield rows[0]["partition_id"], pa.Table.from_pylist(rows, schema=PLAN_SCHEMA)
-            rows = []
-    for j in range(cfg.diversity.baseline_prompts):
-        rows.append(_row(total + j, partition_id(j // per, "b"), cfg.seed, BASELINE, BASELINE.text, None, "", ""))
-        if counts is not None:
+            yield _prompt_row(cfg, i, partition_id(i // per), leaf, audience, style, kind)
+        for j in range(cfg.diversity.baseline_prompts):
             counts.baseline_prompts += 1
-        if len(rows) == per or j == cfg.diversity.baseline_prompts - 1:
-            yield rows[0]["partition_id"], pa.Table.from_pylist(rows, schema=PLAN_SCHEMA)
-            rows = []
+            yield _row(total + j, partition_id(j // per, "b"), cfg.seed, BASELINE, BASELINE.text, None, "", "")
+
+    return by_partition_table(rows())
 
 
 def count_plan(cfg: RunConfig) -> PlanCounts:
     """The plan report's counts from the allocation alone (no prompt rendered): what the
     estimate (``hare plan``) needs, cheap at any size."""
-    leaves = load_taxonomy(cfg.topics.path, *cfg.topics.extra_paths)
-    axes = cfg.axes.resolve()
     counts = PlanCounts()
-    for leaf, audience, style, kind in allocate(leaves, axes.audiences, axes.styles, axes.kinds,
-                                                cfg.plan.partitions * cfg.plan.prompts_per_partition, cfg.seed):
+    for leaf, audience, style, kind in _allocation(cfg):
         counts.add(leaf.path, audience, style, kind)
     counts.baseline_prompts = cfg.diversity.baseline_prompts
     return counts
@@ -379,12 +387,8 @@ def iter_top_up_rows(cfg: RunConfig, removed: Iterable[dict[str, Any]], first_in
     leaves = {leaf.path: leaf for leaf in load_taxonomy(cfg.topics.path, *cfg.topics.extra_paths)}
     per = cfg.plan.prompts_per_partition
     for n, row in enumerate(removed):
-        leaf, tpl = leaves[row["topic_path"]], template_for(row["kind"])
-        problem_only = cfg.validation.samples(row["kind"]) > 1
-        prompt = tpl.render(topic=leaf.topic, description=leaf.description, topic_path=leaf.path,
-                            audience=row["audience"], style=row["style"], problem_only=problem_only)
-        yield _row(first_index + n, partition_id(first_partition + n // per), cfg.seed, tpl, prompt, leaf,
-                   row["audience"], row["style"], problem_only)
+        yield _prompt_row(cfg, first_index + n, partition_id(first_partition + n // per), leaves[row["topic_path"]],
+                          row["audience"], row["style"], row["kind"])
 
 
 def top_up_rows(cfg: RunConfig, previous: Iterable[dict[str, Any]], kept: set[int], first_index: int,
@@ -436,16 +440,11 @@ def plan_top_up(cfg: RunConfig, run_id: str, round_no: int, previous_ids: list[s
     tally: Counter[str] = Counter()
     deficit = PlanCounts()
     parts: list[str] = []
-    buffer: list[dict[str, Any]] = []
     rows = iter_top_up_rows(cfg, _removed_rows(store, cfg, run_id, previous_ids, tally), first_index, first_partition)
-    for row in itertools.chain(rows, [None]):  # a partition is written as soon as it is full (None: the end)
-        if buffer and (row is None or row["partition_id"] != buffer[0]["partition_id"]):
-            write_plan_partition(store, run_id, buffer[0]["partition_id"], pa.Table.from_pylist(buffer, schema=PLAN_SCHEMA))
-            parts.append(buffer[0]["partition_id"])
-            buffer = []
-        if row is not None:
-            buffer.append(row)
-            deficit.add(row["topic_path"], row["audience"], row["style"], row["kind"])
+    for pid, table in by_partition_table(rows):  # written as each partition fills
+        write_plan_partition(store, run_id, pid, table)
+        deficit.add_table(table)
+        parts.append(pid)
     report = json.loads(store.get_bytes(plan_report_key(run_id)))
     rounds = [r for r in report.get("top_up", []) if r["round"] < round_no]
     rounds.append({"round": round_no, "partitions": parts, "checked": tally["checked"], "planned": deficit.prompts,
