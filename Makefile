@@ -27,9 +27,18 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export HARE_CACHE_DIR ?= $(CURDIR)/.hare/cache
 export PREFECT_HOME ?= $(CURDIR)/.hare/prefect
 
-.PHONY: venv demo test test-fast model notebook clean-demo
+.PHONY: venv sandbox-deps demo test test-fast model notebook clean-demo
 
-venv: $(STAMP)
+venv: $(STAMP) sandbox-deps
+
+# The code sandbox (hare/sandbox.py) needs bubblewrap and libseccomp (Debian packages). As root
+# with apt they are installed here; otherwise one line says what to install (configs with code
+# kinds are refused at load without them; the demo has none).
+sandbox-deps:
+	@command -v bwrap >/dev/null 2>&1 || { [ "$$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1 \
+	  && { apt-get install -y -qq bubblewrap libseccomp2 >/dev/null 2>&1 \
+	       || { apt-get update -qq && apt-get install -y -qq bubblewrap libseccomp2 >/dev/null; }; }; } \
+	  || echo "hare: bubblewrap is not installed (sudo apt-get install bubblewrap libseccomp2): code kinds will be refused"
 
 $(STAMP): pyproject.toml
 	@# A venv built for the other extra (VENV given by hand) is wiped, never installed over.

@@ -15,6 +15,10 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+# Bounds checked before an answer is parsed: a final answer is a number or a few words; a longer
+# one (or a number with a huge exponent) is no answer, never a parse that eats the worker.
+MAX_ANSWER_CHARS = 200
+MAX_EXPONENT = 100
 _ARTICLES = re.compile(r"^(?:the answer is|answer|it is|it's|the|a|an)\s+", re.I)
 _PUNCT = re.compile(r"[^\w\s.-]+")
 _WS = re.compile(r"\s+")
@@ -26,7 +30,7 @@ def normalize_answer(value: str | None, kind: str) -> str | None:
     """The comparable form of an extracted answer (``kind``: the template's answer type), or None
     when nothing usable is left. Numbers: commas, currency and trailing zeros dropped, so
     ``1,200.0`` == ``1200``. Text: lowercase, punctuation and leading articles dropped."""
-    if value is None:
+    if value is None or len(value) > MAX_ANSWER_CHARS:
         return None
     text = value.strip()
     if kind == "number":
@@ -35,8 +39,8 @@ def normalize_answer(value: str | None, kind: str) -> str | None:
             number = Decimal(text)
         except InvalidOperation:
             return None
-        if not number.is_finite():
-            return None
+        if not number.is_finite() or abs(number.adjusted()) > MAX_EXPONENT:
+            return None  # "1e999999999" would print a billion digits
         out = format(number.normalize(), "f")
         return "0" if out in ("-0", "") else out
     text = _PUNCT.sub(" ", text.lower())

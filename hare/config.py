@@ -100,6 +100,11 @@ class AxesConfig(_Strict):
         )
 
 
+# The most prompts one run may plan: the plan is built in the driver's memory, and 10^5 x 10^5
+# died of MemoryError after 18 s; 10^7 is 25x the cluster config and still a few GB of plan.
+MAX_PLANNED_PROMPTS = 10_000_000
+
+
 class PlanConfig(_Strict):
     """How many prompts, cut into how many partitions (a partition is the unit of commit)."""
 
@@ -109,6 +114,16 @@ class PlanConfig(_Strict):
         default=0, ge=0, le=5,
         description=("Rounds of top-up partitions after the record stages: each round plans prompts for the "
                      "strata (leaf, audience, style, kind) whose records the stages removed; 0: none."))
+
+    @model_validator(mode="after")
+    def _plan_fits_in_memory(self) -> "PlanConfig":
+        """Refuse at load a plan too big to build, rather than die of MemoryError mid-planning."""
+        total = self.partitions * self.prompts_per_partition
+        if total > MAX_PLANNED_PROMPTS:
+            raise ValueError(f"partitions: {self.partitions} x plan.prompts_per_partition {self.prompts_per_partition}"
+                             f" = {total} prompts, more than the {MAX_PLANNED_PROMPTS} a run may plan; "
+                             "plan fewer (or split the work into several runs)")
+        return self
 
 
 class KindSampling(_Strict):
@@ -166,18 +181,21 @@ class ModelConfig(_Strict):
         default="vllm", description="vllm; replay (serves texts of a corpus or dataset named by `source`, for "
                                     "benchmarks and re-running the stages over existing text); deterministic-fake (tests)")
     dtype: str = "float32"
-    max_model_len: int = Field(default=2048, ge=128)
-    max_num_seqs: int = Field(default=16, ge=1)
+    # Upper bounds: vLLM sizes per-sequence buffers (and its KV-cache check) from these, so an
+    # absurd value is refused here in one line instead of failing, or eating memory, at engine start.
+    max_model_len: int = Field(default=2048, ge=128, le=1_048_576,
+                               description="Context length of the engine (prompt + output), at most 2^20 tokens.")
+    max_num_seqs: int = Field(default=16, ge=1, le=4096, description="Sequences one engine batches, at most 4096.")
     gpu_memory_utilization: float = Field(default=0.85, gt=0.0, le=1.0)
-    tensor_parallel_size: int = Field(default=1, ge=1)
+    tensor_parallel_size: int = Field(default=1, ge=1, le=256)
     enforce_eager: bool = True
     replicas: int | None = Field(
-        default=None, ge=1,
+        default=None, ge=1, le=4096,
         description=("Engine actors (one engine each). null: one per `num_gpus` GPUs of the Ray cluster "
                      "(every GPU busy), or 1 when the engines run on CPUs."),
     )
     min_replicas: int = Field(
-        default=1, ge=1,
+        default=1, ge=1, le=4096,
         description=("With replicas null: start at least this many engines even when the cluster has fewer "
                      "GPUs right now (a GPU group autoscaled to 0): the pending engines make the Ray "
                      "autoscaler add GPU nodes (see scale_up_wait_s)."),
@@ -334,10 +352,24 @@ class CleanupConfig(_Strict):
 
 
 class CodeCheckConfig(_Strict):
-    """How generated code is run (hare/sandbox.py): a child process in a throwaway folder."""
+    """How generated code is run (hare/sandbox.py): the model's code is hostile, so it runs under
+    OS isolation (bubblewrap: new user, PID, mount, network, IPC and UTS namespaces, a seccomp
+    filter, rlimits, a size-capped tmpfs, an empty environment), killed whole at its limit."""
 
-    time_limit_s: float = Field(default=5.0, gt=0, le=300, description="Wall-clock limit; the process group is killed.")
-    memory_mb: int = Field(default=512, ge=64, description="Address-space limit of the child (RLIMIT_AS).")
+    isolation: Literal["bwrap", "none"] = Field(
+        default="bwrap",
+        description="bwrap: OS isolation (Debian/Ubuntu package 'bubblewrap'); a config with code kinds is "
+                    "refused at load where it cannot run. none: a plain child process with rlimits only, "
+                    "for a machine you throw away; the dataset card says so.")
+    time_limit_s: float = Field(default=5.0, gt=0, le=300, description="Wall-clock limit; the whole namespace is killed.")
+    memory_mb: int = Field(default=512, ge=64, le=65536, description="Address-space limit of each process (RLIMIT_AS).")
+    max_processes: int = Field(default=16, ge=1, le=1024,
+                               description="Processes the snippet may run at once (RLIMIT_NPROC in its user namespace).")
+    tmpfs_mb: int = Field(default=64, ge=1, le=4096, description="Size of the tmpfs that is its working folder.")
+    output_kb: int = Field(default=64, ge=1, le=65536,
+                           description="Bytes of stdout and of stderr read from it; more is killed (output_limit).")
+    max_code_chars: int = Field(default=20_000, ge=100, le=1_000_000,
+                                description="A code block longer than this is rejected (code_too_long) before it is parsed.")
     require_asserts: bool = Field(default=True,
                                   description="Code without an assert of its own checks nothing: rejected (code_unchecked).")
 
@@ -362,6 +394,8 @@ class ValidationConfig(_Strict):
                     "with 'Final answer:' and a value decoded under vLLM structured outputs (the template's "
                     "answer.guided regex), so every sample that finished votes; the forced samples are recorded.")
     code: CodeCheckConfig = CodeCheckConfig()
+    max_text_chars: int = Field(default=100_000, ge=1000, le=10_000_000,
+                                description="A longer text is rejected (too_long) before its answer or code is parsed.")
     resources: StageResources = Field(default_factory=lambda: StageResources())
 
     @field_validator("k")
@@ -589,6 +623,13 @@ def _drop_unused_new_settings(content: dict[str, Any]) -> None:
             content.pop(section, None)
     if content.get("validation", {}).get("answer_line") == "free":
         content["validation"].pop("answer_line")
+    validation = content.get("validation", {})
+    if validation.get("max_text_chars") == ValidationConfig.model_fields["max_text_chars"].default:
+        validation.pop("max_text_chars")
+    code = validation.get("code", {})
+    for name in ("isolation", "max_processes", "tmpfs_mb", "output_kb", "max_code_chars"):  # sandbox, 2026-12
+        if name in code and code[name] == CodeCheckConfig.model_fields[name].default:
+            code.pop(name)
     if not content.get("sampling", {}).get("by_kind"):
         content.get("sampling", {}).pop("by_kind", None)
     if not content.get("plan", {}).get("top_up_rounds"):
@@ -659,14 +700,34 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     return raw
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML parse error on one line: PyYAML's own text spans several (snippet, caret)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None)
+    if problem and mark is not None:
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return " ".join(str(exc).split())
+
+
 def _read_yaml(p: Path, what: str) -> dict[str, Any]:
-    """The top-level mapping of a YAML file; :class:`ConfigError` when missing or not one."""
+    """The top-level mapping of a YAML file; :class:`ConfigError` when missing or not one.
+
+    Every way the file can be unreadable (not UTF-8, not YAML, nested past the parser's
+    recursion limit) is one line naming the file and where, so the CLI never shows a traceback.
+    """
     if not p.is_file():
         raise ConfigError(f"{what} not found: {p}")
     try:
-        raw = yaml.safe_load(p.read_text())
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what} {p} is not UTF-8 text: byte 0x{exc.object[exc.start]:02x} at offset "
+                          f"{exc.start} ({exc.reason})") from None
+    except OSError as exc:
+        raise ConfigError(f"{what} {p} cannot be read: {exc.strerror or exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{what} {p} is not usable YAML: nested too deeply to parse") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{what} {p} is not valid YAML: {exc}") from exc
+        raise ConfigError(f"{what} {p} is not valid YAML: {_yaml_problem(exc)}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{what} {p}: expected a mapping at the top level")
     return raw
@@ -690,9 +751,33 @@ def load_config(path: str | os.PathLike[str], overrides: dict[str, Any] | None =
             raw[key] = value
     raw = _resolve_paths(raw, p.parent.resolve())
     try:
-        return RunConfig.model_validate(raw)
+        cfg = RunConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_format_errors(p, exc)) from None
+    _check_code_isolation(cfg, p)
+    return cfg
+
+
+def code_kinds(cfg: RunConfig) -> list[str]:
+    """The planned kinds whose records are checked by running their code (answer type ``code``)."""
+    from hare.prompts import TEMPLATES
+
+    return [k for k in cfg.axes.resolve().kinds
+            if k in TEMPLATES and TEMPLATES[k].answer is not None and TEMPLATES[k].answer.type == "code"]
+
+
+def _check_code_isolation(cfg: RunConfig, path: Path) -> None:
+    """Refuse, when the config loads, a run that would execute generated code without OS
+    isolation: one line saying why and what to install (``validation.code.isolation: none``
+    opts out on purpose)."""
+    if not cfg.validation.enabled or cfg.validation.code.isolation == "none" or not code_kinds(cfg):
+        return
+    from hare.sandbox import isolation_problem
+
+    problem = isolation_problem()
+    if problem:
+        raise ConfigError(f"{path}: kinds {code_kinds(cfg)} run generated code, but {problem}; "
+                          "or set validation.code.isolation: none on a machine you throw away")
 
 
 _S = TypeVar("_S", bound=BaseModel)

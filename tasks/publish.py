@@ -224,6 +224,18 @@ def _quality_section(report: dict[str, Any] | None) -> list[str]:
     return [*lines, ""]
 
 
+def _isolation_lines(isolation: str | None) -> list[str]:
+    """How the code records' snippets ran: under OS isolation, or (said loudly) without it."""
+    if not isolation:
+        return []
+    if "none" in isolation:
+        return ["**Code ran WITHOUT OS isolation** (`validation.code.isolation: none`, set on purpose): "
+                "a plain child process with rlimits only.", ""]
+    return ["Code ran under bubblewrap: its own user, PID, mount, network, IPC and UTS namespaces, a seccomp "
+            "filter, the interpreter and standard library read-only, an empty environment, a size-capped tmpfs, "
+            "rlimits on memory, CPU, files and processes; killed whole at its time limit.", ""]
+
+
 def _checks_section(cleanup: dict[str, Any] | None, validation: dict[str, Any] | None,
                     plan_report: dict[str, Any] | None) -> list[str]:
     """Cleanup (what chatter was stripped), answer validation per kind (self-consistency votes,
@@ -239,8 +251,8 @@ def _checks_section(cleanup: dict[str, Any] | None, validation: dict[str, Any] |
                   "Math word problems and logical deductions: the problem is written once and solved k times "
                   "(seeds from the plan); kept when the majority of the normalised final answers holds the configured "
                   "share, with the text of a majority solution. Code: run with its own asserts in a sandbox "
-                  "(time and memory limits, no network, a throwaway folder). Each record's `validation` column holds "
-                  "the vote or the sandbox outcome.", "",
+                  "(docs/sandbox.md). Each record's `validation` column holds the vote or the sandbox outcome.", "",
+                  *_isolation_lines(validation.get("code_isolation")),
                   "| kind | prompts checked | samples | kept | pass rate | rejects |", "|---|---|---|---|---|---|"]
         for kind, v in validation["by_kind"].items():
             rej = ", ".join(f"{r}: {n}" for r, n in sorted(v["rejects"].items())) or "-"

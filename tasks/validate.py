@@ -11,7 +11,10 @@
   (hare/sandbox.py: a child process with time and memory limits, no network, a throwaway
   folder); kept when it runs and its checks pass. Reject reasons: ``no_code``,
   ``code_unchecked`` (no assert of its own), ``copied_example`` (the template's example back),
-  ``code_syntax``, ``code_failed``, ``code_timeout``, ``code_memory``.
+  ``code_too_long`` (over ``validation.code.max_code_chars``, never parsed), ``code_syntax``,
+  ``code_failed``, ``code_timeout``, ``code_memory``, ``code_output_limit``.
+- Any kind: a text over ``validation.max_text_chars`` is a ``too_long`` reject before anything
+  parses it (a poison record is a reject with its reason, never a failed partition).
 - Other kinds pass through.
 
 Every kept record (and every reject) carries a ``validation`` column (JSON): the method and
@@ -27,9 +30,9 @@ from typing import Any
 import pyarrow as pa
 
 from hare.answers import normalize_answer, vote
-from hare.config import RunConfig
+from hare.config import CodeCheckConfig, RunConfig
 from hare.prompts import template_for
-from hare.sandbox import count_asserts, run_code
+from hare.sandbox import SandboxResult, count_asserts, run_code
 from hare.stage import StageResult, add_counts
 
 STAGE = "validate"
@@ -55,17 +58,31 @@ def _copies(code: str, example: str) -> bool:
     def names(src: str) -> set[str]:
         try:
             return {n.name for n in ast.walk(ast.parse(src)) if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
-        except (SyntaxError, ValueError):
+        except (SyntaxError, ValueError, RecursionError, MemoryError):
             return set()
 
     return bool(names(code) & names(example))
 
 
+def run_snippet(code: str, limits: CodeCheckConfig) -> SandboxResult:
+    """Run one code block the way the validate stage does: under ``validation.code``'s isolation
+    and limits (the escape tests call this very function)."""
+    return run_code(code, limits.time_limit_s, limits.memory_mb, isolation=limits.isolation,
+                    max_processes=limits.max_processes, tmpfs_mb=limits.tmpfs_mb, output_kb=limits.output_kb)
+
+
 def check_code(text: str, kind: str, cfg: RunConfig) -> tuple[str | None, dict[str, Any]]:
-    """(reject reason or None, the outcome stored in ``validation``) of one code record."""
+    """(reject reason or None, the outcome stored in ``validation``) of one code record.
+
+    Sizes are checked before anything parses the code: a block of 100k nested operators is a
+    ``code_too_long`` reject, never a MemoryError that fails the partition on every retry."""
     code = _code_of(text, kind)
     if not code:
         return "no_code", {"method": "sandbox", "status": "no_code"}
+    limits = cfg.validation.code
+    if len(code) > limits.max_code_chars:
+        return "code_too_long", {"method": "sandbox", "status": "too_long", "chars": len(code),
+                                 "max_code_chars": limits.max_code_chars}
     example = _code_of(template_for(kind).example, kind)
     if example and _copies(code, example):
         return "copied_example", {"method": "sandbox", "status": "copied_example"}
@@ -74,11 +91,10 @@ def check_code(text: str, kind: str, cfg: RunConfig) -> tuple[str | None, dict[s
         return "code_syntax", {"method": "sandbox", "status": "syntax"}
     if asserts == 0 and cfg.validation.code.require_asserts:
         return "code_unchecked", {"method": "sandbox", "status": "unchecked", "asserts": 0}
-    limits = cfg.validation.code
-    result = run_code(code, limits.time_limit_s, limits.memory_mb)
+    result = run_snippet(code, limits)
     outcome = {"method": "sandbox", "asserts": asserts, **result.as_json()}
-    reason = {"passed": None, "timeout": "code_timeout", "memory": "code_memory",
-              "syntax": "code_syntax"}.get(result.status, "code_failed")
+    reason = {"passed": None, "timeout": "code_timeout", "memory": "code_memory", "syntax": "code_syntax",
+              "output_limit": "code_output_limit"}.get(result.status, "code_failed")
     return reason, outcome
 
 
@@ -113,7 +129,9 @@ def validate_table(records: pa.Table, cfg: RunConfig) -> tuple[pa.Table, pa.Tabl
     groups: dict[int, list[dict[str, Any]]] = {}
     order: list[tuple[str, Any]] = []
     for i, row in enumerate(rows):
-        if cfg.validation.samples(row["kind"]) > 1:
+        if len(row["text"] or "") > cfg.validation.max_text_chars:
+            order.append(("too_long", i))
+        elif cfg.validation.samples(row["kind"]) > 1:
             if row["prompt_index"] not in groups:
                 order.append(("vote", row["prompt_index"]))
             groups.setdefault(row["prompt_index"], []).append(row)
@@ -126,6 +144,10 @@ def validate_table(records: pa.Table, cfg: RunConfig) -> tuple[pa.Table, pa.Tabl
         if what == "vote":
             row, reason, outcome = vote_group(groups[key], cfg)
             samples = len(groups[key])
+        elif what == "too_long":
+            row, samples = rows[key], 1
+            reason, outcome = "too_long", {"method": "size", "chars": len(row["text"] or ""),
+                                           "max_text_chars": cfg.validation.max_text_chars}
         else:
             row, samples = rows[key], 1
             if template_for(row["kind"]).answer is not None and template_for(row["kind"]).answer.type == "code":
@@ -150,6 +172,8 @@ def validate_table(records: pa.Table, cfg: RunConfig) -> tuple[pa.Table, pa.Tabl
         add_counts(reasons, slot["rejects"])
     aggregate = {"checked": len(order), "samples": len(rows), "kept": len(kept), "rejected": len(rejects),
                  "reject_reasons": reasons, "by_kind": by_kind}
+    if any(slot["method"] == "sandbox" for slot in by_kind.values()):
+        aggregate["code_isolation"] = cfg.validation.code.isolation  # the card says how code ran
     return (pa.Table.from_pylist(kept, schema=schema), pa.Table.from_pylist(rejects, schema=reject_schema), aggregate)
 
 
@@ -167,7 +191,9 @@ def merge_validation(aggregates: list[dict[str, Any]]) -> dict[str, Any]:
             add_counts(slot["rejects"], fig["rejects"])
     for slot in by_kind.values():
         slot["pass_rate"] = round(slot["kept"] / slot["checked"], 4) if slot["checked"] else None
-    return {"checked": sum(a["checked"] for a in aggregates), "samples": sum(a["samples"] for a in aggregates),
+    isolation = sorted({a["code_isolation"] for a in aggregates if a.get("code_isolation")})
+    return {**({"code_isolation": ", ".join(isolation)} if isolation else {}),
+            "checked": sum(a["checked"] for a in aggregates), "samples": sum(a["samples"] for a in aggregates),
             "kept": sum(a["kept"] for a in aggregates), "rejected": sum(a["rejected"] for a in aggregates),
             "reject_reasons": dict(sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))),
             "by_kind": dict(sorted(by_kind.items()))}

@@ -38,3 +38,11 @@ def test_problem_text_drops_a_solution_written_anyway() -> None:
         "Tom has 3 bags of 4 apples. How many apples?"
     assert problem_text("Ann, Ben and Cal each own a pet. Who owns the cat?") == \
         "Ann, Ben and Cal each own a pet. Who owns the cat?"
+
+
+def test_answers_are_size_checked_before_they_are_parsed() -> None:
+    """A number with a huge exponent would print a billion digits; a long answer is no answer."""
+    assert normalize_answer("1e999999999", "number") is None
+    assert normalize_answer("1e5", "number") == "100000"
+    assert normalize_answer("7" * 201, "number") is None
+    assert normalize_answer("a " * 150, "text") is None
