@@ -36,15 +36,15 @@ from hare.engine import CapacityError, start_engines, stop_engines
 from hare.models import ModelSourceError
 from hare.estimate import plan_and_estimate, plan_markdown, render_plan
 from hare.layout import estimate_key, records_key, run_json, run_prefix
-from hare.lease import hold_run
+from hare.lease import Lease, hold_run
 from hare.pool import EngineQueue
 from hare.runs import finish_run, new_run_id, read_run
 from hare.run_progress import terminal_view
-from hare.runtime import HareRayTaskRunner, StartupError, check_store, driver_runtime
+from hare.runtime import HareRayTaskRunner, StartupError, check_store, driver_runtime, mark_flow_run_crashed
 from hare.store import DEFAULT_STORE_URL, absolute_store_url, check_key_part, open_store
 from hare.embedders import start_embedders, stop_embedders
 from hare.manifest_index import load_manifests
-from hare.dedup_index import hold_index
+from hare.dedup_index import decision_gate, hold_index
 from hare.tasks.dedup import deduplicate
 from hare.tasks.diversity import measure_diversity
 from hare.tasks.generate import generate_partition
@@ -117,8 +117,22 @@ def execute_run(cfg: RunConfig, run_id: str, allow_changed_inputs: bool = False)
     """The run under its run id's lease (hare/lease.py): the same run id started twice at once
     is refused with a message naming the holder; a crashed holder's lease expires."""
     store = open_store(cfg.store.url)
-    with hold_run(store, run_id):
+    with hold_run(store, run_id) as lease:
+        if lease.previous is not None:
+            _note_crashed_holder(lease.previous, run_id)
         return _execute_run(cfg, run_id, allow_changed_inputs)
+
+
+def _note_crashed_holder(previous: Lease, run_id: str) -> None:
+    """The run's last driver died holding its lease: say so, and end its Prefect flow run as
+    Crashed (a SIGKILLed driver never does), so the UI does not show it Running forever."""
+    logger = get_run_logger()
+    logger.warning("run %s: taken over from %s, which ended without releasing it; committed partitions are kept",
+                   run_id, previous.owner)
+    old_flow_run = previous.holder.get("flow_run")
+    if old_flow_run and old_flow_run != str(prefect_runtime.flow_run.id):
+        mark_flow_run_crashed(old_flow_run, f"hare: the driver ({previous.owner}) died holding run {run_id}; "
+                                            f"flow run {prefect_runtime.flow_run.id} took the run over")
 
 
 def _execute_run(cfg: RunConfig, run_id: str, allow_changed_inputs: bool) -> dict[str, Any]:
@@ -157,9 +171,10 @@ def _execute_run(cfg: RunConfig, run_id: str, allow_changed_inputs: bool) -> dic
         try:
             write_stage_reports(store, cfg, run_id, dataset_ids)
             # one run at a time decides against the store's dedup index and publishes into it
-            with hold_index(store, run_id) if cfg.dedup.enabled else contextlib.nullcontext():
+            with hold_index(store, run_id, say=logger.info) if cfg.dedup.enabled else contextlib.nullcontext():
                 if cfg.dedup.enabled:
                     deduplicate.submit(cfg, run_id, dataset_ids, records_source(cfg, "dedup")).result()
+                    decision_gate(run_id)  # tests only: a no-op unless HARE_TEST_DECISION_GATE is set
                 final = records_source(cfg, "publish")
                 kept = by_partition(store, run_id)
                 sizes = {p: kept[(p, final)].stats.get("records", 0) for p in dataset_ids}
@@ -527,7 +542,7 @@ def _check_resumable(cfg: RunConfig, run_id: str, allow_changed_inputs: bool) ->
     store = open_store(cfg.store.url)
     check_resume_inputs(store, cfg, run_id, allow_changed_inputs, write=False)
     holder = read_lease(store, run_lease_key(run_id))
-    if holder is not None and not holder.expired():
+    if holder is not None and holder.live():
         raise LeaseHeld(f"run {run_id} is held by {holder.describe()}; wait for it to finish, "
                         f"or if it crashed, start again after its lease expires", holder)
 
@@ -557,18 +572,22 @@ def _interruptible(cfg: RunConfig, run_id: str) -> Iterator[None]:
     whatever error follows it counts as the interruption.
     """
     sigint = threading.Event()
-    previous = signal.getsignal(signal.SIGINT)
+    # SIGTERM (a Kubernetes pod stopped, `kill`) ends the driver the same way: run.json says
+    # interrupted and the flow run ends, instead of the process vanishing mid-run.
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     in_main = threading.current_thread() is threading.main_thread()
 
     def note_sigint(signum: int, frame: Any) -> None:
         sigint.set()
-        if callable(previous):
-            previous(signum, frame)
+        before = previous.get(signal.Signals(signum))
+        if callable(before):
+            before(signum, frame)
         else:
             raise KeyboardInterrupt
 
     if in_main:
-        signal.signal(signal.SIGINT, note_sigint)
+        for sig in previous:
+            signal.signal(sig, note_sigint)
     try:
         yield
     except BaseException as exc:
@@ -584,7 +603,8 @@ def _interruptible(cfg: RunConfig, run_id: str) -> Iterator[None]:
         ) from None
     finally:
         if in_main:
-            signal.signal(signal.SIGINT, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 def _caused_by_interrupt(exc: BaseException | None) -> bool:

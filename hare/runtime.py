@@ -19,6 +19,7 @@ from prefect_ray import RayTaskRunner
 
 from hare.config import ModelConfig, RunConfig
 from hare.engine import RAY_NAMESPACE
+from hare.process_tree import descendants, tie_to_this_process
 
 log = logging.getLogger("hare")
 
@@ -176,6 +177,8 @@ def prefect_api() -> Iterator[str]:
         first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise StartupError(f"Prefect API: the temporary server did not come up in {wait_s} s ({first}); "
                            f"start one with `prefect server start` and set PREFECT_API_URL") from None
+    if server.server_process is not None:  # Prefect's Popen: no parent-death signal of its own
+        tie_to_this_process({server.server_process.pid})
     os.environ["PREFECT_API_URL"] = server.api_url
     try:
         with temporary_settings({PREFECT_API_URL: server.api_url}):
@@ -186,6 +189,25 @@ def prefect_api() -> Iterator[str]:
         server.stop()
 
 
+def mark_flow_run_crashed(flow_run_id: str, message: str) -> bool:
+    """Set a flow run whose driver died (no final state) to Crashed with ``message``; False when
+    the API does not know it or it had ended. A dead driver never reports its own end, so the
+    next start of the same run, which finds its lease, says it for it."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Crashed
+
+    try:
+        with get_client(sync_client=True) as client:
+            flow_run = client.read_flow_run(flow_run_id)
+            if flow_run.state is not None and flow_run.state.is_final():
+                return False
+            client.set_flow_run_state(flow_run_id, Crashed(message=message), force=True)
+            return True
+    except Exception as exc:  # noqa: BLE001 - another API, a deleted run: the run itself goes on
+        log.warning("could not mark flow run %s crashed: %s", flow_run_id, exc)
+        return False
+
+
 def _drain_api_logs() -> None:
     from prefect.logging.handlers import APILogWorker
 
@@ -193,23 +215,46 @@ def _drain_api_logs() -> None:
         APILogWorker.drain_all(timeout=5)
 
 
-def worker_env(api_url: str) -> dict[str, str]:
-    env = {k: os.environ[k] for k in _FORWARDED if k in os.environ}
+# Offline flags a hub model source leaves to each engine node: the driver needs no hub (and is
+# often offline, e.g. HF_HUB_OFFLINE=1 from the Makefile), the engine nodes download.
+_HUB_OFFLINE_FLAGS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+
+def worker_env(api_url: str, model_source: str | None = None) -> dict[str, str]:
+    """What every Ray worker gets from the driver: the forwarded settings and the Prefect API;
+    for a hub ``model_source`` not the driver's offline flags (each node keeps its own)."""
+    from hare.models import is_hub_source
+
+    skip = _HUB_OFFLINE_FLAGS if model_source and is_hub_source(model_source) else ()
+    env = {k: os.environ[k] for k in _FORWARDED if k in os.environ and k not in skip}
     env["PREFECT_API_URL"] = api_url
     return env
 
 
 def ray_address(configured: str | None = None) -> str | None:
-    """``ray.address`` of the config, else RAY_ADDRESS, else None (a local instance)."""
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local Ray: no token file in ~/.ray
-    return configured or os.environ.get("RAY_ADDRESS") or None
+    """``ray.address`` of the config, else RAY_ADDRESS, else None (a local instance).
+
+    Only a local instance gets ``RAY_AUTH_MODE=disabled`` (no token file in ~/.ray); a cluster's
+    auth mode is the cluster's (Ray 2.61 turns token auth on by default)."""
+    address = configured or os.environ.get("RAY_ADDRESS") or None
+    if address is None:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    return address
 
 
-def ray_init_kwargs(api_url: str, local: bool, include_dashboard: bool = False) -> dict[str, object]:
+# ``ray.init(address=None)`` joins "the latest cluster started on this machine" when Ray's temp
+# folder names one (ray_current_cluster), and retries a dead one for minutes; "local" always
+# starts a new instance, which is what a run without an address means.
+LOCAL_RAY = "local"
+
+
+def ray_init_kwargs(api_url: str, local: bool, include_dashboard: bool = False,
+                    model_source: str | None = None) -> dict[str, object]:
     """What every hare driver passes to ``ray.init``: the namespace of the engine actors and the
-    worker environment (the shared Prefect API); a dashboard only for a local instance."""
-    kwargs: dict[str, object] = dict(namespace=RAY_NAMESPACE, runtime_env={"env_vars": worker_env(api_url)},
-                                     log_to_driver=True)
+    worker environment (the shared Prefect API; ``model_source``: see :func:`worker_env`); a
+    dashboard only for a local instance."""
+    kwargs: dict[str, object] = dict(namespace=RAY_NAMESPACE, log_to_driver=True,
+                                     runtime_env={"env_vars": worker_env(api_url, model_source)})
     if local:
         kwargs["include_dashboard"] = include_dashboard
     return kwargs
@@ -244,13 +289,16 @@ def ray_connection(cfg: RunConfig, api_url: str) -> Iterator[None]:
     if address:
         check_ray_address(address)
     try:
-        ray.init(address=address, **ray_init_kwargs(api_url, address is None, cfg.ray.include_dashboard))
+        ray.init(address=address or LOCAL_RAY, **ray_init_kwargs(api_url, address is None, cfg.ray.include_dashboard,
+                                                                  cfg.model.source))
     except Exception as exc:  # noqa: BLE001 - ConnectionError, RuntimeError, ValueError...: one line
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
         fix = ("check ray.address / RAY_ADDRESS and that the cluster is up (`ray status`)" if address
                else "check free memory and /tmp space, or `ray stop` a stale local instance")
         raise StartupError(f"Ray: could not connect to {where}: {first}; {fix}") from None
+    if address is None:  # a local Ray: its agents outlive a SIGKILLed driver unless tied to it
+        tie_to_this_process(descendants(os.getpid()))
     try:
         yield
     finally:
@@ -271,7 +319,7 @@ class HareRayTaskRunner(RayTaskRunner):
         from prefect.settings import PREFECT_API_URL
 
         if not ray.is_initialized():
-            self.address = ray_address()
+            self.address = ray_address() or LOCAL_RAY
             api_url = PREFECT_API_URL.value() or ""
             self.init_kwargs = {**self.init_kwargs, **ray_init_kwargs(api_url, self.address is None)}
         return super().__enter__()

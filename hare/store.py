@@ -440,7 +440,10 @@ class S3Store:
         self._call(self.uri(key), lambda: self._client.delete_object(Bucket=self.bucket, Key=k), "delete")
 
     def uri(self, key: str) -> str:
-        return f"s3://{self.bucket}/{self._key(key)}"
+        """``s3://`` of a key, or of a prefix ending in ``/`` (a folder, as LocalStore's ``uri``
+        allows: ``index/runs/<run>/``), whose empty last part the key check would refuse."""
+        folder = key.endswith("/")
+        return f"s3://{self.bucket}/{self._key(key.rstrip('/'))}" + ("/" if folder else "")
 
     def _conditional_put(self, key: str, verb: str, **condition: str) -> Callable[[bytes], bool]:
         k = self._key(key)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,25 +48,29 @@ def _format_of(path: Path, role: str) -> str:
     return fmt
 
 
+def _loads(text: str, where: str) -> Any:
+    """``json.loads``, its failures one :class:`TableInputError` naming ``where`` (the file, or
+    its line): a malformed row, or one nested deeper than the parser's recursion limit (a
+    RecursionError otherwise), is the user's file to fix, never a traceback."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise TableInputError(f"{where} is not JSON: {exc}") from None
+    except RecursionError:
+        raise TableInputError(f"{where} is nested too deeply to read "
+                              f"(more than about {sys.getrecursionlimit()} levels)") from None
+
+
 def _read_jsonl(path: Path) -> "pa.Table":
     """JSON lines (or one JSON array) -> a table with every key any row has, in first-seen order."""
     import pyarrow as pa
 
     text = path.read_text(encoding="utf-8")
     if text.lstrip().startswith("["):
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise TableInputError(f"{path}: not valid JSON: {exc}") from None
-        numbered = list(enumerate(rows, 1))
+        numbered = list(enumerate(_loads(text, f"{path} (one JSON array)"), 1))
     else:
-        numbered = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    numbered.append((n, json.loads(line)))
-                except json.JSONDecodeError as exc:
-                    raise TableInputError(f"{path}: line {n} is not JSON: {exc}") from None
+        numbered = [(n, _loads(line, f"{path}: line {n}"))
+                    for n, line in enumerate(text.splitlines(), 1) if line.strip()]
     columns: dict[str, None] = {}
     for n, row in numbered:
         if not isinstance(row, dict):

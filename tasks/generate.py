@@ -244,6 +244,17 @@ def generation_stats(results: list[GenerationResult], seconds: float) -> dict[st
 
 
 @task(name="generate-partition", retries=1, retry_delay_seconds=2)
+def merged_call_figures(first: dict[str, Any], later: dict[str, Any]) -> dict[str, Any]:
+    """The figures of a partition's engine calls (problem, solve, forced answer lines) as one:
+    the latest GPU figures, and the engine restarts of every call added up (a restart waited
+    for in the first call must still reach the manifest)."""
+    merged = {**first, **later}
+    restarts = first.get("engine_restarts", 0) + later.get("engine_restarts", 0)
+    if restarts:
+        merged["engine_restarts"] = restarts
+    return merged
+
+
 def generate_partition(cfg: RunConfig, run_id: str, partition_id: str, engine: str) -> dict[str, Any]:
     """Generate one partition on an engine actor and commit it; skip it if already committed."""
     import ray
@@ -275,14 +286,16 @@ def generate_partition(cfg: RunConfig, run_id: str, partition_id: str, engine: s
         forced_stats: dict[str, int] = {}
         all_results = list(results)
         if solve_reqs:
-            solutions, solve_seconds, gpu = call_engine(engine, solve_reqs, cfg.sampling, cfg.model)
+            solutions, solve_seconds, later = call_engine(engine, solve_reqs, cfg.sampling, cfg.model)
+            gpu = merged_call_figures(gpu, later)
             gen_seconds += solve_seconds
             solutions = sorted(solutions, key=lambda r: r.prompt_index)
             all_results += solutions
             forced_reqs = (answer_line_requests(solve_reqs, solutions, solves, plan)
                            if cfg.validation.answer_line == "guided" else [])
             if forced_reqs:
-                forced, forced_seconds, gpu = call_engine(engine, forced_reqs, cfg.sampling, cfg.model)
+                forced, forced_seconds, later = call_engine(engine, forced_reqs, cfg.sampling, cfg.model)
+                gpu = merged_call_figures(gpu, later)
                 gen_seconds += forced_seconds
                 all_results += forced
                 solutions, solves, forced_stats = with_answer_lines(solutions, solves, forced)

@@ -18,8 +18,8 @@ import pytest
 from hare.config import ConfigError, load_config
 from hare.estimate import (
     ANSWER_LINE_TOKENS, DEFAULT_FILL, DEFAULT_REMOVED_SHARE, budget_signature, card_section, default_throughput,
-    estimate, measured_throughput, model_size_b, plan_markdown, plan_summary, prompt_budget, register, render_plan,
-    scan_runs,
+    estimate, gpu_prior, measured_throughput, model_size_b, plan_markdown, plan_summary, prompt_budget, register,
+    render_plan, scan_runs, throughput_table,
 )
 from hare.store import open_store
 from hare.tasks.plan import build_plan, is_baseline, split_partitions
@@ -174,7 +174,9 @@ def test_estimate_on_gpus_uses_measured_per_gpu_throughput(tmp_path: Path) -> No
     default = estimate(cfg, store, gpus=8)  # replicas null: 8 GPUs / 2 per engine
     assert default["engines"] == 4 and default["gpus"] == 8 and default["device"] == "gpu"
     assert default["source"]["kind"] == "default" and "not measured" in default["source"]["detail"]
-    assert default["tokens_per_s_per_gpu"] == 20_000 and default["tokens_per_s_per_engine"] == 40_000
+    # 135M: the published 8B H100 figure x 4 (the table's cap on small-model growth), per GPU
+    assert default["tokens_per_s_per_gpu"] == round(8088.35 * 4, 1)
+    assert default["tokens_per_s_per_engine"] == round(8088.35 * 4 * 2, 1)
     assert estimate(cfg, store)["engines"] == 1  # no --gpus, no replicas: one engine
 
     fake_run(store, "g", 1, per_engine=6000, engines=2, gpus=4)  # 3,000 tok/s per GPU
@@ -192,9 +194,73 @@ def test_model_size_and_default_table() -> None:
     assert model_size_b("HuggingFaceTB/SmolLM2-1.7B-Instruct") == 1.7
     assert model_size_b("Meta-Llama-3.1-8B-Instruct") == 8
     assert model_size_b("my-model") is None
-    assert default_throughput("Qwen2.5-7B-Instruct", on_gpu=True)["tokens_per_s_per_gpu"] == 3000
+    assert default_throughput("Meta-Llama-3.1-8B-Instruct", on_gpu=True)["tokens_per_s_per_gpu"] == 8088.4
     assert "size unknown" in default_throughput("my-model", on_gpu=True)["detail"]
     assert default_throughput("SmolLM2-1.7B", on_gpu=False)["tokens_per_s_per_engine"] < 100
+
+
+LAMBDA = "https://github.com/LambdaLabsML/vllm-benchmark/blob/main/benchmark_v0.md"
+
+
+def test_the_throughput_table_holds_published_figures_with_their_sources() -> None:
+    table = throughput_table()
+    assert table["default_gpu"] in table["gpus"]
+    for gpu, rows in table["gpus"].items():
+        assert rows == sorted(rows, key=lambda r: r["params_b"]) and len(rows) >= 2, gpu
+        for row in rows:
+            assert row["source"].startswith("https://") and row["output_tokens_per_s"] > 0 and row["vllm"], row
+            assert row["tensor_parallel"] >= 1 and row["setup"], row
+    assert table["cpu"]["source"] == "docs/benchmarks.md"  # the project's own measurement
+
+
+def test_default_gpu_throughput_published_interpolated_and_extrapolated() -> None:
+    """A size the table has is its figure per GPU; between two sizes, log-log interpolation;
+    outside, the table's stated rules; the detail says which, and cites every row used."""
+    llama8 = default_throughput("Meta-Llama-3.1-8B-Instruct", on_gpu=True)
+    assert llama8["derivation"] == "published" and llama8["tokens_per_s_per_gpu"] == 8088.4
+    assert llama8["sources"] == [LAMBDA] and LAMBDA in llama8["detail"] and "H100-80GB" in llama8["detail"]
+    seventy = default_throughput("Llama-3.3-70B-Instruct", on_gpu=True)
+    assert seventy["tokens_per_s_per_gpu"] == round(3542.88 / 4, 1)  # TP 4: per GPU
+    mid = default_throughput("Qwen2.5-14B-Instruct", on_gpu=True)
+    assert mid["derivation"] == "interpolated" and "Llama-3.1-8B" in mid["detail"] and "Llama-3.1-70B" in mid["detail"]
+    import math
+
+    t = math.log(14 / 8) / math.log(70 / 8)
+    expected = math.exp((1 - t) * math.log(8088.35) + t * math.log(3542.88 / 4))
+    assert mid["tokens_per_s_per_gpu"] == round(expected, 1) and 3542.88 / 4 < expected < 8088.35
+    small = gpu_prior(0.135)
+    assert small["how"] == "extrapolated" and small["rate"] == pytest.approx(8088.35 * 4)  # capped at x 4
+    assert gpu_prior(2.0)["rate"] == pytest.approx(8088.35 * 2)  # (8 / 2) ^ 0.5
+    assert gpu_prior(810)["rate"] == pytest.approx(1714.07 / 8 / 2)  # past 405B: inverse to the size
+    a100 = default_throughput("Mistral-7B-Instruct-v0.3", on_gpu=True, gpu="A100-80GB")
+    assert a100["derivation"] == "published" and a100["tokens_per_s_per_gpu"] == 1591.4 and "vLLM 0.5.4" in a100["detail"]
+    with pytest.raises(ValueError, match="no published throughput for GPU 'T4'"):
+        gpu_prior(8, "T4")
+
+
+def test_hare_plan_of_the_cluster_config_with_no_earlier_run_uses_the_table(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """configs/cluster.yaml (SmolLM2-135M, one H100 per engine) against an empty store: the
+    estimate cites the published figures it was derived from, and the card carries that line
+    beside the actual."""
+    args = _parser().parse_args(["plan", str(ROOT / "configs" / "cluster.yaml"), "--store", str(tmp_path / "s"),
+                                 "--gpus", "16", "--json"])
+    assert args.fn(args) == 0
+    doc = json.loads(capsys.readouterr().out)
+    est = doc["estimate"]
+    assert est["source"]["kind"] == "default" and est["source"]["derivation"] == "extrapolated"
+    assert est["source"]["sources"] == [LAMBDA] and est["source"]["gpu"] == "H100-80GB"
+    assert est["engines"] == 16 and est["tokens_per_s_per_gpu"] == round(8088.35 * 4, 1)
+    busy = min(16, doc["plan"]["total_partitions"])
+    assert est["wall_seconds"] == pytest.approx(est["expected_output_tokens"] / (8088.35 * 4 * busy), rel=1e-3)
+    args = _parser().parse_args(["plan", str(ROOT / "configs" / "cluster.yaml"), "--store", str(tmp_path / "s"),
+                                 "--gpus", "16", "--gpu-type", "A100-80GB", "--json"])
+    assert args.fn(args) == 0
+    a100 = json.loads(capsys.readouterr().out)["estimate"]
+    assert a100["tokens_per_s_per_gpu"] == round(1591.4 * 4, 1) and a100["wall_seconds"] > est["wall_seconds"]
+    card = "\n".join(card_section(est, {"engines": 16, "gpus": 16, "output_tokens": 1000, "wall_seconds": 60.0,
+                                         "kept_output_tokens": 500}))
+    assert LAMBDA in card and "default, not measured" in card
 
 
 # ------------------------------------------------------------------------------------ card lines

@@ -3,7 +3,9 @@ is one the run rides out; else after one `hare rerun`), no record lost and none 
 and a clear message in between.
 
 Generation is the DeterministicFakeBackend (orchestration under test, not the model); its
-``SLOW_ENGINE`` marker makes every partition take 2 s so a fault strikes mid-partition.
+``SLOW_ENGINE`` marker makes every partition take 2 s so a fault strikes mid-partition. The
+engine kills use its gate instead (``GATE_ENGINE:<folder>``): every engine call announces
+itself and waits, so the kill lands while a partition is provably in flight, never by timing.
 """
 
 from __future__ import annotations
@@ -13,15 +15,17 @@ import os
 import signal
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from hare.backends.fake import GATE_MARKER, GATE_OPEN
 from hare.cli import main
-from hare.engine import RAY_NAMESPACE, engine_name
+from hare.engine import engine_name
 from hare.flows.synthesize import run_rerun_failed, run_synthesize
-from hare.layout import generated_key, manifest_key
+from hare.layout import dataset_prefix, generated_key, manifest_key, plan_key
 from hare.manifest import read_manifest
-from hare.store import open_store
+from hare.store import ObjectStore, open_store
 from hare.tables import from_parquet_bytes, to_parquet_bytes
 from tests.conftest import new_bucket, write_run_config
 from tests.procs import TcpOutage, hare_env, hare_process, wait_for
@@ -38,6 +42,15 @@ def _slow_config(folder: Path, **overrides: object) -> Path:
     return write_run_config(folder, **settings)
 
 
+def dataset_ids(store: ObjectStore, run_id: str) -> list[str]:
+    """The record ids (normalized-text hashes) a run published, one per row, in shard order."""
+    ids: list[str] = []
+    for key in store.list(dataset_prefix(run_id)):
+        if key.endswith(".parquet"):
+            ids += from_parquet_bytes(store.get_bytes(key), key).column("id").to_pylist()
+    return ids
+
+
 def assert_complete(store_url: str, run_id: str) -> list[str]:
     """Every partition committed, the dataset holds every prompt once, run.json says succeeded."""
     store = open_store(store_url)
@@ -45,70 +58,105 @@ def assert_complete(store_url: str, run_id: str) -> list[str]:
     assert info["status"] == "succeeded", info.get("summary")
     for i in range(PARTITIONS):
         assert read_manifest(store, run_id, f"p{i:05d}").status == "succeeded"
-    ids: list[str] = []
-    for key in store.list(f"runs/{run_id}/dataset/"):
-        if key.endswith(".parquet"):
-            ids += from_parquet_bytes(store.get_bytes(key), key).column("id").to_pylist()
+    ids = dataset_ids(store, run_id)
     assert len(ids) == PARTITIONS * PER, "nothing lost"
     assert len(set(ids)) == len(ids), "nothing duplicated"
     return ids
 
 
-def _run_killing_engine(cfg: Path, store_url: str, run_id: str, engine: int) -> None:
-    """Run the flow while a thread SIGKILLs engine ``engine``'s process right after the first
-    commit (partitions take 2 s: the next one is mid-generation); the run must end without
-    RunIncomplete or a rerun."""
-    import ray
+def _gated_config(folder: Path, **overrides: object) -> tuple[Path, Path]:
+    """A run whose every engine call waits at the fake backend's gate in ``folder/gate`` (one
+    partition in flight per engine, so a kill strikes exactly one); the config and the gate."""
+    gate = folder / "gate"
+    topics = {"version": 1, "domains": {"Mechanics": {"Machines": [f"{GATE_MARKER}{gate} gears",
+                                                                   f"{GATE_MARKER}{gate} levers"]}}}
+    return _slow_config(folder, topics_doc=topics, ray={"partitions_in_flight_per_engine": 1}, **overrides), gate
 
-    killed: dict[str, int] = {}
+
+def _in_flight(gate: Path) -> list[dict[str, Any]]:
+    """The engine calls that reached the gate so far: pid, engine (Ray actor name), seeds, prompts."""
+    return [json.loads(p.read_text()) for p in sorted(gate.glob("inflight-*.json"))]
+
+
+def _gone(pid: int) -> bool:
+    """The process has exited (a zombie not yet reaped by its raylet counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+
+
+def _run_killing_engine(cfg: Path, gate: Path, store_url: str, run_id: str, engine: int) -> dict[str, Any]:
+    """Run the flow while a thread waits until engine ``engine`` holds a partition at the gate,
+    SIGKILLs that engine's process, waits until it is gone, then opens the gate. The run must
+    end by itself (no RunIncomplete, no rerun). Returns the killed call's marker."""
+    killed: dict[str, Any] = {}
 
     def kill_engine() -> None:
-        actor = wait_for(lambda: _named_actor(ray, engine_name(run_id, engine)), 120, "the engine actor")
-        pid = ray.get(actor.describe.remote())["pid"]  # answered between two partitions
-        wait_for(lambda: read_manifest(open_store(store_url), run_id, "p00000"), 60, "the first commit",
-                 interval=0.05)
-        os.kill(pid, signal.SIGKILL)
-        killed["pid"] = pid
+        try:
+            call = wait_for(lambda: next((c for c in _in_flight(gate) if c["engine"] == engine_name(run_id, engine)),
+                                         None), 180, f"a partition in flight on engine {engine}", interval=0.05)
+            os.kill(call["pid"], signal.SIGKILL)
+            wait_for(lambda: _gone(call["pid"]), 30, "the killed engine process to exit", interval=0.05)
+            killed.update(call)
+        finally:
+            (gate / GATE_OPEN).touch()  # also on a failure here: the run must not wait forever
 
     killer = threading.Thread(target=kill_engine, daemon=True)
     killer.start()
     run_synthesize(str(cfg), run_id=run_id)  # RunIncomplete here would mean a manual rerun was needed
     killer.join(timeout=5)
-    assert killed, "the engine was killed during the run"
+    assert killed, "the engine was killed while a partition was in flight on it"
     assert_complete(store_url, run_id)
     info = json.loads(open_store(store_url).get_bytes(f"runs/{run_id}/run.json"))
     assert "resumed_at" not in info, "the run completed in its first start, with no rerun"
     assert "failed_partitions" not in info["summary"]
+    return killed
+
+
+def _partition_of(store: ObjectStore, run_id: str, seeds: list[int]) -> str:
+    """The partition planned with exactly these per-prompt seeds (a prompt's text may recur in
+    another partition; its seed does not)."""
+    found = [f"p{i:05d}" for i in range(PARTITIONS)
+             if sorted(from_parquet_bytes(store.get_bytes(k := plan_key(run_id, f"p{i:05d}")), k)
+                       .column("seed").to_pylist()) == sorted(seeds)]
+    assert len(found) == 1, f"one partition holds the killed call's prompts, found {found}"
+    return found[0]
 
 
 def test_engine_worker_killed_mid_partition(tmp_path: Path) -> None:
-    """SIGKILL the engine actor's process while it generates: Ray restarts the actor, the
-    partition's engine call waits until the engine answers again and sends the partition once
-    more; the run completes with no rerun, and the manifest says a restart was waited for."""
+    """SIGKILL the engine actor's process while a partition is in flight on it: Ray restarts
+    the actor, the partition's engine call waits until the engine answers again and sends the
+    same partition once more to the new process; the run completes with no rerun, and that
+    partition's manifest (and only its) records the restart."""
+    cfg, gate = _gated_config(tmp_path)
     store_url = f"file://{tmp_path}/store"
-    _run_killing_engine(_slow_config(tmp_path), store_url, "fault-kill", engine=0)
+    killed = _run_killing_engine(cfg, gate, store_url, "fault-kill", engine=0)
+    resent = [c for c in _in_flight(gate) if c["seeds"] == killed["seeds"] and c["pid"] != killed["pid"]]
+    assert [c["engine"] for c in resent] == [engine_name("fault-kill", 0)], "re-sent once, to the restarted engine"
     store = open_store(store_url)
-    manifests = [read_manifest(store, "fault-kill", f"p{i:05d}") for i in range(PARTITIONS)]
-    assert any(m.stats.get("engine_restarts", 0) >= 1 for m in manifests), "a partition waited for the restart"
-    assert all(m.attempts == 1 for m in manifests), "no task-level retry or rerun was needed"
+    hit = _partition_of(store, "fault-kill", killed["seeds"])
+    manifests = {f"p{i:05d}": read_manifest(store, "fault-kill", f"p{i:05d}") for i in range(PARTITIONS)}
+    assert {p: m.stats.get("engine_restarts", 0) for p, m in manifests.items()} == \
+        {p: int(p == hit) for p in manifests}, "the partition in flight waited for one restart; no other did"
+    assert all(m.attempts == 1 for m in manifests.values()), "no task-level retry or rerun was needed"
 
 
 def test_an_engine_that_stays_dead_leaves_the_pool(tmp_path: Path) -> None:
-    """Two engines, no restarts allowed: SIGKILL one mid-run; its partition goes to the other
-    engine, the run completes with no rerun, and run.json names the engine that left."""
-    cfg = _slow_config(tmp_path, model={"backend": "deterministic-fake", "num_cpus": 0, "replicas": 2,
-                                        "max_restarts": 0}, ray={"partitions_in_flight_per_engine": 1})
+    """Two engines, no restarts allowed: SIGKILL one while a partition is in flight on it; that
+    partition goes to the other engine, the run completes with no rerun, and run.json names
+    the engine that left."""
+    cfg, gate = _gated_config(tmp_path, model={"backend": "deterministic-fake", "num_cpus": 0, "replicas": 2,
+                                               "max_restarts": 0})
     store_url = f"file://{tmp_path}/store"
-    _run_killing_engine(cfg, store_url, "fault-gone", engine=1)
-    info = json.loads(open_store(store_url).get_bytes("runs/fault-gone/run.json"))
+    killed = _run_killing_engine(cfg, gate, store_url, "fault-gone", engine=1)
+    resent = [c["engine"] for c in _in_flight(gate) if c["seeds"] == killed["seeds"] and c["pid"] != killed["pid"]]
+    assert resent == [engine_name("fault-gone", 0)], "the killed engine's partition went to the other engine"
+    store = open_store(store_url)
+    info = json.loads(store.get_bytes("runs/fault-gone/run.json"))
     assert info["summary"]["generation"]["engines_retired"] == [engine_name("fault-gone", 1)]
-
-
-def _named_actor(ray, name: str):  # noqa: ANN001, ANN202
-    try:
-        return ray.get_actor(name, namespace=RAY_NAMESPACE)
-    except ValueError:
-        return None
+    hit = _partition_of(store, "fault-gone", killed["seeds"])
+    assert read_manifest(store, "fault-gone", hit).stats["engine"] == engine_name("fault-gone", 0)
 
 
 def test_driver_interrupted_then_rerun(tmp_path: Path, prefect_api: str) -> None:
@@ -215,10 +263,7 @@ def test_s3_outage_longer_than_the_retry_budget_fails_the_partition_then_rerun_c
     assert main(["rerun", "fault-budget", "--store", store_url]) == 0
     info = json.loads(store.get_bytes("runs/fault-budget/run.json"))
     assert info["status"] == "succeeded"
-    ids: list[str] = []
-    for key in store.list("runs/fault-budget/dataset/"):
-        if key.endswith(".parquet"):
-            ids += from_parquet_bytes(store.get_bytes(key), key).column("id").to_pylist()
+    ids = dataset_ids(store, "fault-budget")
     assert len(ids) == len(set(ids)) == partitions * PER, "nothing lost, nothing duplicated"
     for p in failed:
         assert read_manifest(store, "fault-budget", p).status == "succeeded"

@@ -57,3 +57,13 @@ def test_stats() -> None:
     ("", "empty_output"), ("  \n ", "empty_output"), ("caf\ufffd au lait", "non_utf8_output"), ("A fine answer.", None)])
 def test_output_problems_are_reject_reasons(text: str, problem: str | None) -> None:
     assert output_problem(text) == problem
+
+
+def test_engine_restarts_of_every_call_of_a_partition_add_up() -> None:
+    """A restart waited for in the problem call is not lost when the solve call follows."""
+    from hare.tasks.generate import merged_call_figures
+
+    merged = merged_call_figures({"engine_restarts": 1, "gpu_busy": 0.5}, {"gpu_busy": 0.7})
+    assert merged == {"engine_restarts": 1, "gpu_busy": 0.7}
+    assert merged_call_figures({"engine_restarts": 1}, {"engine_restarts": 2})["engine_restarts"] == 3
+    assert "engine_restarts" not in merged_call_figures({}, {})

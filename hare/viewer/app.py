@@ -10,19 +10,28 @@ missing or corrupt object) becomes a page with its message and status; a :class:
 (the store cannot be reached after a short retry budget) a 503 page naming the store; anything
 else a 500 page with the exception's one-line message. Each is logged on ``hare.viewer``; only
 the unexpected one carries its traceback, and only in the log.
+
+The viewer has no login, so it answers only requests addressed to where it listens: a Host
+header other than the bound ``host:port`` (and, on loopback, ``localhost``/``127.0.0.1``/``[::1]``
+at that port) gets 421, which defeats DNS rebinding (a web page whose own name now resolves to
+127.0.0.1 reading the viewer from the user's browser). Every response carries a
+Content-Security-Policy with no script at all (the pages have none) and ``X-Frame-Options: DENY``.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
+import socket
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -40,6 +49,15 @@ LIVE_REFRESH_S = 5
 # A page answers within seconds even when the store is down: a short retry budget of its own
 # (HARE_VIEW_RETRY_SECONDS), not the pipeline's two minutes.
 RETRY_ENV = "HARE_VIEW_RETRY_SECONDS"
+# Sent on every response: the pages are plain HTML and one stylesheet, no script, no frame.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; script-src 'none'; object-src 'none'; base-uri 'none'; "
+                               "form-action 'self'; frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+}
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
 
 
 def viewer_retry() -> RetryPolicy:
@@ -49,6 +67,60 @@ def viewer_retry() -> RetryPolicy:
     except ValueError:
         raise StoreError(f"{RETRY_ENV}={raw!r} is not a number of seconds") from None
     return RetryPolicy(max_elapsed_s=seconds, max_delay_s=1.0)
+
+
+def _ip(name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(name)
+    except ValueError:
+        return None
+
+
+def url_host(host: str) -> str:
+    """A host as a URL writes it: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def _split_host(header: str) -> tuple[str, int] | None:
+    """``name:port``, ``[v6]:port`` or a bare name (port 80) -> (lower-case name, port); None if malformed."""
+    name, port = header.strip().lower(), "80"
+    if name.startswith("["):
+        name, _, rest = name[1:].partition("]")
+        if rest:
+            if not rest.startswith(":"):
+                return None
+            port = rest[1:]
+    elif name.count(":") == 1:
+        name, port = name.split(":")
+    return (name, int(port)) if port.isdigit() and name else None
+
+
+@dataclass(frozen=True)
+class HostCheck:
+    """Which Host headers address this viewer: DNS rebinding makes a browser send the viewer a
+    request whose Host is the attacker's own name, so anything but our address is refused."""
+
+    port: int
+    names: frozenset[str]
+    any_ip: bool = False  # a wildcard bind: any address literal (rebinding needs a name, never an address)
+
+    @classmethod
+    def for_bind(cls, host: str, port: int) -> "HostCheck":
+        """The bound ``host:port``; on loopback also localhost, 127.0.0.1 and [::1]; on a wildcard
+        bind (0.0.0.0, ::) the loopback names, this machine's name and any address literal."""
+        host = host.strip("[]").lower()
+        if host in WILDCARD_HOSTS:
+            return cls(port, LOOPBACK_NAMES | {socket.gethostname().lower(), socket.getfqdn().lower()}, any_ip=True)
+        ip = _ip(host)
+        loopback = host == "localhost" or (ip is not None and ip.is_loopback)
+        return cls(port, LOOPBACK_NAMES | {host} if loopback else frozenset({host}))
+
+    def allows(self, header: str | None) -> bool:
+        """Whether a request's Host header names this viewer's address and port."""
+        parsed = _split_host(header or "")
+        if parsed is None or parsed[1] != self.port:
+            return False
+        return parsed[0] in self.names or (self.any_ip and _ip(parsed[0]) is not None)
 
 
 def _int_param(request: Request, name: str, default: int, minimum: int = 1) -> int:
@@ -76,8 +148,10 @@ def _seed(row: dict[str, Any]) -> Any:
         return None
 
 
-def create_app(store_url: str, store: ObjectStore | None = None) -> FastAPI:
-    """The app over one store (``store`` given: that object, e.g. in tests)."""
+def create_app(store_url: str, store: ObjectStore | None = None,
+               bound: tuple[str, int] = ("127.0.0.1", 8765)) -> FastAPI:
+    """The app over one store (``store`` given: that object, e.g. in tests), answering only
+    requests whose Host is ``bound`` (the address and port it listens on)."""
     app = FastAPI(title="hare view", docs_url=None, redoc_url=None, openapi_url=None)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.filters["excerpt"] = _excerpt
@@ -86,6 +160,7 @@ def create_app(store_url: str, store: ObjectStore | None = None) -> FastAPI:
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     cache = data.PartitionCache()
     state: dict[str, ObjectStore] = {}
+    hosts = HostCheck.for_bind(*bound)
 
     def get_store() -> ObjectStore:
         if "store" not in state:
@@ -125,6 +200,20 @@ def create_app(store_url: str, store: ObjectStore | None = None) -> FastAPI:
             log.error("viewer: %s %s -> 500", request.method, request.url.path, exc_info=exc)
             return error_page(request, 500, "Internal error",
                               f"{type(exc).__name__}: {exc} (the traceback is in the log)")
+
+    @app.middleware("http")
+    async def _guard(request: Request, call_next: Any) -> Response:
+        # Registered after _unexpected, so it wraps it: the headers go on error pages too.
+        host = request.headers.get("host")
+        if hosts.allows(host):
+            response = await call_next(request)
+        else:
+            where = f"{url_host(bound[0])}:{bound[1]}"
+            log.warning("viewer: %s %s -> 421: Host %r is not %s", request.method, request.url.path, host, where)
+            response = PlainTextResponse(f"421 Misdirected Request: this viewer answers only to its own "
+                                         f"address ({where}), not Host {host!r}\n", status_code=421)
+        response.headers.update(SECURITY_HEADERS)
+        return response
 
     @app.get("/favicon.ico", include_in_schema=False)
     def favicon() -> Response:
