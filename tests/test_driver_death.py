@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 
 from hare.backends.fake import GATE_MARKER, GATE_OPEN
-from hare.layout import manifest_key
 from hare.lease import acquire, read_lease, run_lease_key
 from hare.process_tree import descendants
 from hare.store import open_store

