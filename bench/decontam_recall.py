@@ -192,6 +192,9 @@ def main() -> None:
                         "false_positives": len(fps), "false_positive_rate": round(len(fps) / max(1, len(clean)), 4),
                         "examples": [f"{c['text'][:80]!r} -> {m}" for c, m in fps[:5]]}
     results["settings"] = cfg.model_dump(exclude={"benchmarks", "resources"})
+    from bench.provenance import provenance
+
+    results = {**provenance(), **results}
     text = json.dumps(results, indent=2)
     print(text)
     if args.out:

@@ -314,7 +314,9 @@ def main() -> None:
     p.add_argument("--work", default=str(ROOT / ".hare" / "bench-dedup"))
     p.add_argument("--skip-index", action="store_true")
     args = p.parse_args()
-    out = {"date": date.today().isoformat(), "cores": os.cpu_count(), "minhash": minhash_bench()}
+    from bench.provenance import provenance
+
+    out = {**provenance(), "date": date.today().isoformat(), "cores": os.cpu_count(), "minhash": minhash_bench()}
     print(json.dumps(out["minhash"]), flush=True)
     if not args.skip_index:
         out["index"] = index_bench(args.runs, args.n, args.part, Path(args.work))

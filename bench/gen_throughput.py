@@ -101,7 +101,10 @@ def main() -> None:
               f"{synth['output_tokens_per_s']} tok/s, ratio {ratio:.3f}", flush=True)
 
     raw0 = rounds[0]["raw_vllm"]
+    from bench.provenance import provenance
+
     result = {
+        **provenance(),
         "date": date.today().isoformat(),
         "machine": f"{platform.node()} {platform.machine()} {multiprocessing.cpu_count()} cores",
         "gpu": raw0.get("gpu_name", "none (CPU)"),

@@ -419,7 +419,10 @@ def main() -> None:
             return None
         return _spread([x / y for x, y in zip(speeds[a], speeds[b])])
 
+    from bench.provenance import command, git_revision
+
     result = {
+        "command": command(), "git_revision": git_revision(),
         "bench": "percore", "date": date.today().isoformat(), "machine": platform.processor() or platform.machine(),
         "cpu": _cpu_name(), "cores_on_machine": os.cpu_count(), "pinned_core": core,
         "load_average_at_start": os.getloadavg(), "rounds": args.rounds,

@@ -428,9 +428,11 @@ def main() -> None:
     scale = scaling(results)
     md = markdown(results, scale)
     print(md)
+    from bench.provenance import git_revision
+
     report = {"bench": "scale", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "command": " ".join([Path(sys.executable).name, "-m", "bench.scale", *sys.argv[1:]]),
-              "machine": machine(), "sizes": results, "scaling": scale}
+              "git_revision": git_revision(), "machine": machine(), "sizes": results, "scaling": scale}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(report, indent=2, default=str) + "\n")
     print(f"[scale] JSON: {args.json}")

@@ -191,16 +191,39 @@ def test_ui_shows_deployments_and_the_throughput_artifact(served: dict, tmp_path
     assert (shots / "throughput-artifact.png").stat().st_size > 10_000
 
 
-def test_serve_without_a_server_says_how_to_start_one(tmp_path: Path) -> None:
-    """No PREFECT_API_URL and nothing on 127.0.0.1:4200 (a port the tests never use): exit 2."""
-    from hare.deployments import _local_server_up
+def _serve_with_local_server_at(api_url: str, cfg: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`hare serve CFG` as the CLI runs it, with the default local server address (127.0.0.1:4200
+    in hare.deployments) moved to ``api_url``, so the test never depends on what holds 4200."""
+    code = ("import sys, hare.deployments as d\n"
+            f"d.LOCAL_SERVER = {api_url!r}\n"
+            "d._local_server_up.__defaults__ = (d.LOCAL_SERVER,)\n"
+            "from hare.cli import main\n"
+            f"sys.argv = ['hare', 'serve', {str(cfg)!r}]\n"
+            "sys.exit(main())\n")
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)
 
-    if _local_server_up():
-        pytest.skip("a Prefect server is running on 127.0.0.1:4200 on this machine")
+
+def test_serve_without_a_server_says_how_to_start_one(tmp_path: Path) -> None:
+    """No PREFECT_API_URL and nothing at the local server address (a free port here): exit 2,
+    naming that address and how to start a server."""
+    from hare.deployments import LOCAL_SERVER
+
+    assert LOCAL_SERVER == "http://127.0.0.1:4200/api"  # what the message tells a user by default
+    api_url = f"http://127.0.0.1:{free_port()}/api"
     cfg = write_run_config(tmp_path)
     env = hare_env()
     env.pop("PREFECT_API_URL", None)
-    proc = hare_process("serve", str(cfg), env={**env, "PREFECT_HOME": str(tmp_path / "home")})
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 2
-    assert "hare serve needs a Prefect server" in err and "prefect server start" in err
+    proc = _serve_with_local_server_at(api_url, cfg, {**env, "PREFECT_HOME": str(tmp_path / "home")})
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "hare serve needs a Prefect server" in proc.stderr and "prefect server start" in proc.stderr
+    assert api_url in proc.stderr, proc.stderr
+
+
+def test_the_local_server_probe_sees_a_running_server(prefect_server: str) -> None:
+    """The other side of the probe the test above relies on: a server that answers is seen (so
+    'nothing there' above is the free port's doing, not a probe that never succeeds)."""
+    from hare.deployments import _local_server_up
+
+    assert _local_server_up(f"{prefect_server}/api")
+    assert not _local_server_up(f"http://127.0.0.1:{free_port()}/api")
