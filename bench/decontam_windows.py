@@ -21,16 +21,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import re
-import subprocess
 import time
-from datetime import date
 from pathlib import Path
 
 import numpy as np
 
 from embed_gpu import load, read_texts  # the embedding bench's model and text loaders
+from provenance import provenance
 
 _SENT = re.compile(r"(?<=[.!?])\s+")
 
@@ -53,14 +51,6 @@ def benchmark_items(paths: list[str]) -> list[str]:
     return items
 
 
-def revision() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              timeout=10).stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", required=True)
@@ -71,7 +61,11 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=0)
     ap.add_argument("--k", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--revision", help="git revision of the copy (a device machine's copy has no .git)")
     args = ap.parse_args()
+    origin = provenance()  # at the start: the load average before the run
+    if args.revision:
+        origin["git_revision"] = args.revision
 
     import torch
 
@@ -110,12 +104,9 @@ def main() -> None:
     seconds = time.perf_counter() - started
     mb = sum(len(t.encode()) for t in texts) / 1e6
     result = {
-        "bench": "decontam_windows", "date": date.today().isoformat(), "revision": revision(),
-        "command": "python bench/decontam_windows.py " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v not in (None, 0, "")),
-        "machine": {"device": torch.cuda.get_device_name(0) if device == "cuda" else platform.processor() or "cpu",
-                    "cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
-                    "platform": platform.platform()},
+        "bench": "decontam_windows", **origin,
+        "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
+        "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
         "dtype": "float16" if device == "cuda" else "float32",
         "records": len(texts), "record_mb": round(mb, 3), "windows": len(wins),
         "benchmark_items": len(items), "k": args.k, "batch_size": args.batch_size,
