@@ -22,13 +22,15 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from embed_gpu import load, read_texts  # the embedding bench's model and text loaders
-from provenance import provenance
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a file or as -m bench.decontam_windows
+from embed_gpu import load, read_texts  # noqa: E402 - the embedding bench's model and text loaders
+from provenance import provenance  # noqa: E402
 
 _SENT = re.compile(r"(?<=[.!?])\s+")
 
