@@ -243,7 +243,6 @@ def generation_stats(results: list[GenerationResult], seconds: float) -> dict[st
     }
 
 
-@task(name="generate-partition", retries=1, retry_delay_seconds=2)
 def merged_call_figures(first: dict[str, Any], later: dict[str, Any]) -> dict[str, Any]:
     """The figures of a partition's engine calls (problem, solve, forced answer lines) as one:
     the latest GPU figures, and the engine restarts of every call added up (a restart waited
@@ -255,6 +254,7 @@ def merged_call_figures(first: dict[str, Any], later: dict[str, Any]) -> dict[st
     return merged
 
 
+@task(name="generate-partition", retries=1, retry_delay_seconds=2)
 def generate_partition(cfg: RunConfig, run_id: str, partition_id: str, engine: str) -> dict[str, Any]:
     """Generate one partition on an engine actor and commit it; skip it if already committed."""
     import ray
