@@ -31,7 +31,7 @@ export PREFECT_HOME ?= $(CURDIR)/.hare/prefect
 
 venv: $(STAMP) sandbox-deps
 
-# The code sandbox (hare/sandbox.py) needs bubblewrap and libseccomp (Debian packages). As root
+# The code sandbox (hare/sandbox/runner.py) needs bubblewrap and libseccomp (Debian packages). As root
 # with apt they are installed here; otherwise one line says what to install (configs with code
 # kinds are refused at load without them; the demo has none).
 sandbox-deps:
@@ -74,7 +74,7 @@ test-fast: venv
 # Execute notebooks/diversity.ipynb on the newest demo run (HARE_RUN_ID / HARE_STORE to choose);
 # the executed copy and its PNG figures land in .hare/notebooks/.
 notebook: venv
-	HARE_NOTEBOOK_OUT=$(CURDIR)/.hare/notebooks $(BIN)/python -m hare.notebooks notebooks/diversity.ipynb .hare/notebooks/diversity.ipynb
+	HARE_NOTEBOOK_OUT=$(CURDIR)/.hare/notebooks $(BIN)/python -m hare.run.notebooks notebooks/diversity.ipynb .hare/notebooks/diversity.ipynb
 
 clean-demo:
 	rm -rf .hare/store

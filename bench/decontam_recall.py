@@ -36,12 +36,12 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from hare.benchmarks import load_benchmark
+from hare.stages.decontam.benchmarks import load_benchmark
 from hare.config import BenchmarkConfig, DecontamConfig
-from hare.decontam import Decontaminator, ngrams, tokens
-from hare.embed import embed
+from hare.stages.decontam.ngram import Decontaminator, ngrams, tokens
+from hare.engines.embed import embed
 from hare.store import LocalStore
-from hare.tables import from_parquet_bytes
+from hare.store.tables import from_parquet_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = [

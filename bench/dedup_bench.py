@@ -47,7 +47,7 @@ EXACT, NEAR, SEMANTIC = 0.002, 0.005, 0.005
 def minhash_bench(rounds: int = 5) -> dict:
     import rensa
 
-    from hare.minhash import shingle_sets, signatures
+    from hare.stages.dedup.minhash import shingle_sets, signatures
 
     words = " ".join(Path(f).read_text(encoding="utf-8") for f in sorted(glob.glob(str(ROOT / "data/corpus/pd-prose/*.txt")))).split()
     texts = [" ".join(words[i:i + 300]) for i in range(0, len(words) - 300, 300)]
@@ -152,10 +152,10 @@ def _copies_of(work: Path, run: int) -> set[int]:
 def stage_run(work: Path, store_url: str, run: int, n: int, part: int) -> list[str]:
     """What the streamed features stage writes, per partition."""
     from hare.config import DedupConfig
-    from hare.dedup_index import band_objects, features_table, minhash_params
-    from hare.layout import features_key, run_bands_key
+    from hare.stages.dedup.index import band_objects, features_table, minhash_params
+    from hare.store.layout import features_key, run_bands_key
     from hare.store import open_store
-    from hare.tables import to_parquet_bytes
+    from hare.store.tables import to_parquet_bytes
 
     store = open_store(store_url)
     params = minhash_params(store, DedupConfig())
@@ -183,7 +183,7 @@ def _cpu() -> float:
 def decide_child(store_url: str, run: int, pids: list[str], out: Path) -> None:
     """One run's decision and its publish into the index, in this (child) process."""
     from hare.config import DedupConfig
-    from hare.dedup_index import _peak_rss_mib, decide, publish_run
+    from hare.stages.dedup.index import _peak_rss_mib, decide, publish_run
     from hare.store import open_store
 
     store, cfg, name = open_store(store_url), DedupConfig(), f"run-{run}"
@@ -227,7 +227,7 @@ def score(work: Path, run: int, result: dict) -> dict:
 
 def pair_recall(work: Path, run: int, n: int, part: int, pairs: list, threshold: float, rng_seed: int = 5) -> dict:
     """Inverted-list pairs against exact search over every earlier vector, for sampled queries."""
-    from hare.dedup import ROW_BITS
+    from hare.stages.dedup.layers import ROW_BITS
 
     rng = np.random.default_rng(rng_seed)
     truth = json.loads((work / f"run{run}.truth.json").read_text())

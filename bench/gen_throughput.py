@@ -40,8 +40,8 @@ def raw_vllm(config_path: str) -> dict[str, Any]:
     """Runs in a spawned process: load the engine, then time one generate over all prompts."""
     from hare.backends.vllm_backend import VLLMBackend
     from hare.config import load_config
-    from hare.gpu_monitor import GpuSampler
-    from hare.models import resolve_model
+    from hare.engines.gpu_monitor import GpuSampler
+    from hare.engines.models import resolve_model
     from hare.tasks.generate import requests_from_plan
     from hare.tasks.plan import build_plan
 
@@ -62,7 +62,7 @@ def raw_vllm(config_path: str) -> dict[str, Any]:
 
 def through_synthesize(config_path: str, store: str) -> dict[str, Any]:
     from hare.flows.synthesize import run_synthesize
-    from hare.runs import read_run
+    from hare.store.runs import read_run
     from hare.store import open_store
 
     result = run_synthesize(config_path, store_url=store)

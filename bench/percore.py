@@ -175,7 +175,7 @@ def identifier_texts(prose: list[str]) -> tuple[list[str], list[str]]:
 def compare_identifiers(python: str | None, prose: list[str], rounds: int, threshold: float) -> dict[str, Any]:
     """MB/s of each language identifier and the texts whose verdict (English share >= threshold)
     differs from langid's, in interleaved rounds (langid and hare's here, the others in a child)."""
-    from hare.quality import _langid, english_probability
+    from hare.stages.quality import _langid, english_probability
 
     labels, texts = identifier_texts(prose)
     mb = _mb(texts)
@@ -297,12 +297,12 @@ def main() -> None:
     import rensa
     import torch
 
-    from hare.benchmarks import load_benchmark
+    from hare.stages.decontam.benchmarks import load_benchmark
     from hare.config import DecontamConfig, QualityConfig
-    from hare.decontam import Decontaminator, ngrams, tokens
-    from hare.embed import embed
-    from hare.minhash import shingle_sets, signatures
-    from hare.quality import _langid
+    from hare.stages.decontam.ngram import Decontaminator, ngrams, tokens
+    from hare.engines.embed import embed
+    from hare.stages.dedup.minhash import shingle_sets, signatures
+    from hare.stages.quality import _langid
     from hare.tasks.quality import filter_table
 
     torch.set_num_threads(1)

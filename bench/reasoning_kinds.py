@@ -58,7 +58,7 @@ def _taxonomy_for(cfg: Any, kind: str) -> Any:
 
     import yaml
 
-    from hare.prompts import template_for
+    from hare.priors.prompts import template_for
 
     tpl = template_for(kind)
     if not tpl.domains:
@@ -88,8 +88,8 @@ def kind_config(cfg: Any, kind: str, prompts: int, k: int) -> Any:
 
 def run_kind(backend: Any, cfg: Any, kind: str, answer_line: str = "free") -> dict[str, Any]:
     """One kind's figures; ``answer_line`` names the variant whose pass rate is the headline."""
-    from hare.prompts import template_for
-    from hare.quality import judge
+    from hare.priors.prompts import template_for
+    from hare.stages.quality import judge
     from hare.tasks.cleanup import Cleanup
     from hare.tasks.generate import (RecordContext, answer_line_requests, records_from_results,
                                      requests_from_plan, solve_requests, with_answer_lines)
@@ -189,7 +189,7 @@ def main() -> None:
 
     from bench.provenance import provenance
     from hare.config import load_config
-    from hare.engine import make_backend, resolve_on_this_node
+    from hare.engines.engine import make_backend, resolve_on_this_node
 
     base = load_config(args.config)
     config = (str(Path(args.config).resolve().relative_to(ROOT)) if Path(args.config).resolve().is_relative_to(ROOT)

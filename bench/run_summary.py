@@ -12,8 +12,8 @@ import argparse
 import statistics
 from datetime import datetime
 
-from hare.runs import read_run
-from hare.status import partition_rows
+from hare.store.runs import read_run
+from hare.run.status import partition_rows
 from hare.store import absolute_store_url, open_store
 
 

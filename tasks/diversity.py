@@ -19,11 +19,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from prefect import task
 
-from hare import diversity as div
+from hare.stages import diversity as div
 from hare.config import RunConfig
-from hare.layout import diversity_key, plan_report_key, records_key
+from hare.store.layout import diversity_key, plan_report_key, records_key
 from hare.store import ObjectStore, open_store
-from hare.taxonomy import Leaf, load_taxonomy
+from hare.priors.taxonomy import Leaf, load_taxonomy
 
 Embed = Callable[[Sequence[str]], np.ndarray]
 
@@ -151,7 +151,7 @@ def dataset_diversity(store: ObjectStore, cfg: RunConfig, run_id: str, dataset: 
 def measure_diversity(cfg: RunConfig, run_id: str, dataset: dict[str, int], baseline_ids: list[str],
                       stage: str) -> dict[str, Any]:
     """``dataset``: the dataset partitions and how many records each kept (from the manifests)."""
-    from hare.embedders import pool_embed
+    from hare.engines.embedders import pool_embed
 
     store = open_store(cfg.store.url)
     report = dataset_diversity(store, cfg, run_id, dataset, baseline_ids, stage, pool_embed(run_id))

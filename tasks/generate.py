@@ -17,16 +17,16 @@ from typing import Any
 import pyarrow as pa
 from prefect import get_run_logger, task
 
-from hare.backends.base import GenerationRequest, GenerationResult
-from hare.answers import problem_text
+from hare.backends.base import GenerationRequest, GenerationResult, unavailable_rows
+from hare.stages.validate.answers import problem_text
 from hare.config import RunConfig, SamplingConfig, ValidationConfig
-from hare.prompts import template_for
-from hare.layout import generated_key, plan_key, rejects_key
-from hare.manifest import commit_partition, committed_manifest, previous_attempts, record_failure
-from hare.schema import RECORD_SCHEMA, REJECT_SCHEMA, record_id
+from hare.priors.prompts import template_for
+from hare.store.layout import generated_key, plan_key, rejects_key
+from hare.store.manifest import commit_partition, committed_manifest, previous_attempts, record_failure
+from hare.store.schema import RECORD_SCHEMA, REJECT_SCHEMA, record_id
 from hare.store import open_store, retry_count, sha256_bytes
-from hare.tables import from_parquet_bytes
-from hare import lineage
+from hare.store.tables import from_parquet_bytes
+from hare.store import lineage
 
 STAGE = "generate"
 
@@ -259,7 +259,7 @@ def generate_partition(cfg: RunConfig, run_id: str, partition_id: str, engine: s
     """Generate one partition on an engine actor and commit it; skip it if already committed."""
     import ray
 
-    from hare.engine import call_engine, get_engine
+    from hare.engines.engine import call_engine, get_engine
 
     logger = get_run_logger()
     store = open_store(cfg.store.url)
@@ -300,6 +300,9 @@ def generate_partition(cfg: RunConfig, run_id: str, partition_id: str, engine: s
                 all_results += forced
                 solutions, solves, forced_stats = with_answer_lines(solutions, solves, forced)
             solved = list(zip(solves, solutions))
+        unanswered = unavailable_rows(all_results)
+        if unanswered:  # an endpoint outage past its retry budget: fail the partition, a rerun redoes it
+            raise RuntimeError(f"{len(unanswered)} request(s) the endpoint never answered: {unanswered[0].error}")
         info = ray.get(get_engine(engine).describe.remote(), timeout=cfg.model.call_timeout_s)
         voted = tuple(k for k in cfg.validation.k if cfg.validation.samples(k) > 1)
         ctx = RecordContext(run_id, partition_id, info["backend"], info["model"], info["model_revision"],
@@ -310,8 +313,8 @@ def generate_partition(cfg: RunConfig, run_id: str, partition_id: str, engine: s
             "prompts": plan.num_rows,
             **({"samples": len(solve_reqs)} if solve_reqs else {}),
             **forced_stats,
-            "records": kept.num_rows,
-            "rejects": rejects.num_rows,
+            # the counts every commit has (hare/stages/base.py): outputs checked, kept as records, rejected
+            "checked": kept.num_rows + rejects.num_rows, "kept": kept.num_rows, "rejected": rejects.num_rows,
             "engine": engine,
             # what actually ran (the card states these, not the config's model.name)
             "model": info["model"], "model_revision": info["model_revision"], "backend": info["backend"],

@@ -29,15 +29,15 @@ from typing import Any, Iterable, Iterator, Sequence
 import pyarrow as pa
 from prefect import task
 
-from hare import lineage
+from hare.store import lineage
 from hare.config import RunConfig
-from hare.layout import plan_key, plan_report_key
-from hare.prompts import BASELINE, PromptTemplate, template_for
-from hare.runs import start_run
-from hare.schema import PLAN_SCHEMA
+from hare.store.layout import plan_key, plan_report_key
+from hare.priors.prompts import BASELINE, PromptTemplate, template_for
+from hare.store.runs import start_run
+from hare.store.schema import PLAN_SCHEMA
 from hare.store import open_store, sha256_bytes
-from hare.tables import to_parquet_bytes
-from hare.taxonomy import Leaf, load_taxonomy
+from hare.store.tables import to_parquet_bytes
+from hare.priors.taxonomy import Leaf, load_taxonomy
 
 ALLOCATION_RULE = (
     "leaves: floor(N/L) each, N mod L extra to a seeded shuffle; slots round-robin over leaves; "
@@ -275,9 +275,9 @@ def check_resume_inputs(store: Any, cfg: RunConfig, run_id: str, allow_changed_i
     hashes and records the change (``input_changes``, and a lineage event), and what the change
     touches is redone (stage commits record the sha256 of what they read). A run.json of older
     code (no input hashes) takes them now. Returns the changed files. ``write=False``: check only."""
-    from hare.layout import run_json
-    from hare.manifest import utc_now
-    from hare.runs import RunError
+    from hare.store.layout import run_json
+    from hare.clock import utc_now
+    from hare.store.runs import RunError
     from hare.store import KeyNotFound
 
     try:
@@ -315,7 +315,7 @@ def check_resume_inputs(store: Any, cfg: RunConfig, run_id: str, allow_changed_i
 
 def record_inputs(store: Any, cfg: RunConfig, run_id: str) -> None:
     """Put the input files' hashes and the settings hash into run.json (once per start)."""
-    from hare.layout import run_json
+    from hare.store.layout import run_json
 
     info = json.loads(store.get_bytes(run_json(run_id)))
     if info.get("inputs") == cfg.input_hashes() and info.get("settings_hash"):
@@ -366,8 +366,8 @@ def write_plan_partition(store: Any, run_id: str, pid: str, table: pa.Table) -> 
 def kept_prompts(store: Any, cfg: RunConfig, run_id: str, partition_ids: list[str]) -> set[int]:
     """Prompt indices whose record survived the streamed record stages (the records dedup reads,
     or that publish reads when dedup is off)."""
-    from hare.layout import records_key
-    from hare.tables import from_parquet_bytes
+    from hare.store.layout import records_key
+    from hare.store.tables import from_parquet_bytes
     from hare.tasks.stages import records_source
 
     stage = records_source(cfg, "dedup" if cfg.dedup.enabled else "publish")
@@ -399,7 +399,7 @@ def top_up_rows(cfg: RunConfig, previous: Iterable[dict[str, Any]], kept: set[in
 
 
 def _plan_rows(store: Any, run_id: str, pid: str) -> list[dict[str, Any]]:
-    from hare.tables import from_parquet_bytes
+    from hare.store.tables import from_parquet_bytes
 
     key = plan_key(run_id, pid)
     return from_parquet_bytes(store.get_bytes(key), key).to_pylist()
@@ -432,7 +432,7 @@ def plan_top_up(cfg: RunConfig, run_id: str, round_no: int, previous_ids: list[s
     1), write top-up partitions for those strata (committed like any partition once generated)
     and record the round in the plan report (planned; generated and kept are added by
     :func:`record_top_up_outcome`). Returns the new partition ids (none: nothing to top up)."""
-    from hare.layout import run_json
+    from hare.store.layout import run_json
 
     store = open_store(cfg.store.url)
     first_index = _next_prompt_index(store, run_id, all_ids)
@@ -465,7 +465,7 @@ def plan_top_up(cfg: RunConfig, run_id: str, round_no: int, previous_ids: list[s
 @task(name="top-up-outcome")
 def record_top_up_outcome(cfg: RunConfig, run_id: str, round_no: int, partition_ids: list[str]) -> dict[str, Any]:
     """Generated and kept records of a top-up round, into the plan report (and so the card)."""
-    from hare.manifest import read_manifest
+    from hare.store.manifest import read_manifest
 
     store = open_store(cfg.store.url)
     generated = 0

@@ -15,35 +15,29 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from prefect import task
 
-from hare import lineage
+from hare.store import lineage
 from hare.config import RunConfig
-from hare.layout import (
+from hare.store.layout import (
     card_key,
     dataset_manifest_key,
+    dataset_prefix,
     dataset_shard_key,
-    decontamination_key,
-    dedup_report_key,
     diversity_key,
     estimate_key,
-    quality_key,
-    records_key,
+    plan_report_key,
+    report_keys,
 )
-from hare.manifest import OutputRef, check_outputs, output_sha256, utc_now
-from hare.manifest_index import load_manifests
-from hare.schema import RECORD_SCHEMA
+from hare.store.manifest import OutputRef, check_outputs, output_sha256, records_output, rejected_records, utc_now
+from hare.store.manifest_index import load_manifests
+from hare.store.schema import RECORD_SCHEMA
 from hare.store import KeyNotFound, ObjectStore, open_store
-from hare.tables import from_parquet_bytes, to_parquet_bytes
+from hare.store.tables import from_parquet_bytes, to_parquet_bytes
+from hare.stages.base import with_base_counts
+from hare.tasks.stages import STAGES, enabled_stages, records_source, stage_names
 
 
 class PublishError(RuntimeError):
     """Some partitions are not committed; the message lists them."""
-
-
-def collect_records(store: ObjectStore, run_id: str, partition_ids: list[str], stage: str = "generate") -> pa.Table:
-    """The surviving records of ``stage`` for these partitions, in partition order."""
-    tables = [from_parquet_bytes(store.get_bytes(records_key(run_id, p, stage)), records_key(run_id, p, stage))
-              for p in partition_ids]
-    return pa.concat_tables(tables) if tables else RECORD_SCHEMA.empty_table()
 
 
 def _diversity_section(report: dict[str, Any] | None) -> list[str]:
@@ -75,7 +69,7 @@ LANGUAGE_MIN_SHARE = 0.05  # a language named in the card's header holds at leas
 
 def measure_languages(texts: list[str]) -> Counter[str]:
     """Language of each text by langid (ISO 639-1), counted."""
-    from hare.quality import _langid
+    from hare.stages.quality import _langid
 
     ident = _langid()
     return Counter(ident.classify(t)[0] for t in texts if t and t.strip())
@@ -110,23 +104,20 @@ def _languages_line(languages: Counter[str], records: int, cfg: RunConfig) -> li
     return [f"Language, measured with langid on {total} of {records} published records: {shares}; {rule}.", ""]
 
 
-def _settings_section(cfg: RunConfig) -> list[str]:
+def stage_sections(store: ObjectStore, cfg: RunConfig, run_id: str) -> list[str]:
+    """Each record stage's own card section, in DAG order, from its run report (an earlier
+    run's report name is read too): the card names no stage itself."""
+    lines: list[str] = []
+    for stage in enabled_stages(cfg):
+        report = read_report(store, run_id, stage.name) if stage.has_report else None
+        if report is not None:
+            lines += stage.card_section(report, cfg)
+    return lines
+
+
+def settings_section(cfg: RunConfig) -> list[str]:
     """The thresholds and settings in force for this run (from its config), stage by stage."""
-    q, d, c = cfg.quality, cfg.dedup, cfg.decontamination
-    rows = [("quality", "enabled" if q.enabled else "off",
-             f"min_english_prob {q.min_english_prob}, min_words {q.min_words}, max_words {q.max_words}, "
-             f"drop_truncated {q.drop_truncated}, require_answer {q.require_answer}" if q.enabled else "")]
-    if c.benchmarks:
-        rows.append(("decontam", ", ".join(b.name for b in c.benchmarks),
-                     c.describe()))
-    else:
-        rows.append(("decontam", "off", "no benchmark configured"))
-    rows.append(("dedup", "enabled" if d.enabled else "off",
-                 ", ".join(x for x in ("exact" if d.exact else "",
-                                       f"near (MinHash Jaccard >= {d.near_threshold}, {d.num_perm} perms, "
-                                       f"{d.shingle_words}-word shingles)" if d.near else "",
-                                       f"semantic (cosine >= {d.semantic_threshold})" if d.semantic else "") if x)
-                 if d.enabled else ""))
+    rows = [(stage.name, *stage.settings_row(cfg)) for stage in STAGES]
     s = cfg.sampling
     rows.append(("sampling", "", f"temperature {s.temperature}, top_p {s.top_p}, max_tokens {s.max_tokens}, "
                                  f"repetition_penalty {s.repetition_penalty}, one seed per prompt"))
@@ -134,14 +125,21 @@ def _settings_section(cfg: RunConfig) -> list[str]:
             *(f"| {a} | {b} | {t} |" for a, b, t in rows), ""]
 
 
+def read_report(store: ObjectStore, run_id: str, stage: str) -> dict[str, Any] | None:
+    """A stage's run report, under its name or the name an earlier run wrote it under, in the
+    counts every stage has now (hare/stages/base.py: with_base_counts)."""
+    report = next((r for key in report_keys(run_id, stage) if (r := _optional_json(store, key)) is not None), None)
+    return with_base_counts(report) if report is not None else None
+
+
 def dataset_card(run_id: str, cfg: RunConfig, kinds: Counter[str], domains: Counter[str], totals: dict[str, Any],
-                 diversity: dict[str, Any] | None = None, contamination: dict[str, Any] | None = None,
-                 quality: dict[str, Any] | None = None, dedup: dict[str, Any] | None = None,
+                 diversity: dict[str, Any] | None = None, stages: list[str] | None = None,
                  cost: list[str] | None = None, engines: Counter[tuple[str, str]] | None = None,
-                 languages: Counter[str] | None = None, checks: list[str] | None = None) -> str:
+                 languages: Counter[str] | None = None, top_up: list[str] | None = None) -> str:
     """A Hugging Face dataset card (YAML header + Markdown) for the published run. It states
     what was measured: the model and backend that generated the records (their own columns),
-    the language measured on them, and the settings in force."""
+    the language measured on them, each stage's figures (``stages``: their own sections), and
+    the settings in force."""
     engines, languages = engines or Counter(), languages or Counter()
     lines = [
         "---",
@@ -172,12 +170,10 @@ def dataset_card(run_id: str, cfg: RunConfig, kinds: Counter[str], domains: Coun
         "",
         *(f"- {k}: {n}" for k, n in sorted(domains.items())),
         "",
-        *(checks or []),
-        *_quality_section(quality),
-        *_dedup_section(dedup),
+        *(stages or []),
+        *(top_up or []),
         *_diversity_section(diversity),
-        *_contamination_section(contamination),
-        *_settings_section(cfg),
+        *settings_section(cfg),
         *(cost or []),
         "## Lineage",
         "",
@@ -190,10 +186,10 @@ def dataset_card(run_id: str, cfg: RunConfig, kinds: Counter[str], domains: Coun
 
 
 def _cost_section(estimate: dict[str, Any] | None, generation: dict[str, Any] | None, kept_tokens: int) -> list[str]:
-    """Estimate beside actual, and GPU-hours per 1M kept tokens (hare.estimate.card_section)."""
+    """Estimate beside actual, and GPU-hours per 1M kept tokens (hare.tasks.estimate.card_section)."""
     if estimate is None or generation is None:
         return []
-    from hare.estimate import card_section
+    from hare.tasks.estimate import card_section
 
     return card_section(estimate["estimate"], {**generation, "kept_output_tokens": kept_tokens})
 
@@ -205,61 +201,9 @@ def _optional_json(store: ObjectStore, key: str) -> dict[str, Any] | None:
         return None
 
 
-def _quality_section(report: dict[str, Any] | None) -> list[str]:
-    if report is None:
-        return []
-    lines = ["## Quality", "",
-             f"{report['kept']} of {report['checked']} generated records kept by the quality rules; "
-             "every reject keeps its rule in `rejects/quality/`.", "",
-             "| reject reason | records |", "|---|---|",
-             *(f"| {k} | {v} |" for k, v in report["reject_reasons"].items()), "",
-             "Spread of each score over the kept records (consistency):", "",
-             "| score | p5 | p25 | median | p75 | p95 | IQR |", "|---|---|---|---|---|---|---|"]
-    for name, s in report["scores"].items():
-        if s:
-            lines.append(f"| {name} | {s['p5']} | {s['p25']} | {s['median']} | {s['p75']} | {s['p95']} | {s['iqr']} |")
-    lines += ["", "| kind | kept | rejects by reason |", "|---|---|---|"]
-    for kind, v in report["by_kind"].items():
-        lines.append(f"| {kind} | {v['kept']} | {', '.join(f'{r}: {n}' for r, n in v['rejects'].items())} |")
-    return [*lines, ""]
-
-
-def _isolation_lines(isolation: str | None) -> list[str]:
-    """How the code records' snippets ran: under OS isolation, or (said loudly) without it."""
-    if not isolation:
-        return []
-    if "none" in isolation:
-        return ["**Code ran WITHOUT OS isolation** (`validation.code.isolation: none`, set on purpose): "
-                "a plain child process with rlimits only.", ""]
-    return ["Code ran under bubblewrap: its own user, PID, mount, network, IPC and UTS namespaces, a seccomp "
-            "filter, the interpreter and standard library read-only, an empty environment, a size-capped tmpfs, "
-            "rlimits on memory, CPU, files and processes; killed whole at its time limit.", ""]
-
-
-def _checks_section(cleanup: dict[str, Any] | None, validation: dict[str, Any] | None,
-                    plan_report: dict[str, Any] | None) -> list[str]:
-    """Cleanup (what chatter was stripped), answer validation per kind (self-consistency votes,
-    sandboxed code) and the top-up rounds (planned, generated, kept per round)."""
+def _top_up_section(plan_report: dict[str, Any] | None) -> list[str]:
+    """The top-up rounds (planned, generated, kept per round)."""
     lines: list[str] = []
-    if cleanup:
-        pats = ", ".join(f"{k}: {v}" for k, v in cleanup["stripped_by_pattern"].items()) or "none"
-        lines += ["## Cleanup", "", f"{cleanup['changed']} of {cleanup['checked']} generated texts had chatter stripped "
-                  f"(by pattern: {pats}); {cleanup['checked'] - cleanup['kept']} were only chatter and were rejected. "
-                  "Each record's `cleanup` column names what was stripped.", ""]
-    if validation:
-        lines += ["## Answer validation", "",
-                  "Math word problems and logical deductions: the problem is written once and solved k times "
-                  "(seeds from the plan); kept when the majority of the normalised final answers holds the configured "
-                  "share, with the text of a majority solution. Code: run with its own asserts in a sandbox "
-                  "(docs/sandbox.md). Each record's `validation` column holds the vote or the sandbox outcome.", "",
-                  *_isolation_lines(validation.get("code_isolation")),
-                  "| kind | prompts checked | samples | kept | pass rate | rejects |", "|---|---|---|---|---|---|"]
-        for kind, v in validation["by_kind"].items():
-            rej = ", ".join(f"{r}: {n}" for r, n in sorted(v["rejects"].items())) or "-"
-            rate = ("not checked" if v.get("method") == "none" else
-                    "" if v.get("pass_rate") is None else f"{v['pass_rate']:.0%}")
-            lines.append(f"| {kind} | {v['checked']} | {v['samples']} | {v['kept']} | {rate} | {rej} |")
-        lines.append("")
     rounds = (plan_report or {}).get("top_up")
     if rounds:
         lines += ["## Top-up rounds", "",
@@ -270,31 +214,6 @@ def _checks_section(cleanup: dict[str, Any] | None, validation: dict[str, Any] |
                   f"{r.get('kept', '')} |" for r in rounds]
         lines.append("")
     return lines
-
-
-def _dedup_section(report: dict[str, Any] | None) -> list[str]:
-    if report is None:
-        return []
-    layers = ", ".join(f"{k}: {v}" for k, v in report["by_layer"].items()) or "none"
-    return ["## Deduplication", "",
-            f"{report['dropped']} of {report['checked']} records dropped as duplicates ({layers}); "
-            f"{report['dropped_as_already_published']} of them duplicated one of the "
-            f"{report['against_published_records']} records published by earlier runs. Each is in "
-            "`rejects/dedup/` with the record it duplicates and the score.", ""]
-
-
-def _contamination_section(report: dict[str, Any] | None) -> list[str]:
-    if report is None:
-        return []
-    lines = ["## Decontamination", "",
-             f"{report['records_dropped']} of {report['records_checked']} records dropped as benchmark leaks "
-             "(n-gram overlap, then confirmed paraphrase search); each is in `rejects/decontam/` with "
-             "its benchmark item, method and score.", "",
-             "| benchmark | records | by method | items |", "|---|---|---|---|"]
-    for name, b in report["benchmarks"].items():
-        methods = ", ".join(f"{k}: {v}" for k, v in sorted(b["by_method"].items()))
-        lines.append(f"| {name} | {b['records']} | {methods} | {', '.join(b['items'][:20])} |")
-    return [*lines, ""]
 
 
 class ShardWriter:
@@ -331,8 +250,6 @@ def stale_stages(cfg: RunConfig, run_id: str, partition_ids: list[str],
                  manifests: dict[tuple[str, str], Any]) -> list[str]:
     """``<pid>.<stage>`` of each stage commit whose recorded source sha256 differs from what
     the source stage's commit lists now (its input was redone after it was computed)."""
-    from hare.tasks.stages import records_source, stage_names
-
     stale = []
     for st in stage_names(cfg)[1:]:
         src_stage = records_source(cfg, st)
@@ -340,7 +257,7 @@ def stale_stages(cfg: RunConfig, run_id: str, partition_ids: list[str],
             m, src = manifests.get((pid, st)), manifests.get((pid, src_stage))
             if m is None or src is None or m.inputs is None:
                 continue
-            key = records_key(run_id, pid, src_stage)
+            key = records_output(src, run_id, pid, src_stage)
             if key in m.inputs and m.inputs[key] != output_sha256(src, key):
                 stale.append(f"{pid}.{st}")
     return stale
@@ -356,8 +273,6 @@ def publish_records(
     card's figures come from the stage manifests and reports, not from re-reading records.
     ``generation``: the generation stage's wall-clock figures (run.json ``summary.generation``),
     shown on the card beside the plan's estimate."""
-    from hare.tasks.stages import records_source, stage_names
-
     stage = records_source(cfg, "publish")
     listed = {(m.partition_id, m.stage): m for m in load_manifests(store, run_id, write_back=True).values()}
     manifests = {(p, st): listed.get((p, st)) for st in stage_names(cfg) for p in partition_ids}
@@ -379,7 +294,7 @@ def publish_records(
     kept_tokens = 0
     per_partition = max(1, -(-LANGUAGE_SAMPLE // max(1, len(partition_ids))))
     for pid in partition_ids:
-        key = records_key(run_id, pid, stage)
+        key = records_output(manifests[(pid, stage)], run_id, pid, stage)
         table = from_parquet_bytes(store.get_bytes(key), key)
         writer.add(table)
         kinds.update(table.column("kind").to_pylist())
@@ -395,20 +310,16 @@ def publish_records(
     totals = {
         "partitions": len(partition_ids),
         "records": sum(s.rows for s in shards),
-        "rejects": sum(m.stats.get("rejects", 0) for m in manifests.values() if m),
+        "rejects": sum(rejected_records(m.stats) for m in manifests.values() if m),
         "output_tokens": out_tokens,
         "generate_seconds": round(gen_seconds, 2),
         "output_tokens_per_s": round(out_tokens / gen_seconds, 2) if gen_seconds else 0.0,
     }
     store.put_bytes(card_key(run_id), dataset_card(
         run_id, cfg, kinds, domains, totals, _optional_json(store, diversity_key(run_id)),
-        _optional_json(store, decontamination_key(run_id)), _optional_json(store, quality_key(run_id)),
-        _optional_json(store, dedup_report_key(run_id)),
+        stage_sections(store, cfg, run_id),
         _cost_section(_optional_json(store, estimate_key(run_id)), generation, kept_tokens),
-        engines, measure_languages(sample),
-        _checks_section(_optional_json(store, f"runs/{run_id}/cleanup.json"),
-                        _optional_json(store, f"runs/{run_id}/validation.json"),
-                        _optional_json(store, f"runs/{run_id}/plan/report.json"))).encode())
+        engines, measure_languages(sample), _top_up_section(_optional_json(store, plan_report_key(run_id)))).encode())
     body = {"run_id": run_id, "published_at": utc_now(), "totals": totals,
             "shards": [s.__dict__ for s in shards]}
     if cfg.dedup.enabled:
@@ -420,11 +331,11 @@ def publish_records(
     lineage.emit(
         store, run_id, "synthesize.publish", "COMPLETE",
         inputs=[lineage.dataset(store.uri(o.key), o.sha256, o.rows)
-                for m in final for o in m.outputs if "/rejects/" not in o.key],
+                for m in final for o in m.outputs if o.key == records_output(m, run_id, m.partition_id, stage)],
         outputs=[lineage.dataset(store.uri(s.key), s.sha256, s.rows) for s in shards],
         facets={"stage": "publish", "totals": totals},
     )
-    return {**totals, "dataset": store.uri(f"runs/{run_id}/dataset"), "shards": [s.key for s in shards]}
+    return {**totals, "dataset": store.uri(dataset_prefix(run_id)), "shards": [s.key for s in shards]}
 
 
 @task(name="publish")

@@ -15,10 +15,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from hare import sketch
+from hare.stages import sketch
 from hare.config import QualityConfig, RunConfig
-from hare.quality import SCORE_NAMES, judge_batch
-from hare.stage import StageResult, add_counts, reject_reasons
+from hare.stages.quality import SCORE_NAMES, judge_batch
+from hare.stages.base import RecordStage, StageResult, add_counts, partition_stats, reasons_table
 
 STAGE = "quality"
 
@@ -26,7 +26,7 @@ STAGE = "quality"
 def filter_table(records: pa.Table, cfg: QualityConfig, default_kind: str = "explanation") -> tuple[pa.Table, pa.Table]:
     """(kept with ``q_<score>`` columns, rejects with the same plus reject_stage and reject_reason).
 
-    The whole table is judged as one batch (hare.quality.judge_batch); a reject's scores of the
+    The whole table is judged as one batch (hare.stages.quality.judge_batch); a reject's scores of the
     rules after the one it failed are null (those rules were skipped).
     """
     if "text" not in records.column_names:
@@ -53,7 +53,8 @@ def _domain(topic_path: str | None) -> str:
 
 
 def quality_aggregate(kept: pa.Table, rejects: pa.Table) -> dict[str, Any]:
-    """One partition's mergeable figures: counts, reasons per domain and kind, a sketch per score."""
+    """One partition's own mergeable figures (the base counts the rest): kept and reasons per
+    domain and kind, a sketch per score."""
     def column(t: pa.Table, name: str, default: str = "(none)") -> list[str]:
         return [v or default for v in t.column(name).to_pylist()] if name in t.column_names else [default] * t.num_rows
 
@@ -67,14 +68,13 @@ def quality_aggregate(kept: pa.Table, rejects: pa.Table) -> dict[str, Any]:
             by[axis].setdefault(v, {"kept": 0, "rejects": {}})["kept"] += 1
         for v, reason in zip(rej_vals, reasons):
             add_counts(by[axis].setdefault(v, {"kept": 0, "rejects": {}})["rejects"], {reason: 1})
-    return {"checked": kept.num_rows + rejects.num_rows, "kept": kept.num_rows, "rejected": rejects.num_rows,
-            "reject_reasons": reject_reasons(rejects), "by_domain": by["domain"], "by_kind": by["kind"],
+    return {"by_domain": by["domain"], "by_kind": by["kind"],
             "sketches": {name: sketch.sketch(kept.column(f"q_{name}").to_pylist()) for name in SCORE_NAMES}}
 
 
 def merge_quality(aggregates: list[dict[str, Any]]) -> dict[str, Any]:
-    """The run's quality report from its partitions' aggregates: score spread (percentiles,
-    IQR) over kept records, rejects by reason, per domain and kind."""
+    """The quality report's own figures from its partitions' aggregates: score spread
+    (percentiles, IQR) over kept records, kept and rejects by reason per domain and kind."""
     by: dict[str, dict[str, dict[str, Any]]] = {"by_domain": {}, "by_kind": {}}
     for agg in aggregates:
         for axis in by:
@@ -82,14 +82,7 @@ def merge_quality(aggregates: list[dict[str, Any]]) -> dict[str, Any]:
                 slot = by[axis].setdefault(value, {"kept": 0, "rejects": {}})
                 slot["kept"] += fig["kept"]
                 add_counts(slot["rejects"], fig["rejects"])
-    reasons: dict[str, int] = {}
-    for agg in aggregates:
-        add_counts(reasons, agg["reject_reasons"])
     return {
-        "checked": sum(a["checked"] for a in aggregates),
-        "kept": sum(a["kept"] for a in aggregates),
-        "rejected": sum(a["rejected"] for a in aggregates),
-        "reject_reasons": dict(sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))),
         "scores": {name: sketch.spread(sketch.merge(a["sketches"][name] for a in aggregates)) for name in SCORE_NAMES},
         "score_accuracy": f"percentiles from merged per-partition sketches, within {sketch.ACCURACY:.0%}",
         "by_domain": dict(sorted(by["by_domain"].items())),
@@ -99,16 +92,14 @@ def merge_quality(aggregates: list[dict[str, Any]]) -> dict[str, Any]:
 
 def quality_report(kept: list[pa.Table], rejects: list[pa.Table]) -> dict[str, Any]:
     """Spread of every score over kept records; reject counts by reason, per domain and kind."""
-    return merge_quality([quality_aggregate(k, r) for k, r in zip(kept, rejects)])
+    return Quality().report([partition_stats(StageResult(k, r, quality_aggregate(k, r)), k.num_rows + r.num_rows)
+                             for k, r in zip(kept, rejects)])
 
 
-class Quality:
-    """Stage ``quality``: the rules of hare.quality, every reject with its rule's name."""
+class Quality(RecordStage):
+    """Stage ``quality``: the rules of hare.stages.quality, every reject with its rule's name."""
 
-    name, section, report, produces_records = STAGE, "quality", "quality.json", True
-
-    def enabled(self, cfg: RunConfig) -> bool:
-        return cfg.quality.enabled
+    name, title = STAGE, "Quality"
 
     def process(self, cfg: RunConfig, run_id: str, partition_id: str, records: pa.Table) -> StageResult:
         kept, rejects = filter_table(records, cfg.quality)
@@ -116,3 +107,25 @@ class Quality:
 
     def merge(self, aggregates: list[dict[str, Any]]) -> dict[str, Any]:
         return merge_quality(aggregates)
+
+    def card_section(self, report: dict[str, Any], cfg: RunConfig) -> list[str]:
+        lines = [self.heading(), "",
+                 f"{report['kept']} of {report['checked']} generated records kept by the quality rules; "
+                 "every reject keeps its rule in `rejects/quality/`.", "",
+                 *(reasons_table(report) or ["| reject reason | records |", "|---|---|", ""]),
+                 "Spread of each score over the kept records (consistency):", "",
+                 "| score | p5 | p25 | median | p75 | p95 | IQR |", "|---|---|---|---|---|---|---|"]
+        for name, s in report["scores"].items():
+            if s:
+                lines.append(f"| {name} | {s['p5']} | {s['p25']} | {s['median']} | {s['p75']} | {s['p95']} | {s['iqr']} |")
+        lines += ["", "| kind | kept | rejects by reason |", "|---|---|---|"]
+        for kind, v in report["by_kind"].items():
+            lines.append(f"| {kind} | {v['kept']} | {', '.join(f'{r}: {n}' for r, n in v['rejects'].items())} |")
+        return [*lines, ""]
+
+    def settings_row(self, cfg: RunConfig) -> tuple[str, str]:
+        q = cfg.quality
+        if not q.enabled:
+            return ("off", "")
+        return ("enabled", f"min_english_prob {q.min_english_prob}, min_words {q.min_words}, max_words {q.max_words}, "
+                           f"drop_truncated {q.drop_truncated}, require_answer {q.require_answer}")

@@ -3,12 +3,12 @@
 - Self-consistency kinds (``validation.k``: math word problems, logical deductions): generation
   wrote each problem once and solved it k times (tasks/generate.py), so a partition holds k
   sample rows per prompt (one ``prompt_index``). Here the final answers are extracted (the
-  template's extractor), normalised (hare/answers.py) and voted: the prompt keeps ONE record,
+  template's extractor), normalised (hare/stages/validate/answers.py) and voted: the prompt keeps ONE record,
   the text of a sample whose answer is the majority (the first that also passes the quality
   rules, when one does), kept only when the majority holds ``validation.min_share`` of the
   votes. Reject reasons: ``no_answer``, ``no_majority``, ``answer_disagreement``.
 - Code: the record's python code blocks run with their own asserts in the sandbox
-  (hare/sandbox.py: a child process with time and memory limits, no network, a throwaway
+  (hare/sandbox/runner.py: a child process with time and memory limits, no network, a throwaway
   folder); kept when it runs and its checks pass. Reject reasons: ``no_code``,
   ``code_unchecked`` (no assert of its own), ``copied_example`` (the template's example back),
   ``code_too_long`` (over ``validation.code.max_code_chars``, never parsed), ``code_syntax``,
@@ -29,11 +29,11 @@ from typing import Any
 
 import pyarrow as pa
 
-from hare.answers import normalize_answer, vote
+from hare.stages.validate.answers import normalize_answer, vote
 from hare.config import CodeCheckConfig, RunConfig
-from hare.prompts import template_for
-from hare.sandbox import SandboxResult, count_asserts, run_code
-from hare.stage import StageResult, add_counts
+from hare.priors.prompts import template_for
+from hare.sandbox.runner import SandboxResult, count_asserts, run_code
+from hare.stages.base import COUNTS, RecordStage, StageResult, add_counts
 
 STAGE = "validate"
 _WS = re.compile(r"\s+")
@@ -99,7 +99,7 @@ def check_code(text: str, kind: str, cfg: RunConfig) -> tuple[str | None, dict[s
 
 
 def _passes_quality(row: dict[str, Any], cfg: RunConfig) -> bool:
-    from hare.quality import judge
+    from hare.stages.quality import judge
 
     return judge(row["text"] or "", row["kind"], row.get("finish_reason") or "stop", cfg.quality).reason is None
 
@@ -178,11 +178,10 @@ def validate_table(records: pa.Table, cfg: RunConfig) -> tuple[pa.Table, pa.Tabl
 
 
 def merge_validation(aggregates: list[dict[str, Any]]) -> dict[str, Any]:
-    """The run's validation report: prompts checked, samples voted, kept and rejects, per kind."""
+    """The validation report's own figures: samples voted, and prompts checked, kept and
+    rejects per kind (the base counts the prompts checked, kept and rejected overall)."""
     by_kind: dict[str, dict[str, Any]] = {}
-    reasons: dict[str, int] = {}
     for agg in aggregates:
-        add_counts(reasons, agg["reject_reasons"])
         for kind, fig in agg["by_kind"].items():
             slot = by_kind.setdefault(kind, {"checked": 0, "samples": 0, "kept": 0, "rejects": {},
                                              "method": fig.get("method", "none")})
@@ -193,23 +192,50 @@ def merge_validation(aggregates: list[dict[str, Any]]) -> dict[str, Any]:
         slot["pass_rate"] = round(slot["kept"] / slot["checked"], 4) if slot["checked"] else None
     isolation = sorted({a["code_isolation"] for a in aggregates if a.get("code_isolation")})
     return {**({"code_isolation": ", ".join(isolation)} if isolation else {}),
-            "checked": sum(a["checked"] for a in aggregates), "samples": sum(a["samples"] for a in aggregates),
-            "kept": sum(a["kept"] for a in aggregates), "rejected": sum(a["rejected"] for a in aggregates),
-            "reject_reasons": dict(sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))),
-            "by_kind": dict(sorted(by_kind.items()))}
+            "samples": sum(a["samples"] for a in aggregates), "by_kind": dict(sorted(by_kind.items()))}
 
 
-class Validate:
-    """Stage ``validate``: self-consistency votes and sandboxed code checks."""
+class Validate(RecordStage):
+    """Stage ``validate``: self-consistency votes and sandboxed code checks. Its config section
+    keeps the name ``validation``: a pydantic model cannot have a field named ``validate``."""
 
-    name, section, report, produces_records = STAGE, "validation", "validation.json", True
-
-    def enabled(self, cfg: RunConfig) -> bool:
-        return cfg.validation.enabled
+    name, title, section = STAGE, "Answer validation", "validation"
 
     def process(self, cfg: RunConfig, run_id: str, partition_id: str, records: pa.Table) -> StageResult:
-        kept, rejects, aggregate = validate_table(records, cfg)
-        return StageResult(kept, rejects, aggregate)
+        kept, rejects, aggregate = validate_table(records, cfg)  # checked: prompts, as the base counts them
+        return StageResult(kept, rejects, {k: v for k, v in aggregate.items() if k not in COUNTS})
 
     def merge(self, aggregates: list[dict[str, Any]]) -> dict[str, Any]:
         return merge_validation(aggregates)
+
+    def card_section(self, report: dict[str, Any], cfg: RunConfig) -> list[str]:
+        lines = [self.heading(), "",
+                 "Math word problems and logical deductions: the problem is written once and solved k times "
+                 "(seeds from the plan); kept when the majority of the normalised final answers holds the configured "
+                 "share, with the text of a majority solution. Code: run with its own asserts in a sandbox "
+                 "(docs/sandbox.md). Each record's `validation` column holds the vote or the sandbox outcome.", "",
+                 *_isolation_lines(report.get("code_isolation")),
+                 "| kind | prompts checked | samples | kept | pass rate | rejects |", "|---|---|---|---|---|---|"]
+        for kind, v in report["by_kind"].items():
+            rej = ", ".join(f"{r}: {n}" for r, n in sorted(v["rejects"].items())) or "-"
+            rate = ("not checked" if v.get("method") == "none" else
+                    "" if v.get("pass_rate") is None else f"{v['pass_rate']:.0%}")
+            lines.append(f"| {kind} | {v['checked']} | {v['samples']} | {v['kept']} | {rate} | {rej} |")
+        return [*lines, ""]
+
+    def settings_row(self, cfg: RunConfig) -> tuple[str, str]:
+        v = cfg.validation
+        return ("enabled", f"k {v.k}, min_share {v.min_share}, answer_line {v.answer_line}, "
+                           f"code isolation {v.code.isolation}") if v.enabled else ("off", "")
+
+
+def _isolation_lines(isolation: str | None) -> list[str]:
+    """How the code records' snippets ran: under OS isolation, or (said loudly) without it."""
+    if not isolation:
+        return []
+    if "none" in isolation:
+        return ["**Code ran WITHOUT OS isolation** (`validation.code.isolation: none`, set on purpose): "
+                "a plain child process with rlimits only.", ""]
+    return ["Code ran under bubblewrap: its own user, PID, mount, network, IPC and UTS namespaces, a seccomp "
+            "filter, the interpreter and standard library read-only, an empty environment, a size-capped tmpfs, "
+            "rlimits on memory, CPU, files and processes; killed whole at its time limit.", ""]

@@ -172,8 +172,8 @@ def ray_local(moto_endpoint: str, prefect_api: str) -> Iterator[None]:
     """One local Ray for the session; workers get the harness API and the S3 endpoint."""
     import ray
 
-    from hare.engine import RAY_NAMESPACE
-    from hare.runtime import worker_env
+    from hare.engines.engine import RAY_NAMESPACE
+    from hare.run.runtime import worker_env
 
     ray.init(num_cpus=2, namespace=RAY_NAMESPACE, include_dashboard=False,
              runtime_env={"env_vars": worker_env(prefect_api)})

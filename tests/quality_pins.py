@@ -1,6 +1,6 @@
 """Records whose quality verdicts are pinned in ``tests/data/quality_verdicts.json``.
 
-The pins were taken from the rules as they stood before they were made fast (hare/quality.py at
+The pins were taken from the rules as they stood before they were made fast (hare/stages/quality.py at
 commit 4c74d06: langid and the Gopher rules in plain Python), so that the fast rules can be held
 to the same verdicts and scores. Three groups:
 
@@ -127,7 +127,7 @@ def load() -> dict[str, Any]:
 
 def _write(demo: list[dict[str, Any]]) -> None:
     from hare.config import QualityConfig
-    from hare.quality import SCORE_NAMES, judge
+    from hare.stages.quality import SCORE_NAMES, judge
 
     cfg = QualityConfig()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hare.answers import normalize_answer, problem_text, vote
+from hare.stages.validate.answers import normalize_answer, problem_text, vote
 
 
 @pytest.mark.parametrize(("raw", "kind", "normal"), [

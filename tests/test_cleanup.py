@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from hare.config import CleanupConfig, ConfigError, load_config
-from hare.schema import record_id
+from hare.store.schema import record_id
 from hare.tasks.cleanup import clean_table, load_patterns, strip_chatter
 from tests.conftest import write_run_config
 

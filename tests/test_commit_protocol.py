@@ -6,12 +6,12 @@ import pyarrow as pa
 import pytest
 
 from hare.config import load_config
-from hare.layout import generated_key, manifest_key
-from hare.manifest import commit_partition, committed_manifest, record_failure
-from hare.runs import RunError, start_run
-from hare.status import partition_rows
+from hare.store.layout import generated_key, manifest_key
+from hare.store.manifest import commit_partition, committed_manifest, record_failure
+from hare.store.runs import RunError, start_run
+from hare.run.status import partition_rows
 from hare.store import open_store
-from hare.tables import to_parquet_bytes
+from hare.store.tables import to_parquet_bytes
 from hare.tasks.publish import PublishError, publish_records
 from tests.conftest import write_run_config
 
@@ -91,8 +91,8 @@ def test_ids_cannot_escape_the_run_prefix(bad: str) -> None:
 def test_status_watch_follows_the_run_until_it_ends(tmp_path: Path) -> None:
     import threading
 
-    from hare.runs import finish_run
-    from hare.status import watch_status
+    from hare.store.runs import finish_run
+    from hare.run.status import watch_status
 
     cfg = load_config(write_run_config(tmp_path))
     store = open_store(cfg.store.url)

@@ -1,5 +1,5 @@
 """Two `hare run` processes at once, one store, the same texts: the store's index lease
-(hare/dedup_index.py: ``hold_index``, taken by the flow around the dedup decision and publish)
+(hare/stages/dedup/index.py: ``hold_index``, taken by the flow around the dedup decision and publish)
 lets one run at a time decide and publish, so no text is published twice.
 
 Both runs are real `hare run` subprocesses (each its own local Ray, the session's Prefect API)
@@ -22,10 +22,10 @@ from typing import Any
 
 import pytest
 
-from hare.dedup_index import DECISION_GATE_ENV
-from hare.layout import rejects_key
+from hare.stages.dedup.index import DECISION_GATE_ENV
+from hare.store.layout import rejects_key
 from hare.store import open_store
-from hare.tables import from_parquet_bytes
+from hare.store.tables import from_parquet_bytes
 from tests.conftest import write_run_config
 from tests.procs import hare_env, hare_process, wait_for
 from tests.test_faults import dataset_ids

@@ -7,11 +7,11 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from hare.benchmarks import BenchmarkError, load_benchmark
+from hare.stages.decontam.benchmarks import BenchmarkError, load_benchmark
 from hare.config import BenchmarkConfig, ConfigError, DecontamConfig, load_config
-from hare.decontam import Decontaminator, NgramIndex, tokens
-from hare.embed import embed
-from hare.schema import RECORD_SCHEMA
+from hare.stages.decontam.ngram import Decontaminator, NgramIndex, tokens
+from hare.engines.embed import embed
+from hare.store.schema import RECORD_SCHEMA
 from hare.tasks.decontam import contamination_report, decontaminate_table
 from tests.conftest import ROOT, write_run_config
 
@@ -76,7 +76,7 @@ def test_clean_text_passes(dec) -> None:
 
 
 def test_question_alone_counts_as_the_item() -> None:
-    from hare.benchmarks import BenchmarkItem
+    from hare.stages.decontam.benchmarks import BenchmarkItem
 
     item = BenchmarkItem("b", "7", ("one two three four five six seven eight nine ten", "a b c d e f g h i j k l"))
     index = NgramIndex([item], 8)
@@ -92,8 +92,9 @@ def test_table_stage_and_report(dec, items) -> None:
     assert kept.column("id").to_pylist() == ["0", "2"]
     (r,) = rejects.to_pylist()
     assert (r["benchmark"], r["benchmark_item"], r["match_method"], r["reject_stage"]) == ("gsm8k", "5", "ngram", "decontam")
-    report = contamination_report([rejects], 3)
-    assert report["records_dropped"] == 1 and report["benchmarks"]["gsm8k"]["items"] == ["5"]
+    report = contamination_report(kept, rejects)
+    assert (report["checked"], report["kept"], report["rejected"]) == (3, 2, 1)
+    assert report["reject_reasons"] == {"contaminated:ngram:gsm8k": 1} and report["benchmarks"]["gsm8k"]["items"] == ["5"]
 
 
 def test_benchmark_errors_name_it(tmp_path: Path) -> None:
@@ -121,7 +122,7 @@ def test_config_resolves_and_validates_benchmarks(tmp_path: Path) -> None:
         "benchmarks": [{"name": "g", "source": str(GSM8K)}], "ngram_short": 6}))
     from hare.tasks.stages import records_source, stage_names
 
-    assert records_source(cfg, "publish") == "decontam" and cfg.decontamination.ngram_short == 6
+    assert records_source(cfg, "publish") == "decontam" and cfg.decontam.ngram_short == 6
     assert stage_names(cfg) == ["generate", "decontam"]  # quality and dedup are off in the test config
     with pytest.raises(ConfigError, match=r"decontamination\.overlap_threshold"):
         load_config(write_run_config(tmp_path, decontamination={"overlap_threshold": 2}))
@@ -170,8 +171,8 @@ def middle(host: str, leak: str) -> str:
 
 
 def test_n_follows_each_benchmarks_items(both_items) -> None:
-    from hare.benchmarks import BenchmarkItem
-    from hare.decontam import percentile_n
+    from hare.stages.decontam.benchmarks import BenchmarkItem
+    from hare.stages.decontam.ngram import percentile_n
 
     dec = Decontaminator(DecontamConfig(paraphrase=False), both_items, None)
     assert dec.n_by_benchmark == {"gsm8k": 13, "truthfulqa": 11}  # GPT-3's rule, 5th percentile
@@ -252,7 +253,7 @@ def test_tokens_fast_path_matches_the_regular_expression() -> None:
 def test_no_rare_shared_word_no_embedding(both_items) -> None:
     """The candidate filter: clean records are never embedded; a reworded leak is, with only its
     candidate windows, and is found."""
-    from hare.paraphrase import ParaphraseSearch
+    from hare.stages.decontam.paraphrase import ParaphraseSearch
 
     counter = CountingEmbed()
     search = ParaphraseSearch(DecontamConfig(), both_items, counter)
@@ -275,7 +276,7 @@ def test_stage_on_a_partition_drops_leaks_of_both_benchmarks(items) -> None:
     from hare.tasks.decontam import Decontam
 
     cfg = load_config(ROOT / "configs" / "demo.yaml")
-    assert [b.name for b in cfg.decontamination.benchmarks] == ["gsm8k", "truthfulqa"]
+    assert [b.name for b in cfg.decontam.benchmarks] == ["gsm8k", "truthfulqa"]
     tq = load_benchmark(TQ_SPEC)
     texts = {
         "clean": HOST,
@@ -299,7 +300,7 @@ def test_stage_on_a_partition_drops_leaks_of_both_benchmarks(items) -> None:
 
 def test_item_vectors_are_embedded_only_for_candidates(both_items, tmp_path, monkeypatch) -> None:
     """With no cached benchmark matrix, a search embeds the views of its candidate items only."""
-    from hare.paraphrase import ParaphraseSearch
+    from hare.stages.decontam.paraphrase import ParaphraseSearch
 
     monkeypatch.setenv("HARE_CACHE_DIR", str(tmp_path))
     counter = CountingEmbed()
@@ -313,7 +314,7 @@ def test_item_vectors_are_embedded_only_for_candidates(both_items, tmp_path, mon
 def test_most_of_an_items_terms_make_a_candidate_without_its_rare_words(both_items) -> None:
     """A rewording that replaced the item's rare words ("consensus" by "agree") but kept three
     quarters of its terms is a candidate, found and confirmed; the clean host is no candidate."""
-    from hare.paraphrase import ParaphraseSearch
+    from hare.stages.decontam.paraphrase import ParaphraseSearch
 
     search = ParaphraseSearch(DecontamConfig(), both_items, embed)
     j = next(j for j, it in enumerate(search.items) if it.benchmark == "truthfulqa" and it.item_id == "217")
@@ -329,7 +330,7 @@ def test_most_of_an_items_terms_make_a_candidate_without_its_rare_words(both_ite
 def test_each_candidate_item_gets_its_best_two_windows_only(both_items) -> None:
     """Of the spans that pass the filter for an item (a sentence, a pair, a run), only the two
     holding most of its terms are embedded: the leak is still found, with fewer windows."""
-    from hare.paraphrase import WINDOWS_PER_ITEM, ParaphraseSearch
+    from hare.stages.decontam.paraphrase import WINDOWS_PER_ITEM, ParaphraseSearch
 
     search = ParaphraseSearch(DecontamConfig(), both_items, embed)
     text = middle(HOST, "Which part of a chili pepper is the hottest? The placenta is the hottest part, near the seeds. "

@@ -4,11 +4,11 @@ import numpy as np
 import pyarrow as pa
 
 from hare.config import DedupConfig
-from hare.dedup import find_duplicates, minhash_signatures
-from hare.embed import embed
-from hare.schema import record_id
+from hare.stages.dedup.layers import find_duplicates, minhash_signatures
+from hare.engines.embed import embed
+from hare.store.schema import record_id
 from hare.store import open_store
-from hare.tables import from_parquet_bytes
+from hare.store.tables import from_parquet_bytes
 
 BASE = [
     "Photosynthesis lets plants turn sunlight, water and carbon dioxide into sugar and oxygen inside their leaves.",
@@ -83,17 +83,18 @@ def test_near_clusters_keep_the_earliest_record() -> None:
 def test_features_are_computed_once_and_stored(tmp_path, monkeypatch) -> None:
     """The streamed features stage commits signatures and embeddings once; a re-run reads the commit."""
     from hare.config import RunConfig
-    from hare.stage import run_record_stage
-    from hare.manifest import commit_partition
+    from hare.stages.base import run_record_stage
+    from hare.store.manifest import commit_partition
     from hare.tasks import features as features_mod
     from hare.tasks.features import Features, split_features
 
     store = open_store(str(tmp_path / "store"))
     cfg = RunConfig(name="t", plan={"partitions": 1, "prompts_per_partition": 3})
     table = pa.table({"id": [record_id(t) for t in BASE[:3]], "text": BASE[:3]})
+    # the decontam commit of an earlier run, under the folder it then had (still read: layout.records_keys)
     commit_partition(store, "r", "p00000", "decontam", {"runs/r/decontaminated/p00000.parquet": table}, {}, 1)
     stats = run_record_stage(store, cfg, "r", "p00000", Features(), "decontam")
-    assert stats["records"] == 3 and stats["aggregate"] == {"records": 3, "embedded": 3}
+    assert (stats["checked"], stats["kept"], stats["rejected"]) == (3, 3, 0) and stats["aggregate"] == {"embedded": 3}
     ids, sigs, vecs = split_features(from_parquet_bytes(store.get_bytes("runs/r/features/p00000.parquet")))
     assert ids == table.column("id").to_pylist() and sigs.shape == (3, 128) and vecs.shape == (3, 384)
     assert np.allclose(vecs, embed(BASE[:3]), atol=1e-5)
@@ -108,7 +109,7 @@ def test_features_are_computed_once_and_stored(tmp_path, monkeypatch) -> None:
 def test_dedup_cli_on_any_parquet(tmp_path, capsys) -> None:
     import pyarrow.parquet as pq
 
-    from hare.cli import main
+    from hare.cli.main import main
 
     src = tmp_path / "in.parquet"
     pq.write_table(pa.table({"text": BASE + [EXACT, NEAR, PARAPHRASE]}), src)

@@ -8,15 +8,15 @@ import random
 import numpy as np
 import pytest
 
-from hare import dedup_index
+from hare.stages.dedup import index as dedup_index
 from hare.config import DedupConfig
-from hare.dedup import minhash_signatures
-from hare.dedup_index import (SchemeMismatch, band_objects, decide, features_table, load_quantizer, minhash_params,
+from hare.stages.dedup.layers import minhash_signatures
+from hare.stages.dedup.index import (SchemeMismatch, band_objects, decide, features_table, load_quantizer, minhash_params,
                               publish_run)
-from hare.layout import features_key, minhash_params_key, run_bands_key
-from hare.schema import record_id
+from hare.store.layout import features_key, minhash_params_key, run_bands_key
+from hare.store.schema import record_id
 from hare.store import open_store
-from hare.tables import to_parquet_bytes
+from hare.store.tables import to_parquet_bytes
 from tests.test_dedup import BASE, EXACT, NEAR
 
 DIM = 32
@@ -72,7 +72,7 @@ def test_cross_run_duplicates_across_bucket_groups_and_inverted_lists(store_url:
     assert q is not None and q.centroids.shape[0] > 8  # trained on the first run, many lists
 
     # A semantic copy whose home list is not its original's (it is found by probing).
-    from hare.dedup import assign_lists
+    from hare.stages.dedup.layers import assign_lists
 
     vecs = np.stack([v for _, v in old[:1500]])
     home, _ = assign_lists(q.centroids, vecs, 1)
@@ -93,7 +93,7 @@ def test_cross_run_duplicates_across_bucket_groups_and_inverted_lists(store_url:
     # A near copy that shares only some of its bands with the original.
     params = minhash_params(store, cfg)
     a, b = minhash_signatures([BASE[1], NEAR], cfg)
-    from hare.minhash import band_keys
+    from hare.stages.dedup.minhash import band_keys
 
     shared = int((band_keys(a[None], params.bands, params.rows) == band_keys(b[None], params.bands, params.rows)).sum())
     assert 0 < shared < params.bands
@@ -165,8 +165,8 @@ def test_two_runs_started_together_never_publish_the_same_text_twice(moto_endpoi
     import threading
     import time
 
-    from hare.dedup_index import hold_index, published_partitions, split_features
-    from hare.layout import published_index_key
+    from hare.stages.dedup.index import hold_index, published_partitions, split_features
+    from hare.store.layout import published_index_key
     from tests.conftest import new_bucket
 
     store = open_store(f"s3://{new_bucket()}/shared")
@@ -196,14 +196,14 @@ def test_two_runs_started_together_never_publish_the_same_text_twice(moto_endpoi
 
 
 def from_parquet(store, key):
-    from hare.tables import from_parquet_bytes
+    from hare.store.tables import from_parquet_bytes
 
     return from_parquet_bytes(store.get_bytes(key), key)
 
 
 def test_retrain_moves_every_published_vector_to_a_new_version(tmp_path, cfg: DedupConfig, capsys) -> None:
-    from hare.cli import main
-    from hare.dedup_index import ivf_version_key
+    from hare.cli.main import main
+    from hare.store.layout import ivf_lineage_key
 
     store = open_store(str(tmp_path / "store"))
     rng = np.random.default_rng(4)
@@ -218,7 +218,7 @@ def test_retrain_moves_every_published_vector_to_a_new_version(tmp_path, cfg: De
     q = load_quantizer(store)
     assert q.version == "v2" and q.centroids.shape[0] == 12
     assert sum(1 for k in store.list("index/ivf/v2/") if k.endswith(".parquet")) >= 2
-    event = json.loads(store.get_bytes(ivf_version_key("v2").replace("quantizer.json", "lineage.json")))
+    event = json.loads(store.get_bytes(ivf_lineage_key("v2")))
     assert event["job"]["name"] == "index.retrain" and event["eventType"] == "COMPLETE"
 
     copy_of = parts[1][7][1]
@@ -229,8 +229,8 @@ def test_retrain_moves_every_published_vector_to_a_new_version(tmp_path, cfg: De
 
 
 def test_a_corrupt_index_shard_is_quarantined_and_dedup_goes_on(store_url: str, cfg: DedupConfig) -> None:
-    from hare.layout import index_bands_prefix, published_index_key
-    from hare.quarantine import list_quarantined
+    from hare.store.layout import index_bands_prefix, published_index_key
+    from hare.store.quarantine import list_quarantined
 
     store = open_store(store_url)
     rng = np.random.default_rng(6)
@@ -255,8 +255,8 @@ def test_a_corrupt_index_shard_is_quarantined_and_dedup_goes_on(store_url: str, 
 def test_a_corrupt_index_shard_is_rebuilt_from_its_run(tmp_path, cfg: DedupConfig) -> None:
     import pyarrow as pa
 
-    from hare.layout import published_index_key, records_key
-    from hare.quarantine import list_quarantined
+    from hare.store.layout import published_index_key, records_key
+    from hare.store.quarantine import list_quarantined
 
     store = open_store(str(tmp_path / "store"))
     rng = np.random.default_rng(7)

@@ -8,7 +8,7 @@ import pytest
 
 from hare.config import load_config
 from hare.flows.synthesize import run_synthesize
-from hare.notebooks import execute_notebook
+from hare.run.notebooks import execute_notebook
 from hare.store import open_store
 from tests.conftest import ROOT
 
@@ -24,7 +24,7 @@ def test_demo_run_then_diversity_notebook(tmp_path: Path, monkeypatch: pytest.Mo
     resolved = load_config(demo)
     raw["topics"]["path"] = str(resolved.topics.path)
     raw["axes"]["path"] = str(resolved.axes.path)
-    for bench, done in zip(raw["decontamination"]["benchmarks"], resolved.decontamination.benchmarks):
+    for bench, done in zip(raw["decontam"]["benchmarks"], resolved.decontam.benchmarks):
         bench["source"] = done.source  # every benchmark's path, resolved against configs/
     # 48 tokens cut every answer short: relax the rules that would drop everything at this size.
     raw["quality"] = {"drop_truncated": False, "require_answer": False, "min_words": {"default": 10}}
@@ -45,9 +45,9 @@ def test_demo_run_then_diversity_notebook(tmp_path: Path, monkeypatch: pytest.Mo
     assert "## Diversity" in card and "anchor_entropy" in card
     assert "## Quality" in card and "## Decontamination" in card
     quality = json.loads(store.get_bytes(f"runs/{run_id}/quality.json"))
-    decontam = json.loads(store.get_bytes(f"runs/{run_id}/decontamination.json"))
-    assert quality["checked"] == 6 and decontam["records_checked"] == quality["kept"]
-    assert result["records"] == decontam["records_checked"] - decontam["records_dropped"]
+    decontam = json.loads(store.get_bytes(f"runs/{run_id}/decontam.json"))
+    assert quality["checked"] == 6 and decontam["checked"] == quality["kept"]
+    assert result["records"] == decontam["kept"] == decontam["checked"] - decontam["rejected"]
 
     out = tmp_path / "figures"
     monkeypatch.setenv("HARE_STORE", result["store"])

@@ -3,13 +3,13 @@
 import pyarrow as pa
 import pytest
 
-from hare import diversity as div
+from hare.stages import diversity as div
 from hare.config import load_config
-from hare.embed import embed
-from hare.schema import RECORD_SCHEMA
+from hare.engines.embed import embed
+from hare.store.schema import RECORD_SCHEMA
 from hare.tasks.diversity import diversity_report, domain_anchors
 from hare.tasks.plan import build_plan, plan_report
-from hare.taxonomy import DEFAULT_TAXONOMY, load_taxonomy
+from hare.priors.taxonomy import DEFAULT_TAXONOMY, load_taxonomy
 from tests.conftest import write_run_config
 
 NEAR_COPIES = [

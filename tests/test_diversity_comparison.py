@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from hare.embed import embed
-from hare.schema import RECORD_SCHEMA
+from hare.engines.embed import embed
+from hare.store.schema import RECORD_SCHEMA
 from hare.tasks.diversity import diversity_report
 from hare.tasks.plan import build_plan, plan_report
 from hare.config import load_config

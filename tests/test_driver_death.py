@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from hare.backends.fake import GATE_MARKER, GATE_OPEN
-from hare.lease import acquire, read_lease, run_lease_key
+from hare.store.lease import acquire, read_lease, run_lease_key
 from hare.process_tree import descendants
 from hare.store import open_store
 from tests.conftest import write_run_config
@@ -116,7 +116,7 @@ def test_a_dead_drivers_flow_run_is_ended_as_crashed(tmp_path: Path, prefect_api
     # a driver process that took the lease inside that flow run, then died (SIGKILL)
     child = subprocess.run(
         [sys.executable, "-c",
-         "import sys, hare.lease as L; from hare.store import open_store\n"
+         "import sys, hare.store.lease as L; from hare.store import open_store\n"
          "L._flow_run_id = lambda: sys.argv[3]\n"
          "L.acquire(open_store(sys.argv[1]), sys.argv[2], 'r', ttl_s=3600)\n"
          "import os, signal; os.kill(os.getpid(), signal.SIGKILL)\n",
@@ -135,7 +135,7 @@ def test_a_live_holder_on_this_machine_is_not_taken_over(tmp_path: Path) -> None
     store = open_store(str(tmp_path))
     key = "locks/x.json"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time, hare.lease as L; from hare.store import open_store\n"
+        [sys.executable, "-c", "import sys, time, hare.store.lease as L; from hare.store import open_store\n"
          "L.acquire(open_store(sys.argv[1]), sys.argv[2], 'x', ttl_s=3600); print('held', flush=True)\n"
          "time.sleep(60)\n", str(tmp_path), key], stdout=subprocess.PIPE, text=True, env=hare_env())
     try:
@@ -166,4 +166,4 @@ def test_the_temporary_prefect_server_is_tied_to_its_driver(tmp_path: Path) -> N
     assert _running(child_pid)
     driver.kill()
     driver.wait()
-    wait_for(lambda: not _running(child_pid), 10, "the tied child to stop")
+    wait_for(lambda: not _running(child_pid), 30, "the tied child to stop")

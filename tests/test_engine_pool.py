@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from hare.config import ModelConfig, load_config
-from hare.engine import CapacityError, check_capacity, engine_count
-from hare.gpu_monitor import GpuSample, GpuSampler, summarize, visible_gpu_indices
-from hare.pool import EngineQueue
+from hare.engines.engine import CapacityError, check_capacity, engine_count
+from hare.engines.gpu_monitor import GpuSample, GpuSampler, summarize, visible_gpu_indices
+from hare.engines.pool import EngineQueue
 from tests.conftest import write_run_config
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from hare.config import ConfigError, load_config
-from hare.estimate import (
+from hare.tasks.estimate import (
     ANSWER_LINE_TOKENS, DEFAULT_FILL, DEFAULT_REMOVED_SHARE, budget_signature, card_section, default_throughput,
     estimate, gpu_prior, measured_throughput, model_size_b, plan_markdown, plan_summary, prompt_budget, register,
     render_plan, scan_runs, throughput_table,

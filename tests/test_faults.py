@@ -20,13 +20,13 @@ from typing import Any
 import pytest
 
 from hare.backends.fake import GATE_MARKER, GATE_OPEN
-from hare.cli import main
-from hare.engine import engine_name
+from hare.cli.main import main
+from hare.engines.engine import engine_name
 from hare.flows.synthesize import run_rerun_failed, run_synthesize
-from hare.layout import dataset_prefix, generated_key, manifest_key, plan_key
-from hare.manifest import read_manifest
+from hare.store.layout import dataset_prefix, generated_key, manifest_key, plan_key
+from hare.store.manifest import read_manifest
 from hare.store import ObjectStore, open_store
-from hare.tables import from_parquet_bytes, to_parquet_bytes
+from hare.store.tables import from_parquet_bytes, to_parquet_bytes
 from tests.conftest import new_bucket, write_run_config
 from tests.procs import TcpOutage, hare_env, hare_process, wait_for
 
@@ -314,7 +314,7 @@ def test_rerun_of_an_unknown_run_is_a_clear_error(tmp_path: Path, capsys: pytest
 
 
 def test_an_interrupt_wrapped_by_a_library_still_counts_as_one() -> None:
-    from hare.flows.synthesize import _caused_by_interrupt
+    from hare.flows.driver import caused_by_interrupt as _caused_by_interrupt
 
     class Wrapped(Exception):
         pass

@@ -11,12 +11,12 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from hare.cli import main
+from hare.cli.main import main
 from hare.flows.synthesize import run_synthesize
-from hare.layout import generated_key, manifest_key
-from hare.manifest import read_manifest
+from hare.store.layout import generated_key, manifest_key
+from hare.store.manifest import read_manifest
 from hare.store import open_store
-from hare.tables import from_parquet_bytes, to_parquet_bytes
+from hare.store.tables import from_parquet_bytes, to_parquet_bytes
 from tests.conftest import TOPICS, write_run_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_local")]
@@ -196,8 +196,8 @@ def test_decontamination_inside_synthesize_and_alone(tmp_path: Path, capsys: pyt
         assert read_manifest(store, run_id, pid, "decontam").status == "succeeded"
     assert dropped and all("Sprints" in r["topic_path"] for r in dropped)
     assert {(r["benchmark"], r["benchmark_item"], r["match_method"]) for r in dropped} == {("gsm8k", "3", "ngram")}
-    report = json.loads(store.get_bytes(f"runs/{run_id}/decontamination.json"))
-    assert report["records_dropped"] == len(dropped) and report["benchmarks"]["gsm8k"]["items"] == ["3"]
+    report = json.loads(store.get_bytes(f"runs/{run_id}/decontam.json"))
+    assert report["rejected"] == len(dropped) and report["benchmarks"]["gsm8k"]["items"] == ["3"]
     assert "## Decontamination" in store.get_bytes(f"runs/{run_id}/README.md").decode()
     assert len(rows) + len(dropped) == 10
 
@@ -210,7 +210,7 @@ def test_decontamination_inside_synthesize_and_alone(tmp_path: Path, capsys: pyt
     rejected = pq.read_table(tmp_path / "clean.rejects.parquet").to_pylist()
     assert not any("Sprints" in r["topic_path"] for r in kept)
     assert {r["benchmark_item"] for r in rejected} <= {"3"}
-    assert '"records_dropped"' in capsys.readouterr().out
+    assert '"rejected"' in capsys.readouterr().out
 
 
 def test_quality_stage_inside_synthesize_and_alone(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -261,8 +261,8 @@ def test_dedup_is_incremental_across_runs(tmp_path: Path, capsys: pytest.Capture
     second = {"run_id": second_id}
     report = json.loads(store.get_bytes(f"runs/{second['run_id']}/dedup.json"))
     assert report.pop("candidate_pairs") >= 6  # at least each record with its published copy
-    assert report == {"checked": 6, "dropped": 6, "by_layer": {"exact": 6}, "against_published_records": 6,
-                      "dropped_as_already_published": 6}
+    assert report == {"checked": 6, "kept": 0, "rejected": 6, "reject_reasons": {"duplicate:exact": 6},
+                      "by_layer": {"exact": 6}, "against_published_records": 6, "dropped_as_already_published": 6}
     rejects = from_parquet_bytes(store.get_bytes(f"runs/{second['run_id']}/rejects/dedup/p00000.parquet")).to_pylist()
     assert {r["duplicate_of_run"] for r in rejects} == {first["run_id"]}
     assert "## Deduplication" in store.get_bytes(f"runs/{second['run_id']}/README.md").decode()

@@ -7,7 +7,7 @@ import pytest
 from hare.backends.base import GenerationResult, output_problem
 from hare.backends.fake import DeterministicFakeBackend
 from hare.config import SamplingConfig, load_config
-from hare.schema import RECORD_SCHEMA, REJECT_SCHEMA, record_id
+from hare.store.schema import RECORD_SCHEMA, REJECT_SCHEMA, record_id
 from hare.tasks.generate import RecordContext, generation_stats, records_from_results, requests_from_plan
 from hare.tasks.plan import build_plan
 from tests.conftest import write_run_config

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 
 from hare.flows.synthesize import run_synthesize
-from hare.manifest import read_manifest
+from hare.store.manifest import read_manifest
 from hare.store import open_store
-from hare.tables import from_parquet_bytes
+from hare.store.tables import from_parquet_bytes
 from tests.conftest import write_run_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_local")]
@@ -68,7 +68,7 @@ def test_engine_killed_mid_run_with_the_real_model_completes(tmp_path: Path) -> 
 
     import ray
 
-    from hare.engine import RAY_NAMESPACE, engine_name
+    from hare.engines.engine import RAY_NAMESPACE, engine_name
     from tests.procs import wait_for
 
     run_id = "kill-real"
@@ -105,6 +105,6 @@ def test_engine_killed_mid_run_with_the_real_model_completes(tmp_path: Path) -> 
     manifests = [read_manifest(store, run_id, f"p{i:05d}") for i in range(4)]
     assert all(m.status == "succeeded" and m.attempts == 1 for m in manifests)
     assert any(m.stats.get("engine_restarts", 0) >= 1 for m in manifests), "a partition waited for the restart"
-    served = [m.stats["records"] + m.stats["rejects"] for m in manifests]
+    served = [m.stats["kept"] + m.stats["rejected"] for m in manifests]
     assert served == [2, 2, 2, 2], "every prompt served once, none twice"
-    assert result["records"] == sum(m.stats["records"] for m in manifests)
+    assert result["records"] == sum(m.stats["kept"] for m in manifests)

@@ -746,7 +746,7 @@ def test_prefect_yaml_targets_are_separate_and_point_at_real_flows() -> None:
 def test_served_deployments_run_one_at_a_time_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
     from prefect.client.schemas.objects import ConcurrencyLimitStrategy
 
-    from hare.deployments import ServeError, build_deployments
+    from hare.flows.deployments import ServeError, build_deployments
 
     cluster = str(ROOT / "configs" / "cluster.yaml")
     monkeypatch.delenv("HARE_DEPLOYMENT_CONCURRENCY", raising=False)
@@ -802,12 +802,12 @@ PROMQL_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right
 
 
 def _engine_metrics() -> dict[str, set[str]]:
-    """Prometheus name -> tag keys of every ray.util.metrics metric hare/engine.py creates.
+    """Prometheus name -> tag keys of every ray.util.metrics metric hare/engines/engine.py creates.
 
     Ray exports metric ``x`` as ``ray_x``; a Counter as ``ray_x_total`` (Ray >= 2.10 with
     OpenTelemetry also drops the old gauge twin ``ray_x``), a Histogram as its _bucket/_sum/_count.
     """
-    tree = ast.parse((ROOT / "hare" / "engine.py").read_text())
+    tree = ast.parse((ROOT / "hare" / "engines" / "engine.py").read_text())
     tuples = {  # tags = ("model", "engine")
         t.id: {e.value for e in node.value.elts}
         for node in ast.walk(tree) if isinstance(node, ast.Assign) and isinstance(node.value, ast.Tuple)
@@ -876,7 +876,7 @@ def test_grafana_dashboard_queries_only_metrics_the_engines_export() -> None:
         labels |= {variable.group(2)} if variable else set()
         assert names, f"no metric in {expr!r}"
         for name in names:
-            assert name in exported, f"{expr!r}: {name} is not exported by hare/engine.py ({sorted(exported)})"
+            assert name in exported, f"{expr!r}: {name} is not exported by hare/engines/engine.py ({sorted(exported)})"
             assert labels <= exported[name], f"{expr!r}: labels {labels - exported[name]} not tags of {name}"
         used |= names
     assert {"ray_hare_output_tokens_total", "ray_hare_requests_total", "ray_hare_gpu_busy_fraction"} <= used

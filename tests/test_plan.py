@@ -5,7 +5,7 @@ import pytest
 
 from hare.config import load_config
 from hare.tasks.plan import build_plan, is_baseline, plan_report, prompt_seed, split_partitions
-from hare.prompts import template_for
+from hare.priors.prompts import template_for
 from tests.conftest import write_run_config
 
 

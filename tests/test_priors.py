@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from hare.prompts import TEMPLATES, template_for
-from hare.taxonomy import DEFAULT_AXES, DEFAULT_TAXONOMY, TaxonomyError, load_axes, load_taxonomy
+from hare.priors.prompts import TEMPLATES, template_for
+from hare.priors.taxonomy import DEFAULT_AXES, DEFAULT_TAXONOMY, TaxonomyError, load_axes, load_taxonomy
 
 
 def test_shipped_taxonomy_is_large_curated_and_clean() -> None:

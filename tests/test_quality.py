@@ -6,7 +6,7 @@ import pyarrow as pa
 import pytest
 
 from hare.config import QualityConfig
-from hare.quality import RULES, SCORE_NAMES, english_probability, judge, scores
+from hare.stages.quality import RULES, SCORE_NAMES, english_probability, judge, scores
 from hare.tasks.quality import filter_table, quality_report
 
 CFG = QualityConfig()

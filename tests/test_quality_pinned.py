@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 
 from hare.config import QualityConfig
-from hare.quality import SCORE_NAMES, judge
+from hare.stages.quality import SCORE_NAMES, judge
 from hare.tasks.quality import filter_table
 from tests import quality_pins
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from hare.runtime import LOCAL_RAY, ray_address
+from hare.run.runtime import LOCAL_RAY, ray_address
 from tests.conftest import write_run_config
 from tests.procs import free_port, hare_env, hare_process
 

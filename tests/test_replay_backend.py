@@ -138,8 +138,8 @@ def test_planted_rates_are_options() -> None:
 def test_no_chance_near_duplicates() -> None:
     """Besides the planted ones, the project's own near dedup finds (almost) nothing."""
     from hare.config import DedupConfig
-    from hare.dedup import find_duplicates, minhash_signatures
-    from hare.schema import record_id
+    from hare.stages.dedup.layers import find_duplicates, minhash_signatures
+    from hare.store.schema import record_id
 
     r = replayer(f"{DEFAULT_SOURCE}?exact=0&near=0.05")
     n = 1500
@@ -239,7 +239,7 @@ def test_sentence_splitter_keeps_abbreviations_and_initials() -> None:
 @pytest.mark.skipif("replay" not in get_args(ModelConfig.model_fields["backend"].annotation),
                     reason="model.backend has no 'replay' yet")
 def test_make_backend_builds_it() -> None:
-    from hare.engine import make_backend
+    from hare.engines.engine import make_backend
 
     cfg = ModelConfig(backend="replay", source=DEFAULT_SOURCE)  # type: ignore[arg-type]
     assert isinstance(make_backend(cfg, None), ReplayBackend)

@@ -11,10 +11,10 @@ from pathlib import Path
 
 from rich.console import Console
 
-from hare.layout import dataset_manifest_key, run_json
-from hare.manifest import PartitionManifest, commit_partition, record_failure, utc_now
-from hare.run_progress import RunWatcher, output_to_file, plain_line, render
-from hare.schema import RECORD_SCHEMA
+from hare.store.layout import dataset_manifest_key, run_json
+from hare.store.manifest import PartitionManifest, commit_partition, record_failure, utc_now
+from hare.run.progress import RunWatcher, output_to_file, plain_line, render
+from hare.store.schema import RECORD_SCHEMA
 from hare.store import open_store
 
 
@@ -75,7 +75,7 @@ def test_output_to_file_catches_children_and_keeps_the_terminal(tmp_path: Path) 
     code = f"""
 import subprocess, sys
 from pathlib import Path
-from hare.run_progress import output_to_file
+from hare.run.progress import output_to_file
 with output_to_file(Path({str(tmp_path / 'run.log')!r})) as term:
     print("from python")
     print("to stderr", file=sys.stderr)
@@ -92,7 +92,7 @@ print("after")
 
 
 def test_epoch_of_manifest_times() -> None:
-    from hare.run_progress import _epoch
+    from hare.run.progress import _epoch
 
     assert abs(_epoch(utc_now()) - time.time()) < 5
     assert _epoch("garbage") == 0.0

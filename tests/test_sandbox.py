@@ -21,8 +21,8 @@ from typing import Any, Iterator
 import pytest
 
 from hare.config import CodeCheckConfig
-from hare.sandbox import count_asserts, isolation_problem
-from hare.sandbox_bwrap import NOBODY
+from hare.sandbox.runner import count_asserts, isolation_problem
+from hare.sandbox.bwrap import NOBODY
 from hare.tasks.validate import run_snippet
 
 LIMITS = CodeCheckConfig(time_limit_s=3.0)

@@ -14,9 +14,9 @@ from typing import Iterator
 import pyarrow as pa
 import pytest
 
-from hare import sandbox, sandbox_bwrap
+from hare.sandbox import runner as sandbox, bwrap as sandbox_bwrap
 from hare.config import ConfigError, load_config
-from hare.schema import record_id
+from hare.store.schema import record_id
 from hare.tasks.validate import validate_table
 from tests.conftest import write_run_config
 

@@ -27,7 +27,7 @@ import boto3
 import pytest
 import yaml
 
-from hare.cli import main
+from hare.cli.main import main
 from tests.conftest import new_bucket, write_run_config
 from tests.procs import hare_env, hare_process
 

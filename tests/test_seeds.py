@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from hare.cli import main
+from hare.cli.main import main
 from hare.config import load_config
-from hare.seeds import CorpusError, load_corpus
+from hare.priors.seeds import CorpusError, load_corpus
 from hare.tasks.plan import build_plan
-from hare.taxonomy import load_taxonomy
+from hare.priors.taxonomy import load_taxonomy
 from tests.conftest import write_run_config
 
 THEMES = {

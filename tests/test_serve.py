@@ -20,8 +20,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from hare.layout import manifest_key
-from hare.manifest import read_manifest
+from hare.store.layout import manifest_key
+from hare.store.manifest import read_manifest
 from hare.store import open_store
 from tests.conftest import write_run_config
 from tests.procs import ROOT, free_port, hare_env, hare_process, wait_for
@@ -207,7 +207,7 @@ def _serve_with_local_server_at(api_url: str, cfg: Path, env: dict[str, str]) ->
 def test_serve_without_a_server_says_how_to_start_one(tmp_path: Path) -> None:
     """No PREFECT_API_URL and nothing at the local server address (a free port here): exit 2,
     naming that address and how to start a server."""
-    from hare.deployments import LOCAL_SERVER
+    from hare.flows.deployments import LOCAL_SERVER
 
     assert LOCAL_SERVER == "http://127.0.0.1:4200/api"  # what the message tells a user by default
     api_url = f"http://127.0.0.1:{free_port()}/api"
@@ -223,7 +223,7 @@ def test_serve_without_a_server_says_how_to_start_one(tmp_path: Path) -> None:
 def test_the_local_server_probe_sees_a_running_server(prefect_server: str) -> None:
     """The other side of the probe the test above relies on: a server that answers is seen (so
     'nothing there' above is the free port's doing, not a probe that never succeeds)."""
-    from hare.deployments import _local_server_up
+    from hare.flows.deployments import _local_server_up
 
     assert _local_server_up(f"{prefect_server}/api")
     assert not _local_server_up(f"http://127.0.0.1:{free_port()}/api")

@@ -23,14 +23,14 @@ def test_code_defaults_are_the_measured_settings() -> None:
 
 
 def test_demo_config_runs_the_measured_settings() -> None:
-    cfg = load_config(ROOT / "configs" / "demo.yaml").decontamination
+    cfg = load_config(ROOT / "configs" / "demo.yaml").decontam
     assert {k: getattr(cfg, k) for k in MEASURED} == MEASURED
 
 
 def test_docs_state_the_code_defaults() -> None:
     text = (ROOT / "docs" / "decontamination.md").read_text()
-    block = re.search(r"```yaml\n(decontamination:.*?)```", text, re.S).group(1)
-    documented = yaml.safe_load(block)["decontamination"]
+    block = re.search(r"```yaml\n(decontam:.*?)```", text, re.S).group(1)
+    documented = yaml.safe_load(block)["decontam"]
     defaults = DecontamConfig().model_dump()
     for key, value in documented.items():
         if key != "benchmarks":

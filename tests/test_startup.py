@@ -56,7 +56,7 @@ def test_temporary_api_starts_on_a_new_database_while_the_cpu_is_busy(tmp_path: 
     """Prefect's own wait is cut to 1 s: the API only comes up because hare migrates the new
     database first (no timeout) and then waits long enough for the server."""
     env = _clean_env(tmp_path, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="1")
-    code = ("import httpx\nfrom hare.runtime import prefect_api\n"
+    code = ("import httpx\nfrom hare.run.runtime import prefect_api\n"
             "with prefect_api() as url:\n    print('health', httpx.get(url + '/health').status_code)\n")
     proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, text=True, capture_output=True,
                           timeout=600)

@@ -8,10 +8,10 @@ from pathlib import Path
 import pyarrow as pa
 from rich.console import Console
 
-from hare.layout import generated_key, run_json
-from hare.manifest import commit_partition
-from hare.schema import RECORD_SCHEMA
-from hare.status import render_status
+from hare.store.layout import generated_key, run_json
+from hare.store.manifest import commit_partition
+from hare.store.schema import RECORD_SCHEMA
+from hare.run.status import render_status
 from hare.store import open_store
 
 

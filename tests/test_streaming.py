@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from hare.flows.synthesize import RunIncomplete, run_rerun_failed, run_synthesize
-from hare.manifest import read_manifest
+from hare.store.manifest import read_manifest
 from hare.store import open_store
 from tests.conftest import write_run_config
 
@@ -70,7 +70,7 @@ def test_a_failed_partition_stops_only_its_own_stages_and_rerun_finishes(tmp_pat
 
     marker.unlink()  # the fault is over
     result = run_rerun_failed("stream-fail", f"file://{tmp_path}/store")
-    kept = sum(read_manifest(store, "stream-fail", f"p0000{i}", "quality").stats["records"] for i in range(4))
+    kept = sum(read_manifest(store, "stream-fail", f"p0000{i}", "quality").stats["kept"] for i in range(4))
     assert result["records"] == kept > 0
     assert json.loads(store.get_bytes("runs/stream-fail/run.json"))["status"] == "succeeded"
     after = {pid: read_manifest(store, "stream-fail", pid, "quality").finished_at for pid in before}

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from hare.cli import main
+from hare.cli.main import main
 from tests.conftest import ROOT, write_run_config
 from tests.test_dedup import BASE, EXACT, NEAR, PARAPHRASE
 from tests.test_quality import GOOD, MATH_GOOD
@@ -78,7 +78,7 @@ def test_filter_section_only_config(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 def test_filter_in_batches(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """More rows than one batch: every row judged once, in order, rejects from every batch."""
-    from hare import table_tools
+    from hare.cli import table_tools
 
     rows = [{"text": GOOD if i % 3 else "Too short.", "i": i} for i in range(table_tools.BATCH_ROWS + 5)]
     src = write_jsonl(tmp_path / "in.jsonl", rows)
@@ -131,7 +131,7 @@ def test_decontam_with_benchmark_flag(tmp_path: Path, capsys: pytest.CaptureFixt
     assert [r["text"] for r in read_jsonl(tmp_path / "clean.jsonl")] == [GOOD, MATH_GOOD]
     (rej,) = read_jsonl(tmp_path / "clean.rejects.jsonl")
     assert (rej["benchmark"], rej["benchmark_item"], rej["match_method"]) == ("gsm8k", "7", "ngram")
-    assert '"records_dropped": 1' in capsys.readouterr().out
+    assert '"rejected": 1' in capsys.readouterr().out
 
 
 def test_decontam_section_only_config_relative_source(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from hare.backends.fake import DeterministicFakeBackend
 from hare.config import load_config
-from hare.schema import record_id
+from hare.store.schema import record_id
 from hare.tasks.generate import (RecordContext, answer_line_requests, records_from_results, requests_from_plan,
                                  solve_requests, with_answer_lines)
 from hare.tasks.plan import build_plan
@@ -193,7 +193,7 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 def _demo_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     from hare.store import open_store
-    from hare.tables import from_parquet_bytes
+    from hare.store.tables import from_parquet_bytes
 
     store = open_store(result["store"])
     return [row for key in result["shards"] for row in from_parquet_bytes(store.get_bytes(key), key).to_pylist()]
@@ -228,7 +228,7 @@ PASS_FLOOR = 0.5
 
 def _kinds_measured() -> tuple[Path, dict[str, Any]]:
     """The newest complete results file of bench/reasoning_kinds.py that covers every shipped kind."""
-    from hare.prompts import TEMPLATES
+    from hare.priors.prompts import TEMPLATES
 
     root = Path(__file__).resolve().parent.parent
     for path in sorted((root / "bench" / "results").glob("reasoning-*.json"), reverse=True):

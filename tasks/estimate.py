@@ -1,0 +1,692 @@
+"""What a run will cost, before it runs: ``hare plan CONFIG`` (a dry run with an estimate).
+
+The plan is the real one (the allocation and partition ids of ``tasks/plan.py``: deterministic
+and cheap, nothing is written). The cost is a throughput figure times the expected output tokens:
+
+* expected output tokens = all prompts (dataset + baseline) x tokens per prompt, where tokens per
+  prompt is the mean measured by earlier succeeded runs of the same model with the same token
+  budget (:func:`budget_signature`: ``sampling.max_tokens``, the per-kind ``max_tokens``, the
+  self-consistency settings), else each kind's budget x ``DEFAULT_FILL`` (stated under
+  ``source``). A kind's budget is its ``max_tokens``; a self-consistency kind's is the problem
+  (``validation.problem_max_tokens``) plus k solutions (plus k forced answer lines);
+* top-up rounds (``plan.top_up_rounds``) add, at most, the prompts of the strata the stages
+  empty: prompts x r + prompts x r^2 ... with r the share of prompts the record stages removed
+  (:data:`DEFAULT_REMOVED_SHARE`, stated), at the dataset's tokens per prompt;
+* throughput = the median output tokens/s per engine (per GPU on a GPU) of earlier succeeded runs
+  of the same model on the same kind of device (run.json ``summary.generation``), else a default
+  per model size and GPU from the throughput table (hare/priors/throughput-v1.yaml: published
+  vLLM figures with their sources, interpolated between sizes; this project's CPU measurement),
+  labelled "default, not measured";
+* generation wall time = expected tokens / (tokens/s per engine x busy engines); GPU-hours = wall
+  hours x engines x ``model.num_gpus`` (0 on CPUs). Engines count whole tensor-parallel groups
+  per node when ``--gpus-per-node`` is given, and a layout no node can hold is refused.
+
+Only generation is estimated: engine load, the record stages and publish come on top
+(docs/estimate.md). Nothing here connects to Ray or Prefect; the cluster's GPU count is a
+parameter (``--gpus``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import math
+import re
+import statistics
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hare.config import RunConfig
+from hare.priors.taxonomy import PRIORS_DIR
+from hare.store.layout import RUNS_PREFIX, run_json
+from hare.store import KeyNotFound, ObjectStore, StoreError, check_key_part
+
+# Tokens per prompt when no earlier run of the model measured it: outputs stop before
+# max_tokens on average. The demo's 135M model filled 0.69 of 256 (docs/benchmarks.md:
+# 11,312 tokens for 64 prompts); 0.8 leaves room for chattier models.
+DEFAULT_FILL = 0.8
+
+# Share of a round's prompts the record stages remove (what a top-up round re-plans) when no
+# figure is given: the demo's first round, SmolLM2-135M (docs/benchmarks.md#reasoning-kinds:
+# 21 of 48 planned prompts lost their record). A stronger model loses fewer.
+DEFAULT_REMOVED_SHARE = 0.45
+
+# Output tokens of a forced final-answer line (validation.answer_line: guided; its max_tokens).
+ANSWER_LINE_TOKENS = 16
+
+# run.json files read at most (the newest by the time stamp in the run id), so a big store
+# costs one listing and this many small reads.
+SCAN_LIMIT = 20
+
+# The default throughput table (published vLLM figures per GPU and model size, this project's CPU
+# measurement), as data: hare/priors/throughput-v1.yaml, each row with its source.
+THROUGHPUT_TABLE = PRIORS_DIR / "throughput-v1.yaml"
+# Sizes the name does not give: assume a 7-8B model on a GPU (the common case there) and the
+# measured 135M figure on CPUs (the only CPU figure there is).
+UNKNOWN_GPU_SIZE_B = 7.5
+
+_SIZE = re.compile(r"(?:\d+x)?(\d+(?:\.\d+)?)([mMbB])")
+_RUN_STAMP = re.compile(r"-(\d{8}T\d{6}Z)-[0-9a-f]+$")
+
+
+# ---------------------------------------------------------------------------------------------
+# model size and defaults
+
+
+def model_size_b(model_name: str) -> float | None:
+    """Parameters in billions parsed from a model name (``SmolLM2-135M-Instruct`` -> 0.135,
+    ``Qwen2.5-7B-Instruct`` -> 7.0, ``Mixtral-8x7B`` -> 7.0 per expert), else None."""
+    for part in re.split(r"[/_\-\s]+", model_name):
+        m = _SIZE.fullmatch(part)
+        if m:
+            value = float(m.group(1))
+            return value / 1000 if m.group(2).lower() == "m" else value
+    return None
+
+
+def size_label(size_b: float | None) -> str:
+    if size_b is None:
+        return "unknown"
+    return f"{size_b * 1000:g}M" if size_b < 1 else f"{size_b:g}B"
+
+
+@functools.lru_cache(maxsize=2)
+def throughput_table(path: Path = THROUGHPUT_TABLE) -> dict[str, Any]:
+    """The default throughput table (:data:`THROUGHPUT_TABLE`), GPU rows sorted by size."""
+    doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    for rows in doc["gpus"].values():
+        rows.sort(key=lambda r: r["params_b"])
+    return doc
+
+
+def gpu_types() -> list[str]:
+    """The GPUs the table has published figures for (``hare plan --gpu-type``)."""
+    return sorted(throughput_table()["gpus"])
+
+
+def _per_gpu(row: dict[str, Any]) -> float:
+    return row["output_tokens_per_s"] / row["tensor_parallel"]
+
+
+def _row_note(row: dict[str, Any]) -> str:
+    return (f"{row['model']} at TP {row['tensor_parallel']}: {row['output_tokens_per_s']:,.0f} output tok/s "
+            f"(vLLM {row['vllm']}; {row['source']})")
+
+
+def gpu_prior(size_b: float, gpu: str | None = None) -> dict[str, Any]:
+    """Default output tokens/s per GPU for a ``size_b``-billion model on ``gpu`` (the table's
+    ``default_gpu`` if None), with how it was obtained: ``published`` (a row of that size),
+    ``interpolated`` (log-log between the two rows around it) or ``extrapolated`` (the table's
+    stated rules past its ends), and the rows used."""
+    table = throughput_table()
+    gpu = gpu or table["default_gpu"]
+    if gpu not in table["gpus"]:
+        raise ValueError(f"no published throughput for GPU {gpu!r}; known: {', '.join(gpu_types())}")
+    rows, rules = table["gpus"][gpu], table["extrapolation"]
+    exact = [r for r in rows if math.isclose(r["params_b"], size_b, rel_tol=0.02)]
+    if exact:
+        return {"rate": _per_gpu(exact[0]), "how": "published", "rows": exact}
+    lo, hi = rows[0], rows[-1]
+    if size_b < lo["params_b"]:
+        growth = (lo["params_b"] / size_b) ** rules["small_exponent"]
+        factor = min(rules["max_small_factor"], growth)
+        return {"rate": _per_gpu(lo) * factor, "how": "extrapolated", "rows": [lo],
+                "rule": (f"x {factor:.2f}: ({lo['params_b']:g}B / {size_label(size_b)}) ^ {rules['small_exponent']:g}"
+                         f" = {growth:.2f}, at most x {rules['max_small_factor']:g}")}
+    if size_b > hi["params_b"]:
+        return {"rate": _per_gpu(hi) * hi["params_b"] / size_b, "how": "extrapolated", "rows": [hi],
+                "rule": f"x {hi['params_b']:g}B / {size_label(size_b)} (memory-bound decoding)"}
+    below = max((r for r in rows if r["params_b"] < size_b), key=lambda r: r["params_b"])
+    above = min((r for r in rows if r["params_b"] > size_b), key=lambda r: r["params_b"])
+    t = math.log(size_b / below["params_b"]) / math.log(above["params_b"] / below["params_b"])
+    rate = math.exp(math.log(_per_gpu(below)) + t * (math.log(_per_gpu(above)) - math.log(_per_gpu(below))))
+    return {"rate": rate, "how": "interpolated", "rows": [below, above]}
+
+
+def default_throughput(model_name: str, on_gpu: bool, gpu: str | None = None) -> dict[str, Any]:
+    """The stated default for a model size, from the throughput table: tokens/s per GPU on a GPU
+    (``gpu``: a type of the table, else its default), per engine on CPUs. Its ``detail`` says it is
+    not measured, how it was derived, and cites each published row used."""
+    size = model_size_b(model_name)
+    if on_gpu:
+        gpu = gpu or throughput_table()["default_gpu"]
+        assumed = size if size is not None else UNKNOWN_GPU_SIZE_B
+        prior = gpu_prior(assumed, gpu)
+        rate = prior["rate"]
+        note = "" if size is not None else "model size unknown, assumed 7-8B; "
+        how = {"published": "published vLLM figure",
+               "interpolated": "interpolated (log-log) between published vLLM figures",
+               "extrapolated": f"extrapolated ({prior.get('rule', '')}) from a published vLLM figure"}[prior["how"]]
+        rows = "; ".join(_row_note(r) for r in prior["rows"])
+        return {"kind": "default", "tokens_per_s_per_gpu": round(rate, 1), "model_size": size_label(size),
+                "gpu": gpu, "derivation": prior["how"], "sources": sorted({r["source"] for r in prior["rows"]}),
+                "detail": (f"default, not measured: {note}{how} for a {size_label(assumed)} model on {gpu}: "
+                           f"{rate:,.0f} output tok/s per GPU ({rows}; hare/priors/throughput-v1.yaml)")}
+    cpu = throughput_table()["cpu"]
+    base, params = cpu["output_tokens_per_s_per_engine"], cpu["params_b"]
+    if size is None:
+        rate, note = base, "model size unknown, assumed 135M; "
+    else:
+        # Decoding on CPUs is memory-bound: tokens/s falls about inversely with the parameters.
+        rate = base * min(1.0, params / size)
+        note = "" if size <= params else f"scaled by 135M/{size_label(size)} from the 135M figure; "
+    return {"kind": "default", "tokens_per_s_per_engine": round(rate, 2), "model_size": size_label(size),
+            "detail": (f"default, not measured: {note}{cpu['model']} on {cpu['setup'].split(',')[0]}, "
+                       f"{cpu['vllm']}, measured by this project ({cpu['source']}): {rate:,.1f} output tok/s per engine")}
+
+
+# ---------------------------------------------------------------------------------------------
+# earlier runs in the store
+
+
+def _stamp(run_id: str) -> str:
+    m = _RUN_STAMP.search(run_id)
+    return m.group(1) if m else ""
+
+
+def _safe_id(run_id: str) -> bool:
+    try:
+        check_key_part(run_id, "run id")
+    except StoreError:
+        return False
+    return True
+
+
+def scan_runs(store: ObjectStore, limit: int = SCAN_LIMIT) -> list[dict[str, Any]]:
+    """The ``limit`` newest run.json documents of the store, newest first.
+
+    Newest by the UTC stamp inside the run id (``<name>-<YYYYmmddTHHMMSSZ>-<hex>``,
+    ``hare.store.runs.new_run_id``), not by the id itself, which sorts by config name first; ids
+    without a stamp (chosen with ``--run-id``) count as the oldest.
+    """
+    ids = sorted((r for r in store.folders(RUNS_PREFIX) if _safe_id(r)), key=lambda r: (_stamp(r), r), reverse=True)
+    out = []
+    for run_id in ids[:limit]:
+        try:
+            info = json.loads(store.get_bytes(run_json(run_id)))
+        except (KeyNotFound, ValueError):
+            continue
+        if isinstance(info, dict):
+            info.setdefault("run_id", run_id)
+            out.append(info)
+    return out
+
+
+def _same_model(runs: list[dict[str, Any]], model_name: str) -> list[dict[str, Any]]:
+    """Succeeded runs of this model that recorded the generation stage's figures."""
+    out = []
+    for info in runs:
+        cfg = info.get("config") or {}
+        gen = (info.get("summary") or {}).get("generation")
+        model = cfg.get("model") or {}
+        # only real generation counts: a deterministic-fake run under the same model name is no figure
+        if (model.get("name") == model_name and model.get("backend", "vllm") == "vllm"
+                and info.get("status") == "succeeded" and isinstance(gen, dict)):
+            out.append(info)
+    return out
+
+
+def measured_throughput(store: ObjectStore | None, model_name: str, *, on_gpu: bool | None = None,
+                        runs: list[dict[str, Any]] | None = None) -> dict[str, Any] | None:
+    """Median output tokens/s per engine (and per GPU, for GPU runs) of earlier runs of a model.
+
+    Looks at the :data:`SCAN_LIMIT` newest run.json of the store (or ``runs``, from
+    :func:`scan_runs`), keeps those of ``model_name`` that succeeded and generated partitions
+    themselves (``summary.generation.generated`` > 0; a resume that skipped everything measured
+    nothing), on GPUs or CPUs only when ``on_gpu`` says. None when no run qualifies.
+    """
+    if runs is None:
+        if store is None:
+            return None
+        runs = scan_runs(store)
+    rows = []
+    for info in _same_model(runs, model_name):
+        gen = info["summary"]["generation"]
+        if not gen.get("generated") or not gen.get("output_tokens") or not gen.get("output_tokens_per_s_per_engine"):
+            continue
+        gpus = float(gen.get("gpus") or 0)
+        if on_gpu is not None and (gpus > 0) != on_gpu:
+            continue
+        rows.append((info["run_id"], gen, gpus))
+    if not rows:
+        return None
+    per_gpu = [g["output_tokens_per_s_per_gpu"] for _, g, n in rows if n > 0 and g.get("output_tokens_per_s_per_gpu")]
+    return {
+        "kind": "measured",
+        "runs": len(rows),
+        "newest_run": max(rows, key=lambda r: (_stamp(r[0]), r[0]))[0],
+        "run_ids": [r[0] for r in rows],
+        "tokens_per_s_per_engine": round(statistics.median(g["output_tokens_per_s_per_engine"] for _, g, _ in rows), 2),
+        "tokens_per_s_per_gpu": round(statistics.median(per_gpu), 2) if per_gpu else None,
+        "output_tokens": sum(g["output_tokens"] for _, g, _ in rows),
+        "wall_seconds": round(sum(g.get("wall_seconds", 0.0) for _, g, _ in rows), 2),
+        "engines": sorted({g.get("engines", 0) for _, g, _ in rows}),
+        "gpus": sorted({n for _, _, n in rows}),
+    }
+
+
+def budget_signature(config: dict[str, Any]) -> str:
+    """What decides a run's output tokens per prompt besides the model, from a config as JSON
+    (``RunConfig.to_jsonable()`` or run.json ``config``): ``sampling.max_tokens``, each kind's
+    own ``max_tokens``, and the self-consistency settings when validation is on. Runs with the
+    same signature (and model) measure each other's tokens per prompt."""
+    sampling = config.get("sampling") or {}
+    by_kind = {k: v.get("max_tokens") for k, v in (sampling.get("by_kind") or {}).items()
+               if isinstance(v, dict) and v.get("max_tokens") is not None}
+    validation = config.get("validation") or {}
+    voted = ({f: validation.get(f) for f in ("k", "problem_max_tokens", "answer_line")}
+             if validation.get("enabled") else None)
+    return json.dumps({"max_tokens": sampling.get("max_tokens"), "by_kind": by_kind, "validation": voted},
+                      sort_keys=True)
+
+
+def prompt_budget(cfg: RunConfig, kind: str) -> int:
+    """Most output tokens one prompt of ``kind`` can cost: its ``max_tokens``; for a
+    self-consistency kind the problem plus k solutions (and k forced answer lines)."""
+    own = cfg.sampling.for_kind(kind).max_tokens
+    k = cfg.validation.samples(kind)
+    if k <= 1:
+        return own
+    lines = k * ANSWER_LINE_TOKENS if cfg.validation.answer_line == "guided" else 0
+    return cfg.validation.problem_max_tokens + k * own + lines
+
+
+def measured_tokens_per_prompt(runs: list[dict[str, Any]], model_name: str, signature: str) -> dict[str, Any] | None:
+    """Median, over earlier succeeded runs of the model with the same token budget
+    (:func:`budget_signature`), of their mean output tokens per dataset prompt (run.json
+    ``summary.output_tokens``, the dataset partitions' manifests, less the top-up rounds' tokens
+    (``summary.generation.top_up``), over ``plan.partitions x plan.prompts_per_partition``)."""
+    means, ids = [], []
+    for info in _same_model(runs, model_name):
+        cfg, summary = info["config"], info["summary"]
+        plan = cfg.get("plan") or {}
+        prompts = int(plan.get("partitions", 0)) * int(plan.get("prompts_per_partition", 0))
+        if budget_signature(cfg) != signature or not prompts or not summary.get("output_tokens"):
+            continue
+        # the plan's prompts only: a top-up round's tokens are the estimate's top-up term
+        top_up = sum(r.get("output_tokens", 0) for r in (summary.get("generation") or {}).get("top_up", []))
+        means.append((summary["output_tokens"] - top_up) / prompts)
+        ids.append(info["run_id"])
+    if not means:
+        return None
+    return {"kind": "measured", "tokens_per_prompt": round(statistics.median(means), 2),
+            "runs": len(ids), "newest_run": max(ids, key=lambda r: (_stamp(r), r)),
+            "detail": (f"measured: median mean output tokens per prompt of {len(ids)} earlier run(s) "
+                       f"of {model_name} with the same token budget (max_tokens, per-kind max_tokens, k)")}
+
+
+# ---------------------------------------------------------------------------------------------
+# plan and estimate
+
+
+def plan_summary(cfg: RunConfig, store: ObjectStore | None = None, *,
+                 runs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Prompts per kind, domain, audience and style of the real plan, partitions, and the
+    expected output tokens (with their ``source``: measured by earlier runs in ``store``, or
+    ``sampling.max_tokens x DEFAULT_FILL``). The counts come from the plan's allocation alone
+    (``count_plan``: no prompt is rendered), so a 10M-prompt plan is summed in seconds."""
+    from hare.tasks.plan import count_plan, is_baseline, plan_partition_ids
+
+    report = count_plan(cfg).report(cfg)
+    parts = plan_partition_ids(cfg)
+    baseline_parts = [p for p in parts if is_baseline(p)]
+    total = report["prompts"] + report["baseline_prompts"]
+    if runs is None and store is not None:
+        runs = scan_runs(store)
+    max_tokens = cfg.sampling.max_tokens
+    budgets = {kind: prompt_budget(cfg, kind) for kind in report["kinds"]}
+    dataset_budget = sum(n * budgets[kind] for kind, n in report["kinds"].items())
+    measured = measured_tokens_per_prompt(runs or [], cfg.model.name, budget_signature(cfg.to_jsonable()))
+    if measured is not None:
+        per_prompt, source = measured["tokens_per_prompt"], measured
+        plan_tokens = total * per_prompt
+    else:
+        plan_tokens = (dataset_budget + report["baseline_prompts"] * max_tokens) * DEFAULT_FILL
+        per_prompt = plan_tokens / total if total else 0.0
+        voted = {k: n for k in report["kinds"] if (n := cfg.validation.samples(k)) > 1}
+        source = {"kind": "default", "fill_factor": DEFAULT_FILL, "budget_per_prompt": budgets,
+                  "detail": (f"default, not measured: each kind's token budget per prompt x fill factor "
+                             f"{DEFAULT_FILL} ({', '.join(f'{k} {b}' for k, b in budgets.items())}"
+                             + (f"; voted kinds: the problem + k solutions, k {voted}" if voted else "")
+                             + f"; no earlier succeeded run of {cfg.model.name} with this token budget)")}
+    prompts = report["prompts"]
+    dataset_per_prompt = (per_prompt if measured is not None or not prompts
+                          else dataset_budget * DEFAULT_FILL / prompts)
+    rounds = cfg.plan.top_up_rounds
+    top_up = round(sum(prompts * DEFAULT_REMOVED_SHARE ** i for i in range(1, rounds + 1)))
+    return {
+        "config": cfg.name,
+        "config_hash": cfg.config_hash(),
+        "model": cfg.model.name,
+        "prompts": report["prompts"],
+        "baseline_prompts": report["baseline_prompts"],
+        "total_prompts": total,
+        "partitions": len(parts) - len(baseline_parts),
+        "baseline_partitions": len(baseline_parts),
+        "total_partitions": len(parts),
+        "prompts_per_partition": cfg.plan.prompts_per_partition,
+        "kinds": report["kinds"],
+        "domains": report["domains"],
+        "audiences": report["audiences"],
+        "styles": report["styles"],
+        "leaves": len(report["leaves"]),
+        "leaves_covered": sum(1 for n in report["leaves"].values() if n),
+        "max_tokens": max_tokens,
+        "expected_tokens_per_prompt": round(per_prompt, 2),
+        "top_up_rounds": rounds,
+        "expected_top_up_prompts": top_up,
+        "top_up_source": (f"default, not measured: up to {rounds} round(s), each re-planning the "
+                          f"{DEFAULT_REMOVED_SHARE:.0%} of the round before's prompts the record stages are "
+                          f"assumed to remove (the demo's measured share)") if rounds else "no top-up rounds",
+        "expected_output_tokens": int(round(plan_tokens + top_up * dataset_per_prompt)),
+        "source": source,
+    }
+
+
+def cluster_nodes(gpus: float | None, gpus_per_node: float | None) -> list[dict[str, float]] | None:
+    """The nodes ``hare plan`` is told about: ``--gpus`` in nodes of ``--gpus-per-node`` (the last
+    one holding the rest), one such node without ``--gpus``; None without ``--gpus-per-node``
+    (GPUs then count as one pool, nothing known of nodes)."""
+    if not gpus_per_node:
+        return None
+    total = gpus if gpus else gpus_per_node
+    full, rest = int(total // gpus_per_node), total % gpus_per_node
+    return [{"GPU": float(gpus_per_node)}] * full + ([{"GPU": float(rest)}] if rest > 1e-9 else [])
+
+
+def check_layout(cfg: RunConfig, gpus: float | None, gpus_per_node: float | None) -> None:
+    """Refuse, in one line (:class:`hare.engines.engine.CapacityError`, exit 2), an engine layout the
+    cluster ``hare plan`` is told about could never place: an engine's tensor-parallel group
+    larger than the largest node (``--gpus-per-node``), or an engine larger than all the GPUs
+    (``--gpus``). The rule is ``hare.engines.engine.never_fits``, the one ``hare run`` applies to
+    ``ray.nodes()``."""
+    from hare.engines.engine import CapacityError, never_fits, world_size
+
+    model = cfg.model
+    nodes = cluster_nodes(gpus, gpus_per_node)
+    problem = never_fits(model, nodes) if nodes is not None else None
+    if problem is None and gpus and model.num_gpus > gpus + 1e-9:
+        problem = (f"one engine needs model.num_gpus = {model.num_gpus:g} GPUs (tensor_parallel_size "
+                   f"{model.tensor_parallel_size} x pipeline_parallel_size {model.pipeline_parallel_size} = "
+                   f"{world_size(model)}), the cluster has {gpus:g}")
+    if problem is not None:
+        shape = " ".join(f"--{k} {v:g}" for k, v in (("gpus", gpus), ("gpus-per-node", gpus_per_node)) if v)
+        raise CapacityError(f"{problem} ({shape}): this layout can never be placed; lower "
+                            f"model.tensor_parallel_size / model.num_gpus or plan for larger nodes")
+
+
+def estimate(cfg: RunConfig, store: ObjectStore | None, gpus: float | None = None, *,
+             summary: dict[str, Any] | None = None, runs: list[dict[str, Any]] | None = None,
+             gpus_per_node: float | None = None, gpu_type: str | None = None) -> dict[str, Any]:
+    """Engines, generation wall time, GPU-hours and where the throughput figure comes from.
+
+    Engines: ``model.replicas``, else what the Ray cluster's ``gpus`` hold (given by the caller:
+    nothing connects to Ray here; counted per node of ``gpus_per_node`` when given, a node
+    holding whole tensor-parallel groups), else 1 (``hare.engines.engine.engine_count``). At most one
+    engine per partition is busy (a partition goes to one engine). ``gpu_type`` picks the
+    throughput table's GPU for the default figure.
+    """
+    from hare.engines.engine import engine_count
+
+    if runs is None and store is not None:
+        runs = scan_runs(store)
+    summary = summary or plan_summary(cfg, runs=runs or [])
+    model = cfg.model
+    on_gpu = model.num_gpus > 0
+    nodes = cluster_nodes(gpus, gpus_per_node)
+    engines = engine_count(model, {"GPU": float(gpus or 0)}, nodes)
+    if model.replicas is not None:
+        engines_from = "model.replicas"
+    elif on_gpu and (gpus or nodes):
+        shape = f" in nodes of {gpus_per_node:g}" if gpus_per_node else ""
+        engines_from = f"{gpus or gpus_per_node:g} GPUs{shape} / model.num_gpus {model.num_gpus:g}"
+    else:
+        engines_from = "default: 1 engine (no model.replicas, no --gpus)" if on_gpu else "1 engine on CPUs"
+    busy = max(1, min(engines, summary["total_partitions"]))
+
+    measured = measured_throughput(None, model.name, on_gpu=on_gpu, runs=runs or [])
+    if measured is not None and (not on_gpu or measured["tokens_per_s_per_gpu"]):
+        where = "GPU" if on_gpu else "CPU"
+        source = {**measured, "detail": (f"measured: median of {measured['runs']} succeeded {where} run(s) of "
+                                         f"{model.name} (newest {measured['newest_run']})")}
+    else:
+        source = default_throughput(model.name, on_gpu, gpu_type)
+    if on_gpu:
+        per_gpu = source["tokens_per_s_per_gpu"]
+        per_engine = per_gpu * model.num_gpus
+    else:
+        per_gpu, per_engine = None, source["tokens_per_s_per_engine"]
+
+    tokens = summary["expected_output_tokens"]
+    rate = per_engine * busy
+    wall = tokens / rate if rate else float("inf")
+    hours = wall / 3600
+    return {
+        "model": model.name,
+        "model_size": size_label(model_size_b(model.name)),
+        "device": "gpu" if on_gpu else "cpu",
+        "engines": engines,
+        "busy_engines": busy,
+        "engines_from": engines_from,
+        "num_gpus_per_engine": model.num_gpus,
+        "tensor_parallel_size": model.tensor_parallel_size,
+        "pipeline_parallel_size": model.pipeline_parallel_size,
+        "gpus": engines * model.num_gpus,
+        "expected_output_tokens": tokens,
+        "tokens_source": summary["source"],
+        "tokens_per_s_per_engine": round(per_engine, 2),
+        "tokens_per_s_per_gpu": round(per_gpu, 2) if per_gpu is not None else None,
+        "tokens_per_s": round(rate, 2),
+        "wall_seconds": round(wall, 1),
+        "engine_hours": round(hours * engines, 4),
+        "gpu_hours": round(hours * engines * model.num_gpus, 4),
+        "source": source,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# rendering
+
+
+def duration(seconds: float | None) -> str:
+    """``95`` -> ``1 min 35 s``; ``7300`` -> ``2 h 02 min``."""
+    if seconds is None or not math.isfinite(seconds):
+        return "n/a"
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    if s < 86400:
+        return f"{s // 3600} h {s % 3600 // 60:02d} min"
+    return f"{s // 86400} d {s % 86400 // 3600:02d} h"
+
+
+def _rate(x: float) -> str:
+    return f"{x:,.0f}" if x >= 1000 else f"{x:,.1f}"
+
+
+def engine_layout(est: dict[str, Any]) -> str:
+    """``4`` on CPUs; ``4 x 2 GPUs (tensor parallel 2)`` on GPUs: engines x GPUs per engine."""
+    if est["device"] != "gpu":
+        return f"{est['engines']}"
+    tp, pp = est.get("tensor_parallel_size", 1), est.get("pipeline_parallel_size", 1)
+    split = (f" (tensor parallel {tp}" + (f" x pipeline {pp}" if pp > 1 else "") + ")") if tp * pp > 1 else ""
+    return f"{est['engines']} x {est['num_gpus_per_engine']:g} GPU{'s' if est['num_gpus_per_engine'] != 1 else ''}{split}"
+
+
+def _totals_rows(summary: dict[str, Any], est: dict[str, Any]) -> list[tuple[str, str]]:
+    gpu = est["device"] == "gpu"
+    rate = (f"{_rate(est['tokens_per_s_per_gpu'])} per GPU, {_rate(est['tokens_per_s_per_engine'])} per engine"
+            if gpu else f"{_rate(est['tokens_per_s_per_engine'])} per engine")
+    return [
+        ("prompts", f"{summary['prompts']:,} + {summary['baseline_prompts']:,} baseline = {summary['total_prompts']:,}"),
+        ("partitions", f"{summary['partitions']:,} + {summary['baseline_partitions']:,} baseline = "
+                       f"{summary['total_partitions']:,} (x {summary['prompts_per_partition']:,} prompts)"),
+        ("leaves covered", f"{summary['leaves_covered']:,} of {summary['leaves']:,}"),
+        ("tokens per prompt", f"{summary['expected_tokens_per_prompt']:,.1f} (max_tokens {summary['max_tokens']:,})"),
+        *([("top-up prompts", f"~{summary['expected_top_up_prompts']:,} in up to {summary['top_up_rounds']} "
+                              f"round(s), included below")] if summary.get("top_up_rounds") else []),
+        ("expected output tokens", f"{summary['expected_output_tokens']:,}"),
+        ("model", f"{est['model']} ({est['model_size']}, {est['device'].upper()})"),
+        ("engines", f"{engine_layout(est)} ({est['engines_from']})" + (
+            f", {est['busy_engines']} busy" if est["busy_engines"] != est["engines"] else "")),
+        ("output tok/s", f"{rate}; {_rate(est['tokens_per_s'])} in all"),
+        ("generation wall time", duration(est["wall_seconds"])),
+        ("GPU-hours", f"{est['gpu_hours']:,.2f}" if gpu else "0 (CPU run)"),
+        ("engine-hours", f"{est['engine_hours']:,.2f}"),
+    ]
+
+
+def _sources(summary: dict[str, Any], est: dict[str, Any]) -> list[tuple[str, str]]:
+    rows = [("throughput", est["source"]["detail"]), ("tokens per prompt", summary["source"]["detail"])]
+    if summary.get("top_up_rounds"):
+        rows.append(("top-up prompts", summary["top_up_source"]))
+    return rows
+
+
+_AXES = (("kind", "kinds"), ("audience", "audiences"), ("style", "styles"), ("domain", "domains"))
+
+
+def render_plan(summary: dict[str, Any], est: dict[str, Any], compact: bool = False) -> Any:
+    """The plan and the estimate as a rich renderable for the terminal; ``compact``: the totals
+    table only (what `hare run` shows before it starts)."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    totals = Table(title=f"hare plan: {summary['config']} (dry run, nothing written)", show_header=False,
+                   title_justify="left")
+    totals.add_column(style="bold")
+    totals.add_column()
+    for k, v in _totals_rows(summary, est):
+        totals.add_row(k, v)
+    parts: list[Any] = [totals]
+    if compact:
+        return totals
+    for label, key in _AXES:
+        t = Table(title=f"prompts per {label}", title_justify="left")
+        t.add_column(label)
+        t.add_column("prompts", justify="right")
+        t.add_column("share", justify="right")
+        n = summary["prompts"] or 1
+        for value, count in summary[key].items():
+            t.add_row(value, f"{count:,}", f"{100 * count / n:.1f}%")
+        parts.append(t)
+    parts.append(Text("\n".join(f"{k}: {v}" for k, v in _sources(summary, est))
+                      + "\nEstimate of the generation stage only: engine load, quality, decontamination, "
+                        "dedup, diversity and publish come on top."))
+    return Group(*parts)
+
+
+def plan_markdown(summary: dict[str, Any], est: dict[str, Any]) -> str:
+    """The plan and the estimate as Markdown (a Prefect markdown artifact)."""
+    lines = [f"# Plan of `{summary['config']}` (config {summary['config_hash'][:12]})", "",
+             "| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in _totals_rows(summary, est)), ""]
+    for label, key in _AXES:
+        n = summary["prompts"] or 1
+        lines += [f"## Prompts per {label}", "", f"| {label} | prompts | share |", "|---|---:|---:|",
+                  *(f"| {v} | {c:,} | {100 * c / n:.1f}% |" for v, c in summary[key].items()), ""]
+    lines += ["## Sources", "", *(f"- {k}: {v}" for k, v in _sources(summary, est)),
+              "- Estimate of the generation stage only: engine load and the record stages come on top.", ""]
+    return "\n".join(lines)
+
+
+def card_section(est: dict[str, Any], actual: dict[str, Any]) -> list[str]:
+    """Dataset-card lines: the estimate beside what the run did, and the cost per 1M kept tokens.
+
+    ``actual`` is run.json ``summary.generation`` plus ``kept_output_tokens`` (output tokens of
+    the published records). A run without GPUs gets "CPU run: n/a" for GPU-hours per 1M kept
+    tokens and engine-hours per 1M kept tokens instead.
+    """
+    wall = float(actual.get("wall_seconds") or 0.0)
+    engines = float(actual.get("engines") or 0)
+    gpus = float(actual.get("gpus") or 0)
+    kept = int(actual.get("kept_output_tokens") or 0)
+    gpu_hours = wall / 3600 * gpus
+    engine_hours = wall / 3600 * engines
+    rate = actual.get("output_tokens_per_s")
+    if rate is None and wall:
+        rate = (actual.get("output_tokens") or 0) / wall
+
+    def per_m(hours: float) -> str:
+        return f"{hours / kept * 1e6:,.3f}" if kept else "n/a (no kept tokens)"
+
+    est_gpu = est["device"] == "gpu"
+    lines = ["## Cost: estimate and actual", "",
+             "| | estimate (before the run) | actual |", "|---|---:|---:|",
+             f"| generation wall time | {duration(est['wall_seconds'])} | {duration(wall)} |",
+             f"| output tokens | {est['expected_output_tokens']:,} | {int(actual.get('output_tokens') or 0):,} |",
+             f"| output tok/s | {_rate(est['tokens_per_s'])} | {_rate(float(rate or 0))} |",
+             f"| engines | {est['engines']} | {int(engines)} |",
+             f"| GPU-hours | {est['gpu_hours']:,.3f} | {gpu_hours:,.3f} |" if est_gpu or gpus else
+             "| GPU-hours | 0 (CPU) | 0 (CPU) |",
+             f"| engine-hours | {est['engine_hours']:,.3f} | {engine_hours:,.3f} |",
+             f"| kept output tokens (published records) | | {kept:,} |",
+             f"| GPU-hours per 1M kept tokens | | {per_m(gpu_hours) if gpus else 'CPU run: n/a'} |"]
+    if not gpus:
+        lines.append(f"| engine-hours per 1M kept tokens | | {per_m(engine_hours)} |")
+    lines += ["", f"Throughput of the estimate: {est['source']['detail']}. "
+                  f"Tokens per prompt: {est['tokens_source']['detail']}. "
+                  "Times are the generation stage's wall clock (run.json `summary.generation`).", ""]
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+
+
+def plan_and_estimate(cfg: RunConfig, gpus: float | None = None, *, gpus_per_node: float | None = None,
+                      gpu_type: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The plan summary and the estimate, from the earlier runs in the config's store (or the
+    defaults, with a warning, when the store cannot be read): what `hare plan` prints and what
+    `hare run` shows, keeps in ``plan/estimate.json`` and puts on the card beside the actual."""
+    from hare.store import open_store
+
+    store = open_store(cfg.store.url)
+    try:
+        runs = scan_runs(store)
+    except StoreError as exc:  # the plan is still worth printing; say the figures are defaults
+        import sys
+
+        print(f"hare: warning: cannot read earlier runs in {store.url}: {exc}; using defaults", file=sys.stderr)
+        runs = []
+    summary = plan_summary(cfg, runs=runs)
+    return summary, estimate(cfg, store, gpus, summary=summary, runs=runs, gpus_per_node=gpus_per_node,
+                             gpu_type=gpu_type)
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from hare.config import load_config
+
+    cfg = load_config(args.config, store_url=args.store)
+    check_layout(cfg, args.gpus, args.gpus_per_node)
+    summary, est = plan_and_estimate(cfg, args.gpus, gpus_per_node=args.gpus_per_node, gpu_type=args.gpu_type)
+    if args.json:
+        print(json.dumps({"plan": summary, "estimate": est, "store": cfg.store.url}, indent=2))
+    else:
+        from rich.console import Console
+
+        Console().print(render_plan(summary, est))
+    return 0
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``hare plan CONFIG [--store URL] [--gpus N] [--json]`` to the CLI's subparsers."""
+    p = subparsers.add_parser("plan", help="dry run: the plan of a config and what its generation will cost")
+    p.add_argument("config", help="run YAML, e.g. configs/demo.yaml")
+    p.add_argument("--store", help="store whose earlier runs give measured figures (default: the config's store.url)")
+    p.add_argument("--gpus", type=float, help="GPUs of the Ray cluster (engines = GPUs / model.num_gpus "
+                                              "when model.replicas is null); default 1 engine")
+    p.add_argument("--gpus-per-node", type=float,
+                   help="GPUs of each node: engines count whole tensor-parallel groups per node, and a layout "
+                        "no node can hold (tensor_parallel_size > GPUs per node) is refused (exit 2)")
+    p.add_argument("--gpu-type", choices=gpu_types(), default=None,
+                   help=f"GPU of the published throughput figures used when no earlier run measured the model "
+                        f"(default {throughput_table()['default_gpu']}; hare/priors/throughput-v1.yaml)")
+    p.add_argument("--json", action="store_true", help="print the plan and the estimate as JSON")
+    p.set_defaults(fn=_cmd_plan)
+    return p
