@@ -63,7 +63,7 @@ def decontaminate_table(
     return records.filter(pa.array([m is None for m in matches], pa.bool_())), rejects
 
 
-def contamination_aggregate(rejects: pa.Table) -> dict[str, Any]:
+def decontam_aggregate(rejects: pa.Table) -> dict[str, Any]:
     """One partition's own figures: records matched per benchmark, by method, and which items."""
     per: dict[str, dict[str, Any]] = {}
     rows = rejects.select(["benchmark", "benchmark_item", "match_method"]).to_pylist() if rejects.num_rows else []
@@ -76,7 +76,7 @@ def contamination_aggregate(rejects: pa.Table) -> dict[str, Any]:
     return {"benchmarks": per}
 
 
-def merge_contamination(aggregates: list[dict[str, Any]]) -> dict[str, Any]:
+def merge_decontam(aggregates: list[dict[str, Any]]) -> dict[str, Any]:
     """The report's own figures: per benchmark, records matched, by method, and items."""
     per: dict[str, dict[str, Any]] = {}
     for agg in aggregates:
@@ -92,10 +92,10 @@ def merge_contamination(aggregates: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def contamination_report(kept: pa.Table, rejects: pa.Table) -> dict[str, Any]:
+def decontam_report(kept: pa.Table, rejects: pa.Table) -> dict[str, Any]:
     """Checked, kept, rejected and, per benchmark, records matched, by method, and which items
     (``hare decontam`` on a file: the same report as a run's)."""
-    result = StageResult(kept, rejects, contamination_aggregate(rejects))
+    result = StageResult(kept, rejects, decontam_aggregate(rejects))
     return Decontam().report([partition_stats(result, kept.num_rows + rejects.num_rows)])
 
 
@@ -116,10 +116,10 @@ class Decontam(RecordStage):
 
     def process(self, cfg: RunConfig, run_id: str, partition_id: str, records: pa.Table) -> StageResult:
         kept, rejects = decontaminate_table(records, self.ready(cfg, run_id))
-        return StageResult(kept, rejects, contamination_aggregate(rejects))
+        return StageResult(kept, rejects, decontam_aggregate(rejects))
 
     def merge(self, aggregates: list[dict[str, Any]]) -> dict[str, Any]:
-        return merge_contamination(aggregates)
+        return merge_decontam(aggregates)
 
     def card_section(self, report: dict[str, Any], cfg: RunConfig) -> list[str]:
         lines = [self.heading(), "",

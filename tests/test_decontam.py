@@ -12,7 +12,7 @@ from hare.config import BenchmarkConfig, ConfigError, DecontamConfig, load_confi
 from hare.stages.decontam.ngram import Decontaminator, NgramIndex, tokens
 from hare.engines.embed import embed
 from hare.store.schema import RECORD_SCHEMA
-from hare.tasks.decontam import contamination_report, decontaminate_table
+from hare.tasks.decontam import decontam_report, decontaminate_table
 from tests.conftest import ROOT, write_run_config
 
 GSM8K = ROOT / "data" / "benchmarks" / "gsm8k_test.jsonl"
@@ -92,7 +92,7 @@ def test_table_stage_and_report(dec, items) -> None:
     assert kept.column("id").to_pylist() == ["0", "2"]
     (r,) = rejects.to_pylist()
     assert (r["benchmark"], r["benchmark_item"], r["match_method"], r["reject_stage"]) == ("gsm8k", "5", "ngram", "decontam")
-    report = contamination_report(kept, rejects)
+    report = decontam_report(kept, rejects)
     assert (report["checked"], report["kept"], report["rejected"]) == (3, 2, 1)
     assert report["reject_reasons"] == {"contaminated:ngram:gsm8k": 1} and report["benchmarks"]["gsm8k"]["items"] == ["5"]
 

@@ -194,7 +194,7 @@ def test_ui_shows_deployments_and_the_throughput_artifact(served: dict, tmp_path
 def _serve_with_local_server_at(api_url: str, cfg: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """`hare serve CFG` as the CLI runs it, with the default local server address (127.0.0.1:4200
     in hare.deployments) moved to ``api_url``, so the test never depends on what holds 4200."""
-    code = ("import sys, hare.deployments as d\n"
+    code = ("import sys, hare.flows.deployments as d\n"
             f"d.LOCAL_SERVER = {api_url!r}\n"
             "d._local_server_up.__defaults__ = (d.LOCAL_SERVER,)\n"
             "from hare.cli import main\n"

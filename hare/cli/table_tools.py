@@ -222,7 +222,7 @@ def _decontam_config(args: argparse.Namespace):  # noqa: ANN202 - a DecontamConf
 
 def _cmd_decontam(args: argparse.Namespace) -> int:
     from hare.progress import map_batches, status
-    from hare.tasks.decontam import build_decontaminator, contamination_report, decontaminate_table
+    from hare.tasks.decontam import build_decontaminator, decontam_report, decontaminate_table
 
     out, rej = _output_paths(args)
     cfg = _decontam_config(args)
@@ -240,7 +240,7 @@ def _cmd_decontam(args: argparse.Namespace) -> int:
         parts = [decontaminate_table(table, dec, args.kind)]
     kept = _concat([k for k, _ in parts], parts[0][0])
     rejects = _concat([r for _, r in parts], parts[0][1])
-    return _finish(kept, rejects, args, contamination_report(kept, rejects), out, rej)
+    return _finish(kept, rejects, args, decontam_report(kept, rejects), out, rej)
 
 
 def _cmd_stage(args: argparse.Namespace) -> int:
