@@ -11,14 +11,13 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
-import pyarrow as pa
 import pytest
 
 from hare.sandbox import runner as sandbox, bwrap as sandbox_bwrap
 from hare.config import ConfigError, load_config
-from hare.store.schema import record_id
 from hare.tasks.validate import validate_table
 from tests.conftest import write_run_config
+from tests.test_validate import _code_table
 
 CODE_AXES = {"audiences": ["a child"], "styles": ["a Q&A"], "kinds": ["code", "explanation"]}
 
@@ -60,13 +59,6 @@ def test_the_cli_refuses_in_one_line_with_exit_2(tmp_path: Path) -> None:
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert proc.returncode == 2 and len(lines) == 1 and "bubblewrap" in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
-
-
-def _code_table(texts: list[str]) -> pa.Table:
-    n = len(texts)
-    return pa.table({"id": [record_id(t) for t in texts], "text": texts, "kind": ["code"] * n,
-                     "prompt_index": list(range(n)), "finish_reason": ["stop"] * n,
-                     "sampling": ["{}"] * n, "topic_path": ["Programming > X > Y"] * n})
 
 
 def test_poison_records_are_rejects_with_their_reason(tmp_path: Path) -> None:
