@@ -392,9 +392,96 @@ def test_a_wrong_key_fails_at_start_without_retrying() -> None:
 
 def test_money_and_endpoint_names() -> None:
     ep = EndpointConfig(base_url="https://api.example.com:8443/v1/", price_per_m_input=0.5, price_per_m_output=2.0)
-    assert token_cost(2_000_000, 1_000_000, ep) == pytest.approx(3.0)
-    assert token_cost(10, 10, EndpointConfig(base_url="http://h/v1")) is None, "a self-hosted server has no price"
+    assert token_cost(2_000_000, 1_000_000, ep.price_per_m_input, ep.price_per_m_output) == pytest.approx(3.0)
+    assert token_cost(2_000_000, 1_000_000, None, 2.0) == pytest.approx(2.0), "an unset price is free, not unknown"
+    assert token_cost(10, 10, None, None) is None, "a self-hosted server has no price"
     assert endpoint_key(ep.base_url) == "https://api.example.com:8443/v1"
+
+
+# --- throughput per endpoint, no GPU figures ------------------------------------------------------
+
+def _outcome(pid: str, endpoint: str | None, tokens: int, prompt_tokens: int,
+             status: str = "succeeded") -> dict[str, Any]:
+    stats = {"output_tokens": tokens, "prompt_tokens": prompt_tokens, "engine": "hare-engine-r-0", "kept": 1,
+             **({"endpoint": endpoint} if endpoint else {})}
+    return {"partition_id": pid, "status": status, "stats": stats}
+
+
+def test_the_prefect_throughput_table_gives_tokens_per_s_per_endpoint_and_no_gpu_column(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import hare.flows.artifacts as artifacts
+
+    tables: dict[str, list[dict[str, Any]]] = {}
+    monkeypatch.setattr(artifacts, "create_progress_artifact", lambda **_: "progress-id")
+    monkeypatch.setattr(artifacts, "update_progress_artifact", lambda *_, **__: None)
+    monkeypatch.setattr(artifacts, "create_table_artifact", lambda key, table, description: tables.update({key: table}))
+    progress = artifacts.RunProgress("r", 4, ["hare-engine-r-0"], 0.0)
+    progress.started -= 10.0  # 10 s of generation so far
+    a, b = "http://10.0.0.5:8000/v1", "https://api.example.com/v1"
+    outcomes = [_outcome("p00000", a, 300, 1000), _outcome("p00001", b, 100, 400),
+                _outcome("p00002", a, 200, 900, status="skipped")]  # committed earlier: billed, no rate now
+    totals = progress.totals(outcomes)
+    assert totals["endpoints"][a]["output_tokens"] == 300 and totals["endpoints"][b]["output_tokens"] == 100
+    assert totals["endpoints"][a]["output_tokens_per_s"] == pytest.approx(30.0, rel=0.05)
+    assert (totals["prompt_tokens"], totals["output_tokens"]) == (1400, 400), "what this attempt generated"
+    assert (totals["manifest_prompt_tokens"], totals["manifest_output_tokens"]) == (2300, 600), \
+        "every generate manifest, the skipped one too: an endpoint billed it"
+    progress.update(outcomes)
+    rows = tables["hare-partitions"]
+    assert all("gpu_busy" not in r for r in rows), "no GPU column for engines that hold no GPU"
+    assert rows[0]["engine"] == f"hare-engine-r-0 -> {a}"
+    assert f"tok/s at {a}" in rows[-1]["engine"] and f"tok/s at {b}" in rows[-1]["engine"]
+
+
+def test_the_terminal_view_shows_tokens_per_s_per_endpoint(tmp_path: Path) -> None:
+    import io
+
+    from rich.console import Console
+
+    from hare.run.progress import RunWatcher, plain_line, render
+    from hare.store import open_store
+    from hare.store.layout import run_json
+    from hare.store.manifest import commit_partition
+
+    store = open_store(str(tmp_path))
+    store.put_bytes(run_json("r"), json.dumps({"run_id": "r", "status": "running",
+                                               "partitions": ["p00000", "p00001"]}).encode())
+    watcher = RunWatcher(store, "r", [], index_every_s=0)
+    a, b = "http://10.0.0.5:8000/v1", "https://api.example.com/v1"
+    commit_partition(store, "r", "p00000", "generate", {}, {"records": 2, "output_tokens": 500, "endpoint": a}, 1)
+    commit_partition(store, "r", "p00001", "generate", {}, {"records": 2, "output_tokens": 100, "endpoint": b}, 1)
+    snap = watcher.snapshot()
+    assert snap.endpoint_tokens_now == {a: 500, b: 100}
+    text = io.StringIO()
+    Console(file=text, width=200).print(render(snap, 10.0, "hare run r"))
+    assert f"50.0 tok/s at {a}, 10.0 tok/s at {b}" in text.getvalue()
+    assert plain_line(snap, 10.0).endswith(f"kept · 50.0 tok/s at {a}, 10.0 tok/s at {b} ·")
+
+
+def test_an_openai_engine_samples_no_gpu_even_where_nvml_sees_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An endpoint client on a GPU node (``vllm serve`` on the same box) must not record the
+    server's GPU as its own: NVML is faked here to report a busy GPU."""
+    import types
+
+    from hare.engines.engine import holds_gpu
+    from hare.engines.gpu_monitor import GpuSampler
+
+    fake = types.SimpleNamespace(
+        nvmlInit=lambda: None, nvmlDeviceGetCount=lambda: 1, nvmlDeviceGetHandleByIndex=lambda i: i,
+        nvmlDeviceGetName=lambda h: "Fake GPU",
+        nvmlDeviceGetMemoryInfo=lambda h: types.SimpleNamespace(total=2**30, used=2**29),
+        nvmlDeviceGetUtilizationRates=lambda h: types.SimpleNamespace(gpu=90))
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    openai_model = ModelConfig(backend="openai", num_cpus=0.5, num_gpus=0,
+                               endpoint=EndpointConfig(base_url="http://h/v1"))
+    assert not holds_gpu(openai_model) and holds_gpu(ModelConfig(num_gpus=1))
+    with GpuSampler(interval_s=0.01, enabled=holds_gpu(openai_model)) as off:
+        time.sleep(0.05)
+    assert off.summary() == {}
+    with GpuSampler(interval_s=0.01) as on:  # the same node, sampled: the fake GPU is seen
+        time.sleep(0.05)
+    assert on.summary()["gpu_name"] == "Fake GPU"
 
 
 def test_request_payload_is_the_one_the_backend_sends(fake_endpoint: FakeEndpoint) -> None:

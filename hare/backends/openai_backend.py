@@ -99,13 +99,15 @@ def endpoint_key(url: str) -> str:
     return urlunsplit((p.scheme, netloc, p.path.rstrip("/"), "", ""))
 
 
-def token_cost(prompt_tokens: int, output_tokens: int, endpoint: EndpointConfig) -> float | None:
-    """Money for these tokens at the endpoint's prices (the currency of the prices), or None
-    when no price is configured (a self-hosted server costs hours, not tokens)."""
-    if endpoint.price_per_m_input is None and endpoint.price_per_m_output is None:
+def token_cost(prompt_tokens: float, output_tokens: float, price_per_m_input: float | None,
+               price_per_m_output: float | None) -> float | None:
+    """Money for these tokens at an endpoint's prices per million (in the prices' currency), or
+    None when neither price is set (a self-hosted server costs hours, not tokens). Takes the
+    prices, not an :class:`EndpointConfig`, because the card prices a run's actual tokens with
+    the prices its estimate recorded (``plan/estimate.json``), not today's config."""
+    if price_per_m_input is None and price_per_m_output is None:
         return None
-    return (prompt_tokens * (endpoint.price_per_m_input or 0.0)
-            + output_tokens * (endpoint.price_per_m_output or 0.0)) / 1e6
+    return (prompt_tokens * (price_per_m_input or 0.0) + output_tokens * (price_per_m_output or 0.0)) / 1e6
 
 
 def sampling_problem(sampling: SamplingConfig, vllm_params: bool) -> str | None:

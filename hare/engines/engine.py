@@ -88,6 +88,7 @@ class EngineActor:
         self.backend = make_backend(model_cfg, resolved)
         self.model_path = resolved.path if resolved else None
         self.load_seconds = time.perf_counter() - started
+        self.samples_gpu = holds_gpu(model_cfg)
         # Ray exports these to its dashboard / Prometheus endpoint: rate() gives tokens/s.
         tags = ("model", "engine")
         self._tokens = Counter("hare_output_tokens", "Output tokens generated", tag_keys=tags)
@@ -96,21 +97,26 @@ class EngineActor:
         self._tags = {"model": model_cfg.name, "engine": ray.get_runtime_context().get_actor_name() or ""}
 
     def describe(self) -> dict[str, Any]:
+        """What runs in this engine. ``endpoint``: the endpoint an OpenAI-compatible backend
+        sends to (``endpoint_key``: scheme, host, port, path; no key), None in-process, so the
+        partition's figures can name it and tokens/s are told apart per endpoint."""
         b = self.backend
         import ray
 
         group = ray.util.get_current_placement_group()  # what vLLM's Ray executor places its workers in
+        own = getattr(b, "describe", None)  # only a backend that talks to an endpoint has one
         return {"backend": b.name, "model": b.model, "model_revision": b.model_revision,
                 "load_seconds": round(self.load_seconds, 2), "pid": os.getpid(), "node": socket.gethostname(),
                 "node_id": ray.get_runtime_context().get_node_id(), "model_path": self.model_path,
-                "placement_group": group.id.hex() if group is not None else None}
+                "placement_group": group.id.hex() if group is not None else None,
+                "endpoint": own().get("endpoint") if callable(own) else None}
 
     def generate(
         self, requests: list[GenerationRequest], sampling: SamplingConfig
     ) -> tuple[list[GenerationResult], float, dict[str, Any]]:
         """Results, engine seconds, and GPU figures sampled during the call (empty on CPU)."""
         started = time.perf_counter()
-        with GpuSampler() as gpu:
+        with GpuSampler(enabled=self.samples_gpu) as gpu:
             results = self.backend.generate(requests, sampling)
         seconds = time.perf_counter() - started
         tokens = sum(r.output_tokens for r in results)
@@ -122,6 +128,13 @@ class EngineActor:
         if "gpu_busy_fraction" in summary:  # only with NVML and a GPU
             self._gpu_busy.set(summary["gpu_busy_fraction"], tags=self._tags)
         return results, seconds, summary
+
+
+def holds_gpu(model: ModelConfig) -> bool:
+    """Whether an engine of ``model`` has GPUs of its own to sample (``model.num_gpus`` > 0). An
+    openai engine never does (the config refuses GPUs for it): the GPUs behind its endpoint
+    are the server's, and any GPU NVML sees on its node serves something else."""
+    return model.num_gpus > 0
 
 
 def engine_name(run_id: str, index: int) -> str:

@@ -52,9 +52,16 @@ def visible_gpu_indices(env: dict[str, str] | None = None) -> list[int] | None:
 
 @dataclass
 class GpuSampler:
-    """Context manager: ``with GpuSampler() as s: generate()``, then ``s.summary()``."""
+    """Context manager: ``with GpuSampler() as s: generate()``, then ``s.summary()``.
+
+    ``enabled=False`` samples nothing (an empty summary): for an engine that holds no GPU, such
+    as an OpenAI-compatible client on a node where a GPU serves someone else (``vllm serve`` on
+    the same box). NVML would report that GPU's figures, which are not this engine's, and Ray
+    (by default) leaves ``CUDA_VISIBLE_DEVICES`` unset for an actor without GPUs, so every GPU
+    of the node would count."""
 
     interval_s: float = 0.2
+    enabled: bool = True
     _samples: list[GpuSample] = field(default_factory=list)
     _handles: list[Any] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -63,6 +70,8 @@ class GpuSampler:
     _total_mb: float = 0.0
 
     def __enter__(self) -> "GpuSampler":
+        if not self.enabled:
+            return self
         try:
             import pynvml
 
