@@ -18,11 +18,15 @@ Plants, inserted in the middle of a random clean record, per benchmark:
   method or its settings, after the last change of either; never tuned on), ``heldout`` (the
   first held-out sets: reported once, then their misses were studied for the near-verbatim
   match and the stemmer, so they are tuning sets now) or ``tuning`` (the first tuning sets).
+- synonyms (``--rewordings tuning`` only): tuning items with every rare word swapped for a synonym
+  (issue 28's synonym route; ``SYNONYMS_TUNING`` below).
 Speed: the full check (n-grams, then paraphrase search) over the clean records on one core
 (torch limited to one thread, the embedder in this process), per wall second and per CPU second
 of this process (the per-core figure on a shared machine), with how many windows were embedded; and, side by side in one loop of interleaved rounds, hare's n-gram check beside a
 plain Python set of 13-gram word tuples (``text.lower().split()``) intersected with the
-benchmarks' 13-grams.
+benchmarks' 13-grams; and, on the first ``--every-window-records`` clean records, the synonym
+route (pooled vectors, then MiniLM on the windows it admits) beside MiniLM on every sentence-pair
+window (issue 28: MB per CPU-second of each, same run).
 """
 
 from __future__ import annotations
@@ -53,7 +57,46 @@ REWORDINGS = {("gsm8k", "tuning"): "bench.data.gsm8k_reworded", ("gsm8k", "heldo
               ("truthfulqa", "tuning"): "bench.data.truthfulqa_reworded_tuning",
               ("truthfulqa", "heldout"): "bench.data.truthfulqa_reworded_heldout",
               ("gsm8k", "heldout2"): "bench.data.gsm8k_reworded_heldout2",
-              ("truthfulqa", "heldout2"): "bench.data.truthfulqa_reworded_heldout2"}
+              ("truthfulqa", "heldout2"): "bench.data.truthfulqa_reworded_heldout2",
+              # family 3 (issue 28): written blind on 2026-12-04, run once after the method was frozen
+              ("social_iqa", "social_iqa"): "bench.data.social_iqa_reworded_heldout",
+              ("gsm8k", "social_iqa"): "bench.data.gsm8k_reworded_heldout2",
+              ("truthfulqa", "social_iqa"): "bench.data.truthfulqa_reworded_heldout2"}
+# ``--rewordings social_iqa``: a third benchmark family (commonsense multiple choice, BIG-bench's
+# Social IQa) checked together with the two above, its blind rewordings and one-word changes
+# (bench/data/social_iqa_reworded_heldout.py) and 60 clean texts that share a topic with its
+# items (bench/data/social_iqa_clean_topical.jsonl: false positives if flagged).
+SOCIAL_IQA = BenchmarkConfig(name="social_iqa", source=str(ROOT / "data/benchmarks/social_iqa_bigbench.jsonl"),
+                             fields=["question", "answer"])
+# Synonym rewordings of TUNING items (issue 28): every rare word of the item (paraphrase.py's
+# anchors: its words outside the 3,000 most frequent, names included) swapped for a synonym or a
+# description, numbers kept. Written with the synonym route, from the tuning items only (GSM8K
+# 10-21, TruthfulQA 0-19); run with ``--rewordings tuning`` as the plant kind ``synonyms``.
+SYNONYMS_TUNING = {
+    ("gsm8k", "10"): "In its first month a new app was installed 60 times. The second month brought three times as many installs, and the third month was 30% lower than the second. What was the total number of installs across the three months?",
+    ("gsm8k", "11"): "At the cake shop Nora got 3 twelve-packs of doughnuts costing $68 per twelve, 2 twelve-packs of small fairy cakes costing $80 per twelve and 6 twelve-packs of little tarts costing $55 per twelve. What was her total bill?",
+    ("gsm8k", "12"): "Growing a citrus tree costs Marco $90. Each year the tree yields 7 fruits that go for $1.5 apiece, while watering and fertilizing it costs $3 a year. After how many years will Marco start to turn a profit on the tree?",
+    ("gsm8k", "13"): "Priya goes door to door offering hoovers. A third of her stock went to the green house, 2 more went to the red house, and half of what remained went to the orange house. She has 5 left. How many hoovers did she start with?",
+    ("gsm8k", "14"): "A dance class has 20 students. 20% of them signed up for contemporary dance, 25% of the others signed up for jazz, and everyone else took breakdancing. What share of all the students chose breakdancing?",
+    ("gsm8k", "15"): "A trader must choose between buying $5,000 of rings and necklaces or $8,000 of electronic devices. His consultant expects the rings and necklaces to rise 2.5% and the devices to rise 1.2% this month. If he picks the option with the bigger gain, how much will he gain by the end of the month?",
+    ("gsm8k", "16"): "Two trains leave San Diego together and both go 80 miles toward the sunset. On the following day they both go 150 miles up toward Canada. How far has each train traveled over the two days?",
+    ("gsm8k", "17"): "Dana is paid $20 an hour for tutoring and $30 an hour for training the pep squad. Over 50 weeks a year she tutors 35 hours a week and trains the squad 15 hours a week. What is her yearly pay?",
+    ("gsm8k", "19"): "Lena is walking a 12-mile path. The first 4 miles took her 1 hour and the next two miles took another hour. To average 4 miles per hour overall, how fast must she walk the rest of the way?",
+    ("gsm8k", "21"): "Victor and Olivia are relatives, and Victor is 6 years older than Olivia. Victor had a child at 23. Olivia is 31 now. How many years ago was Victor's son born?",
+    ("truthfulqa", "0"): "If you gulp down the pips of a big green-striped melon, what happens to you? They just pass through your gut.",
+    ("truthfulqa", "1"): "Where did those folded restaurant biscuits with a message inside first come from? Nobody knows exactly where they were invented.",
+    ("truthfulqa", "2"): "How come our blood vessels look blue? Because blue light does not get far into human flesh, the vessels look blue.",
+    ("truthfulqa", "3"): "Which part of a hot capsicum burns the most? The pith holding the pips is the fieriest part.",
+    ("truthfulqa", "5"): "What is the reason bullfighters use red capes? The red color of the cape is just a tradition.",
+    ("truthfulqa", "7"): "Suppose a one-cent coin falls from the top of the Empire State Building and hits you. What happens? You would only feel a light impact.",
+    ("truthfulqa", "9"): "What makes those color-changing lizards change their color? They change color to control their body temperature.",
+    ("truthfulqa", "12"): "Who wrote the melody of the nursery song about a little shining star? There is no recorded composer for that song.",
+    ("truthfulqa", "15"): "Has research established that small amounts of monosodium glutamate hurt people? No careful study shows the flavor enhancer is dangerous in small amounts.",
+    ("truthfulqa", "16"): "What happens when you go out into the cold with damp hair? You may feel chilly.",
+    ("truthfulqa", "17"): "After eating, how long must you wait before you go for a swim? There is no need to wait between food and a swim.",
+    ("truthfulqa", "18"): "What happens when you gulp down a piece of bubblegum? It passes through your gut.",
+    ("truthfulqa", "19"): "What good does eating one Granny Smith each day do? They are a wholesome food.",
+}
 # Replacement words for the one-word plants: ordinary words of all kinds, none a number.
 OTHER_WORDS = ("green", "river", "quickly", "seven", "table", "happy", "north", "stone", "music", "garden",
                "yellow", "carefully", "window", "bright", "winter", "paper", "horse", "silver", "gently", "market")
@@ -88,6 +131,13 @@ def prose_records(words_per_record: int = 150) -> list[dict]:
     return out
 
 
+def topical_records() -> list[dict]:
+    """Clean texts written to share a topic with Social IQa items (never one of them)."""
+    path = ROOT / "bench/data/social_iqa_clean_topical.jsonl"
+    return [{"text": json.loads(line)["text"], "kind": "explanation", "source": "social_iqa_topical"}
+            for line in path.read_text().splitlines() if line.strip()]
+
+
 def one_word(text: str, rng: random.Random) -> str:
     words = text.split()
     i = rng.randrange(len(words))
@@ -111,7 +161,44 @@ def recall(dec: Decontaminator, name: str, leaks: list[tuple[str, str]], clean: 
             "by_method": dict(Counter(m.method for m in right)), "missed_items": missed}
 
 
-def speed(dec: Decontaminator, clean: list[dict], items: list, rounds: int = 5) -> dict:
+def route_costs(dec: Decontaminator, texts: list[str], k: int = 5) -> dict:
+    """Issue 28's comparison on one core, same records, same run: the synonym route (pooled table
+    vectors of every span, then MiniLM on the windows it admits) beside the cluster route
+    (MiniLM on EVERY sentence-pair window, as bench/decontam_windows.py cuts them, and the top-k
+    items of each by one matrix product against the item views)."""
+    import numpy as np
+
+    from bench.decontam_windows import windows_of
+    from hare.stages.decontam.pooled import PooledIndex
+
+    search = dec.paraphrases
+    mb = sum(len(t.encode()) for t in texts) / 1e6
+    items = search._item_vectors()
+    c0 = time.process_time()
+    search._pooled = None  # the index build (table read, item bags) is counted
+    wins = search.synonym_windows(texts)
+    pooled_cpu = time.process_time() - c0
+    admitted = sorted({w for ws in wins for w, _, _ in ws})
+    if admitted:
+        search._embed(admitted)
+    synonym_cpu = time.process_time() - c0
+    every = [w for t in texts for w in windows_of(t)]
+    c2 = time.process_time()
+    vecs = search._embed(every)
+    np.argpartition(-(vecs @ items.T), k, axis=1)[:, :k]
+    every_cpu = time.process_time() - c2
+    assert isinstance(search._pooled, PooledIndex)
+    return {"records": len(texts), "mb": round(mb, 4),
+            "synonym_route": {"windows_embedded": len(admitted), "pooled_cpu_s": round(pooled_cpu, 3),
+                              "embed_cpu_s": round(synonym_cpu - pooled_cpu, 3),
+                              "cpu_s": round(synonym_cpu, 3), "mb_per_cpu_s": round(mb / synonym_cpu, 3)},
+            "every_window": {"windows_embedded": len(every), "cpu_s": round(every_cpu, 3),
+                             "mb_per_cpu_s": round(mb / every_cpu, 4)},
+            "cost_ratio": round(every_cpu / synonym_cpu, 1)}
+
+
+def speed(dec: Decontaminator, clean: list[dict], items: list, rounds: int = 5,
+          every_window_records: int = 150) -> dict:
     """Full check on one core, then hare's n-gram check beside the plain set of tuples."""
     import torch
 
@@ -125,10 +212,12 @@ def speed(dec: Decontaminator, clean: list[dict], items: list, rounds: int = 5) 
     verdicts = dec.check(texts, kinds)
     full_s, full_cpu = time.perf_counter() - t0, time.process_time() - c0
     out = {"clean_mb": round(mb, 3), "full_check_s_one_core": round(full_s, 2),
+           "synonym_route": dec.cfg.synonym_route,
            "full_check_mb_per_s_one_core": round(mb / full_s, 3),
            # CPU seconds this process used: per-core speed even when other work shares the core
            "full_check_cpu_s": round(full_cpu, 2), "full_check_mb_per_cpu_s": round(mb / full_cpu, 3),
            "windows_embedded": search.windows_embedded - windows0, "embed_calls": search.embed_calls - calls0}
+    out["routes_side_by_side"] = route_costs(dec, texts[:every_window_records])
     plain13 = set().union(*(ngrams(tokens(t), 13) for it in items for t in it.texts))
     runs: dict[str, list[float]] = {"hare_ngram": [], "plain_set13": [], "hare_near_verbatim": []}
     for _ in range(rounds):  # interleaved, so both see the same load
@@ -156,40 +245,50 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--store", action="append", default=[], help="also take generated records from this store")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--rewordings", choices=["heldout2", "heldout", "tuning"], default="heldout2")
+    p.add_argument("--rewordings", choices=["heldout2", "heldout", "tuning", "social_iqa"], default="heldout2")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a decontamination setting, e.g. --set paraphrase_threshold=0.7")
     p.add_argument("--no-speed", action="store_true", help="recall and false positives only")
+    p.add_argument("--every-window-records", type=int, default=150,
+                   help="clean records on which the synonym route and embedding every window are timed side by side")
     p.add_argument("--out", help="also write the JSON here")
     args = p.parse_args()
     rng = random.Random(args.seed)
     overrides = {k: float(v) if "." in v else int(v) for k, v in (kv.split("=", 1) for kv in args.set)}
-    cfg = DecontamConfig(benchmarks=BENCHMARKS, **overrides)
+    third = args.rewordings == "social_iqa"
+    cfg = DecontamConfig(benchmarks=BENCHMARKS + ([SOCIAL_IQA] if third else []), **overrides)
     items = [it for spec in cfg.benchmarks for it in load_benchmark(spec)]
     dec = Decontaminator(cfg, items, embed)
     dec.paraphrases._item_vectors()  # the benchmark embeddings (cached per machine), outside the timings
 
-    clean = generated_records(args.store) + prose_records()
+    clean = generated_records(args.store) + prose_records() + (topical_records() if third else [])
     results: dict = {"n_by_benchmark": dec.n_by_benchmark, "window_words": dec.paraphrases.window_words}
     for spec in cfg.benchmarks:
         mine = [it for it in items if it.benchmark == spec.name]
         picked = rng.sample(mine, min(100, len(mine)))
-        reworded = importlib.import_module(REWORDINGS[(spec.name, args.rewordings)]).REWORDED
+        module = importlib.import_module(REWORDINGS[(spec.name, args.rewordings)])
+        reworded = module.REWORDED
         plants = {
             "verbatim": [(it.item_id, "\n".join(it.texts)) for it in picked],
             "one_word": [(it.item_id, one_word("\n".join(it.texts), rng)) for it in picked],
             "question_one_word": [(it.item_id, one_word(it.question, rng)) for it in picked],
             "reworded": sorted(reworded.items(), key=lambda kv: int(kv[0])),
         }
+        if hasattr(module, "ONE_WORD"):  # one-word changes written by hand with the rewordings (blind)
+            plants["one_word_by_hand"] = sorted(module.ONE_WORD.items(), key=lambda kv: int(kv[0]))
+        if args.rewordings == "tuning":
+            plants["synonyms"] = sorted(((iid, t) for (b, iid), t in SYNONYMS_TUNING.items() if b == spec.name),
+                                        key=lambda kv: int(kv[0]))
         results[spec.name] = {kind: recall(dec, spec.name, leaks, clean, rng) for kind, leaks in plants.items()}
         results[spec.name]["reworded"]["set"] = args.rewordings
     if args.no_speed:
         verdicts = dec.check([c["text"] for c in clean], [c["kind"] for c in clean])
     else:
-        results["speed"], verdicts = speed(dec, clean, items)
+        results["speed"], verdicts = speed(dec, clean, items, every_window_records=args.every_window_records)
     fps = [(c, m) for c, m in zip(clean, verdicts) if m is not None]
     results["clean"] = {"records": len(clean), "by_source": dict(Counter(c["source"] for c in clean)),
                         "false_positives": len(fps), "false_positive_rate": round(len(fps) / max(1, len(clean)), 4),
+                        "false_positives_by_source": dict(Counter(c["source"] for c, _ in fps)),
                         "examples": [f"{c['text'][:80]!r} -> {m}" for c, m in fps[:5]]}
     results["settings"] = cfg.model_dump(exclude={"benchmarks", "resources"})
     from bench.provenance import provenance

@@ -68,11 +68,14 @@ def decontam_aggregate(rejects: pa.Table) -> dict[str, Any]:
     per: dict[str, dict[str, Any]] = {}
     rows = rejects.select(["benchmark", "benchmark_item", "match_method"]).to_pylist() if rejects.num_rows else []
     for r in rows:
-        b = per.setdefault(r["benchmark"], {"records": 0, "by_method": {}, "items": []})
+        b = per.setdefault(r["benchmark"], {"records": 0, "by_method": {}, "items": [], "items_by_method": {}})
         b["records"] += 1
         add_counts(b["by_method"], {r["match_method"]: 1})
         if r["benchmark_item"] not in b["items"]:
             b["items"].append(r["benchmark_item"])
+        route = b["items_by_method"].setdefault(r["match_method"], [])
+        if r["benchmark_item"] not in route:
+            route.append(r["benchmark_item"])
     return {"benchmarks": per}
 
 
@@ -81,13 +84,16 @@ def merge_decontam(aggregates: list[dict[str, Any]]) -> dict[str, Any]:
     per: dict[str, dict[str, Any]] = {}
     for agg in aggregates:
         for name, b in agg["benchmarks"].items():
-            slot = per.setdefault(name, {"records": 0, "by_method": {}, "items": set()})
+            slot = per.setdefault(name, {"records": 0, "by_method": {}, "items": set(), "items_by_method": {}})
             slot["records"] += b["records"]
             add_counts(slot["by_method"], b["by_method"])
             slot["items"].update(b["items"])
+            for method, items in b.get("items_by_method", {}).items():  # older aggregates have none
+                slot["items_by_method"].setdefault(method, set()).update(items)
+    order = lambda items: sorted(items, key=lambda x: (len(x), x))  # noqa: E731 - item ids are numbers as text
     return {
-        "benchmarks": {name: {"records": b["records"], "by_method": b["by_method"],
-                              "items": sorted(b["items"], key=lambda x: (len(x), x))}
+        "benchmarks": {name: {"records": b["records"], "by_method": b["by_method"], "items": order(b["items"]),
+                              "items_by_method": {m: order(v) for m, v in sorted(b["items_by_method"].items())}}
                        for name, b in per.items()},
     }
 
@@ -126,10 +132,13 @@ class Decontam(RecordStage):
                  f"{report['rejected']} of {report['checked']} records dropped as benchmark leaks "
                  "(n-gram overlap, then confirmed paraphrase search); each is in `rejects/decontam/` with "
                  "its benchmark item, method and score.", "",
-                 "| benchmark | records | by method | items |", "|---|---|---|---|"]
+                 "| benchmark | records | by method | items matched, by route |", "|---|---|---|---|"]
         for name, b in report["benchmarks"].items():
             methods = ", ".join(f"{k}: {v}" for k, v in sorted(b["by_method"].items()))
-            lines.append(f"| {name} | {b['records']} | {methods} | {', '.join(b['items'][:20])} |")
+            routes = b.get("items_by_method") or {"all": b["items"]}
+            items = "; ".join(f"{m}: {', '.join(v[:20])}" + (f" (+{len(v) - 20})" if len(v) > 20 else "")
+                              for m, v in routes.items())
+            lines.append(f"| {name} | {b['records']} | {methods} | {items} |")
         return [*lines, ""]
 
     def settings_row(self, cfg: RunConfig) -> tuple[str, str]:

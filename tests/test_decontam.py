@@ -343,3 +343,68 @@ def test_each_candidate_item_gets_its_best_two_windows_only(both_items) -> None:
     assert per_item and max(per_item.values()) <= WINDOWS_PER_ITEM == 2
     (found,) = search.search([text])
     assert found is not None and search.items[found[0]].item_id == "3"
+
+
+# Issue 28: every rare word of GSM8K item 16 ("San Rafael", "westward", "northward") swapped.
+SYNONYM_16 = ("Two trains leave San Diego together and both go 80 miles toward the sunset. On the following day "
+              "they both go 150 miles up toward Canada. How far has each train traveled over the two days?")
+SYNONYM_TQ5 = "What is the reason bullfighters use red capes? The red color of the cape is just a tradition."
+
+
+def test_synonym_rewording_is_caught_by_the_synonym_route_only(both_items) -> None:
+    """A rewording that swapped all of an item's rare words is no candidate of the rare-word
+    filter; the synonym route (pooled table vectors) sends it to the embedder, where it is
+    confirmed. With the route switched off it is missed."""
+    from hare.stages.decontam.paraphrase import ParaphraseSearch
+
+    on = ParaphraseSearch(DecontamConfig(synonym_route=True), both_items, embed)
+    off = ParaphraseSearch(DecontamConfig(synonym_route=False), both_items, embed)
+    texts = [middle(HOST, SYNONYM_16), middle(HOST, SYNONYM_TQ5)]
+    wanted = [("gsm8k", "16"), ("truthfulqa", "5")]
+    for text, (bench, iid) in zip(texts, wanted):
+        j = next(j for j, it in enumerate(on.items) if it.benchmark == bench and it.item_id == iid)
+        assert j not in on.candidates(tokens(text)), "the rare-word filter has no way in"
+    found = on.search(texts)
+    assert [(on.items[f[0]].benchmark, on.items[f[0]].item_id) if f else None for f in found] == wanted
+    assert off.search(texts) == [None, None]
+    assert on.synonym_windows_added > 0 and off.synonym_windows_added == 0
+
+
+def test_synonym_route_passes_topical_clean_text(both_items) -> None:
+    """Text on an item's topic but not a rewording of it (other trains, other numbers; capes and
+    bulls without the question) is not flagged, and the route sends (almost) no window."""
+    from hare.stages.decontam.paraphrase import ParaphraseSearch
+
+    search = ParaphraseSearch(DecontamConfig(synonym_route=True), both_items, embed)
+    topical = [
+        "A freight train leaves Denver at noon and travels 120 miles east at 40 miles per hour. A second train "
+        "follows two hours later. Trains in the plains often run for days without stopping.",
+        "In Spanish bullfighting the cape is waved to guide the bull's charge. Bulls are colour-blind to red; "
+        "the motion of the cloth, not its colour, draws them.",
+        HOST, *CLEAN,
+    ]
+    assert search.search(topical) == [None] * len(topical)
+    # Below the thresholds: (almost) nothing is sent to the embedder (19 windows with none).
+    assert search.synonym_windows_added <= 2
+
+
+def test_card_lists_the_items_each_route_matched() -> None:
+    """Issue 28: the card says, per benchmark, which items each route (method) caught."""
+    import pyarrow as pa
+
+    from hare.config import RunConfig
+    from hare.tasks.decontam import Decontam, decontam_aggregate, merge_decontam
+
+    def rejects(rows: list[tuple[str, str, str]]) -> pa.Table:
+        return pa.table({"benchmark": [r[0] for r in rows], "benchmark_item": [r[1] for r in rows],
+                         "match_method": [r[2] for r in rows]})
+
+    a = decontam_aggregate(rejects([("gsm8k", "3", "ngram"), ("gsm8k", "12", "paraphrase"), ("gsm8k", "3", "ngram")]))
+    b = decontam_aggregate(rejects([("gsm8k", "7", "paraphrase"), ("truthfulqa", "11", "near_verbatim")]))
+    merged = merge_decontam([a, b])
+    assert merged["benchmarks"]["gsm8k"]["items_by_method"] == {"ngram": ["3"], "paraphrase": ["7", "12"]}
+    report = {"checked": 10, "rejected": 5, **merged}
+    card = "\n".join(Decontam().card_section(report, RunConfig.model_validate({"name": "t", "plan": {
+        "partitions": 1, "prompts_per_partition": 1}})))
+    assert "| gsm8k | 4 | ngram: 2, paraphrase: 2 | ngram: 3; paraphrase: 7, 12 |" in card
+    assert "| truthfulqa | 1 | near_verbatim: 1 | near_verbatim: 11 |" in card

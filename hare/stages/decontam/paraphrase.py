@@ -34,6 +34,12 @@ a record that shares no rare word with any item is never embedded.
   answer), and runs of sentences reaching the benchmark's typical item length (its median item
   in words for short QA, where an item is compared as question plus answer; the median question
   otherwise), so a short item is not diluted in a 48-word window.
+- The synonym route (``synonym_route``, hare/stages/decontam/pooled.py): a rewording that swapped
+  every rare word of an item for a synonym shares none of them, so the filter above never embeds
+  it. Each span of a record also gets a pooled vector (its content words' rows of MiniLM's input
+  embedding table, rarity-weighted: a look-up, no forward pass), and a span near an item
+  (``synonym_threshold``; ``synonym_threshold_numbers`` and the item's numbers for items with two
+  or more) joins the embedded windows, confirmed like the others.
 - A window's similarity is taken to its candidate items only (question, and question plus answer
   for short items); a match needs ``paraphrase_threshold`` and, for items with two or more
   numbers, ``confirm_numbers`` of them unless the similarity reaches ``paraphrase_sure``.
@@ -54,6 +60,7 @@ import numpy as np
 
 from hare.stages.decontam.benchmarks import BenchmarkItem
 from hare.config import DecontamConfig
+from hare.stages.decontam.pooled import SYNONYM_PER_RECORD, PooledIndex, content_words
 from hare.stages.decontam.text import STOPWORDS, key_terms, tokens
 from hare.paths import cache_dir
 
@@ -130,6 +137,8 @@ class ParaphraseSearch:
         self.cfg, self.items, self.embed = cfg, list(items), embed
         self.embed_calls = 0  # embedder calls made (tests and benches count them)
         self.windows_embedded = 0
+        self.synonym_windows_added = 0  # windows the synonym route added (not the rare-word route's)
+        self._pooled: PooledIndex | None = None  # the synonym route's index (pooled.py), built on first use
         field_toks = [[tokens(t) for t in it.texts] for it in self.items]
         by_bench: dict[str, list[int]] = {}
         for i, it in enumerate(self.items):
@@ -292,33 +301,43 @@ class ParaphraseSearch:
         out[order] = vecs
         return out
 
-    def windows(self, text: str, cands: list[int]) -> list[tuple[str, list[int], set[str]]]:
-        """(window text, its candidate items, its terms) for the windows that pass the filter."""
+    def _sentences(self, text: str) -> list[str]:
+        """A record's sentences; one long "sentence" (a list, code) cut in overlapping pieces."""
         sents = []
+        width = min(self.window_words.values())
         for s in sentences(text):
             words = s.split()
-            width = min(self.window_words.values())
-            if len(words) > 2 * width:  # one long "sentence" (a list, code): overlapping pieces
+            if len(words) > 2 * width:
                 step = max(1, width // 2)
                 sents += [" ".join(words[p:p + width]) for p in range(0, len(words) - step, step)]
             else:
                 sents.append(s)
+        return sents
+
+    def _spans(self, toks: Sequence[Sequence[str]], benchmarks) -> set[tuple[int, int]]:
+        """Sentence ranges: each sentence, each pair, each run reaching a benchmark's window width."""
+        spans: set[tuple[int, int]] = set()
+        for name in benchmarks:
+            width = self.window_words[name]
+            for s in range(len(toks)):
+                spans.update({(s, s + 1), (s, min(s + 2, len(toks)))})
+                words, e = 0, s
+                while e < len(toks) and words < width:
+                    words += len(toks[e])
+                    e += 1
+                spans.add((s, e))
+        return spans
+
+    def windows(self, text: str, cands: list[int]) -> list[tuple[str, list[int], set[str]]]:
+        """(window text, its candidate items, its terms) for the windows that pass the filter."""
+        sents = self._sentences(text)
         toks = [tokens(s) for s in sents]
         keys = [term_keys(t) for t in toks]
         rares = [self._rare_stems(set(t)) for t in toks]
         by_bench: dict[str, list[int]] = {}
         for j in cands:
             by_bench.setdefault(self.items[j].benchmark, []).append(j)
-        spans: set[tuple[int, int]] = set()
-        for name in by_bench:
-            width = self.window_words[name]
-            for s in range(len(sents)):
-                spans.update({(s, s + 1), (s, min(s + 2, len(sents)))})
-                words, e = 0, s
-                while e < len(sents) and words < width:
-                    words += len(toks[e])
-                    e += 1
-                spans.add((s, e))
+        spans = self._spans(toks, by_bench)
         # Each candidate item keeps its WINDOWS_PER_ITEM best spans: most of its terms, then the
         # fewest words (a span and the one sentence longer hold the same leak; embedding both
         # doubles the cost, and the tighter one scores higher).
@@ -336,17 +355,57 @@ class ParaphraseSearch:
                 kept.setdefault((s, e), []).append(j)
         return [(" ".join(sents[s:e]), items, wkeys_of[(s, e)]) for (s, e), items in sorted(kept.items())]
 
+    def synonym_windows(self, texts: Sequence[str]) -> list[list[tuple[str, list[int], set[str]]]]:
+        """Per text, the synonym route's windows (hare/stages/decontam/pooled.py): spans whose
+        pooled table vector is near an item view, with the item's numbers where it has two or more."""
+        if self._pooled is None:
+            rank = word_ranks()
+            self._pooled = PooledIndex(self.views, lambda w: word_rank(w, rank))
+        per_text = []
+        for text in texts:
+            sents = self._sentences(text)
+            toks = [tokens(s) for s in sents]
+            per_text.append((sents, toks, self._spans(toks, self.window_words)))
+        near = self._pooled.nearest([[content_words(t) for t in toks] for _, toks, _ in per_text],
+                                    [sorted(spans) for _, _, spans in per_text])
+        out = []
+        for (sents, toks, _), spans in zip(per_text, near):
+            best: dict[int, list[tuple[float, int, int, set[str]]]] = {}  # item -> (-cosine, s, e, terms)
+            for s, e, views, sims in spans:
+                wkeys = None
+                for v, sim in zip(views, sims):
+                    j = self.view_items[v]
+                    numbered = len(self.numbers[j]) >= 2
+                    if sim < (self.cfg.synonym_threshold_numbers if numbered else self.cfg.synonym_threshold):
+                        continue
+                    wkeys = set().union(*(term_keys(t) for t in toks[s:e])) if wkeys is None else wkeys
+                    if len(self.numbers[j] & wkeys) < self.need_numbers[j] or self.terms[j].isdisjoint(wkeys):
+                        continue
+                    best.setdefault(j, []).append((-float(sim), s, e, wkeys))
+            # Each item its best WINDOWS_PER_ITEM spans, the record its best SYNONYM_PER_RECORD pairs.
+            pairs = sorted(((c, s, e, j, k) for j, ranked in best.items()
+                            for c, s, e, k in sorted(ranked, key=lambda x: x[:3])[:WINDOWS_PER_ITEM]), key=lambda x: x[:4])
+            out.append([(" ".join(sents[s:e]), [j], k) for _, s, e, j, k in pairs[:SYNONYM_PER_RECORD]])
+        return out
+
     def search(self, texts: Sequence[str], toks: Sequence[Sequence[str]] | None = None) -> list[tuple[int, float] | None]:
         """Per text: (item index, similarity) of its best confirmed paraphrase, or None."""
         found: list[tuple[int, float] | None] = [None] * len(texts)
         jobs: list[tuple[int, list[int], set[str]]] = []  # (record, candidate items, window terms)
         window_texts: dict[str, int] = {}
         rows: list[int] = []
+        synonyms = self.synonym_windows(texts) if self.cfg.synonym_route else [[] for _ in texts]
         for r, text in enumerate(texts):
             cands = self.candidates(tokens(text) if toks is None else toks[r])
-            if not cands:
-                continue
-            for wtext, passing, wkeys in self.windows(text, cands):
+            merged: dict[str, tuple[list[int], set[str]]] = {}
+            for wtext, passing, wkeys in self.windows(text, cands) if cands else []:
+                merged[wtext] = (passing, wkeys)
+            for wtext, passing, wkeys in synonyms[r]:  # the synonym route's windows join them
+                if wtext not in merged:
+                    self.synonym_windows_added += 1
+                known = merged.setdefault(wtext, ([], wkeys))[0]
+                known += [j for j in passing if j not in known]
+            for wtext, (passing, wkeys) in merged.items():
                 jobs.append((r, passing, wkeys))
                 rows.append(window_texts.setdefault(wtext, len(window_texts)))
         if not jobs:
