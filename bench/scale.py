@@ -27,6 +27,21 @@ events; not from flow internals) and from the processes:
 Writes a Markdown table (one row per size, then a per-stage table per size) to ``--out`` and
 stdout, and everything to ``--json``. ``--backend deterministic-fake`` exercises the machinery
 without the replay backend (its text is no prose: quality rejects it all).
+
+``--corpus`` (HARE's D1: an existing corpus curated, no model): for each N, first (not timed
+with the run) a JSONL corpus of N documents in ``--corpus-files`` files, ``{"id", "text"}`` a
+line, written by :func:`write_corpus`: the replay backend's texts for prompt indexes 0..N-1
+(whole sentences of the paragraphs of ``data/corpus/pd-prose/*.txt``, 3-8 passages from random
+places of one document, so no two documents are alike by chance), with its planted 2% exact and
+2% near copies of earlier *anchor* documents (hare/backends/replay.py), so dedup has the same
+work as in the synthesized runs. The run config then lists ``sources: [{kind: corpus, paths:
+[<folder>/corpus/part-*.jsonl], partition_mb}]`` and ``plan.partitions: 0`` (nothing synthesized;
+the diversity baseline's 16 prompts still go to one replay engine), the stages set as above.
+``partition_mb`` defaults to the corpus bytes of ``--prompts-per-partition`` documents, so a
+partition holds about as many records as a synthesized one. The corpus partitions' reads are the
+stage ``read`` (their manifests are ``generate`` ones, partition ids ``c*``).
+
+    PYTHONPATH=. .venv-cpu/bin/python -m bench.scale --corpus --records 10000 100000 --no-paraphrase
 """
 
 from __future__ import annotations
@@ -50,11 +65,15 @@ from typing import Any
 import psutil
 import yaml
 
+from hare.stages.base import add_counts
+from hare.store.manifest import kept_records, rejected_records
+
 ROOT = Path(__file__).resolve().parent.parent
 GSM8K = ROOT / "data" / "benchmarks" / "gsm8k_test.jsonl"
 RUN_LEVEL_STAGES = ("plan", "diversity", "publish")
 ROLES = ("driver", "engine", "embedder", "ray-actor", "ray-worker", "ray-core", "prefect-api", "other")
 ACTOR_ROLES = ("engine", "embedder", "ray-actor")
+MAX_TOKENS = 400  # 250 words x 1.3 tokens fit: replay answers end with "stop" (a corpus: its documents' cap)
 
 CHILD = """
 import json, sys
@@ -66,9 +85,12 @@ print("HARE_SCALE_SUMMARY " + json.dumps(summary, default=str))
 
 # --- the run config ------------------------------------------------------------------------
 
-def run_config(folder: Path, records: int, per: int, args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
+def run_config(folder: Path, records: int, per: int, args: argparse.Namespace,
+               corpus: dict[str, Any] | None = None) -> tuple[Path, dict[str, Any]]:
+    """The run config of one size; with ``corpus`` (what :func:`write_corpus` wrote), a run of
+    that corpus alone: ``sources: [{kind: corpus}]`` and ``plan.partitions: 0``."""
     per = min(per, records)
-    partitions = math.ceil(records / per)
+    partitions = 0 if corpus else math.ceil(records / per)
     source = args.source
     if args.tokens_per_s:  # pace the replay engine like a real one
         source += ("&" if "?" in source else "?") + f"tokens_per_s={args.tokens_per_s:g}"
@@ -79,7 +101,7 @@ def run_config(folder: Path, records: int, per: int, args: argparse.Namespace) -
         "plan": {"partitions": partitions, "prompts_per_partition": per},
         "model": {"name": "replay", "source": source, "backend": args.backend,
                   "replicas": args.engines, "num_cpus": args.engine_cpus, "num_gpus": 0},
-        "sampling": {"max_tokens": 400},  # 250 words x 1.3 tokens fit: replay answers end with "stop"
+        "sampling": {"max_tokens": MAX_TOKENS},
         "diversity": {"baseline_prompts": 16},
         "quality": {"enabled": True},
         "decontamination": {
@@ -89,9 +111,52 @@ def run_config(folder: Path, records: int, per: int, args: argparse.Namespace) -
         "dedup": {"enabled": True, "exact": True, "near": True, "semantic": args.semantic},
         "store": {"url": str(folder / "store")},
     }
+    if corpus:
+        cfg["sources"] = [{"kind": "corpus", "name": "pd-prose-corpus", "paths": [corpus["glob"]],
+                           "license": "public-domain", "partition_mb": corpus["partition_mb"]}]
     path = folder / "run.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path, cfg
+
+
+# --- the corpus of --corpus ----------------------------------------------------------------
+
+def write_corpus(folder: Path, documents: int, files: int = 4, seed: int = 0, source: str = "corpus:pd-prose",
+                 max_words: int | None = None, per_partition: int = 1000,
+                 partition_mb: float | None = None) -> dict[str, Any]:
+    """``documents`` JSONL lines ``{"id", "text"}`` in ``files`` files ``folder/part-*.jsonl``
+    (consecutive ranges of documents), the replay backend's text of prompt index i (its seed from
+    ``seed``) as document i: real prose, varied per document, with the replay's planted exact and
+    near copies of earlier anchor documents. Streamed to disk (a million documents are ~0.8 GB).
+
+    Returns the glob, files, bytes, the planted counts (by replay role: anchor / exact / near /
+    unique) and ``partition_mb``: given, or the bytes of ``per_partition`` documents on average."""
+    from hare.backends.replay import Replayer, load_corpus, parse_source, request_seed
+
+    location, options = parse_source(source)
+    replayer = Replayer(load_corpus(location, options.mode, options.column), options)
+    folder.mkdir(parents=True, exist_ok=True)
+    files = max(1, min(files, documents))
+    started = time.perf_counter()
+    planted = {"anchor": 0, "exact": 0, "near": 0, "unique": 0}
+    paths, total = [], 0
+    for f in range(files):
+        lo, hi = documents * f // files, documents * (f + 1) // files
+        path = folder / f"part-{f:04d}.jsonl"
+        with path.open("w", encoding="utf-8") as out:
+            for i in range(lo, hi):
+                s = request_seed(seed, i)
+                planted[replayer.role(i, s)[0]] += 1
+                out.write(json.dumps({"id": f"doc-{i:08d}", "text": replayer.text(i, s, max_words)},
+                                     ensure_ascii=False) + "\n")
+        paths.append(str(path))
+        total += path.stat().st_size
+    if partition_mb is None:
+        partition_mb = max(0.001, round(total / documents * min(per_partition, documents) / (1 << 20), 3))
+    return {"glob": str(folder / "part-*.jsonl"), "files": paths, "documents": documents, "bytes": total,
+            "mean_bytes_per_document": round(total / documents, 1), "planted": planted,
+            "partition_mb": partition_mb, "write_seconds": round(time.perf_counter() - started, 2),
+            "source": source, "seed": seed}
 
 
 # --- process sampling ----------------------------------------------------------------------
@@ -155,8 +220,10 @@ class Sampler(threading.Thread):
                 continue
             info = self.procs.setdefault(p.pid, {"role": None, "titles": [], "max_rss": 0, "cpu_s": 0.0})
             role = role_of(cmd, p.pid, self.root)
-            if info["role"] is None or (info["role"] == "ray-worker" and role in ACTOR_ROLES):
-                info["role"] = role  # a Ray worker process may turn into an actor
+            if info["role"] in (None, "other") or (info["role"] == "ray-worker" and role in ACTOR_ROLES):
+                # a Ray worker process may turn into an actor; a process first seen between fork
+                # and exec (the driver's command line) gets the role of what it runs
+                info["role"] = role
             title = cmd[:80]
             if title not in info["titles"] and len(info["titles"]) < 6:
                 info["titles"].append(title)
@@ -208,27 +275,30 @@ def stage_figures(run_dir: Path, info: dict[str, Any]) -> dict[str, Any]:
         if isinstance(m, dict) and m.get("status") == "succeeded" and "stage" in m and "finished_at" in m:
             manifests.append(m)
     stages: dict[str, dict[str, Any]] = {}
+    for m in manifests:  # a corpus partition's read, committed as its "generation" (tasks/corpus.py)
+        if m["stage"] == "generate" and (m.get("stats") or {}).get("backend") == "corpus":
+            m["stage"] = "read"
     for m in manifests:
         end = (ts(m["finished_at"]) - start).total_seconds()
-        secs = float((m.get("stats") or {}).get("seconds") or 0.0)
+        stats = m.get("stats") or {}
+        secs = float(stats.get("seconds") or 0.0)
         s = stages.setdefault(m["stage"], {"kind": "partition", "partitions": 0, "start_s": math.inf,
                                            "end_s": -math.inf, "busy_s": 0.0, "records_in": 0, "records_out": 0,
-                                           "rejects": 0})
+                                           "rejects": 0, "reject_reasons": {}})
         s["partitions"] += 1
         s["start_s"] = min(s["start_s"], end - secs)
         s["end_s"] = max(s["end_s"], end)
         s["busy_s"] += secs
-        stats = m.get("stats") or {}
-        for key, field in (("records_in", "checked"), ("records_in", "requests"), ("records_out", "records"),
-                           ("rejects", "rejects")):
-            if isinstance(stats.get(field), int):
-                s[key] += stats[field]
-        layers = (stats.get("aggregate") or {}).get("layers") if isinstance(stats.get("aggregate"), dict) else None
-        if isinstance(layers, dict):  # dedup: records dropped per layer
-            by_layer = s.setdefault("dropped_by_layer", {})
-            for layer, n in layers.items():
-                if isinstance(n, int):
-                    by_layer[layer] = by_layer.get(layer, 0) + n
+        # every commit carries the base counts (hare/stages/base.py: checked / kept / rejected /
+        # reject_reasons); kept_records and rejected_records also read earlier runs' names
+        kept, rejected = kept_records(stats), rejected_records(stats)
+        s["records_in"] += int(stats.get("checked", kept + rejected))
+        s["records_out"] += kept
+        s["rejects"] += rejected
+        add_counts(s["reject_reasons"], stats.get("reject_reasons") or {})
+    dedup = stages.get("dedup")
+    if dedup:  # its rejects by layer: the reasons are duplicate:<layer> (Dedup.report's by_layer)
+        dedup["dropped_by_layer"] = {k.removeprefix("duplicate:"): v for k, v in sorted(dedup["reject_reasons"].items())}
     for s in stages.values():
         for k in ("start_s", "end_s", "busy_s"):
             s[k] = round(s[k], 2)
@@ -244,9 +314,10 @@ def stage_figures(run_dir: Path, info: dict[str, Any]) -> dict[str, Any]:
         written = datetime.fromtimestamp(report.stat().st_mtime, timezone.utc)
         stages["diversity"] = {"kind": "run", "end_s": round((written - start).total_seconds(), 2),
                                "from": "diversity.json mtime"}
-    # streaming: record-stage work committed before the last generation partition
-    gen_end = stages.get("generate", {}).get("end_s")
-    later = [m for m in manifests if m["stage"] != "generate"]
+    # streaming: record-stage work committed before the last generation (or corpus read) partition
+    ends = [stages[s]["end_s"] for s in ("generate", "read") if s in stages]
+    gen_end = max(ends) if ends else None
+    later = [m for m in manifests if m["stage"] not in ("generate", "read")]
     early = [m for m in later if gen_end is not None and (ts(m["finished_at"]) - start).total_seconds() <= gen_end]
     busy = sum(float((m.get("stats") or {}).get("seconds") or 0.0) for m in later)
     busy_early = sum(float((m.get("stats") or {}).get("seconds") or 0.0) for m in early)
@@ -275,10 +346,21 @@ def child_env(folder: Path) -> dict[str, str]:
 def run_size(records: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     folder = work / f"n{records}"
     folder.mkdir(parents=True, exist_ok=True)
-    config_path, cfg = run_config(folder, records, args.prompts_per_partition, args)
+    corpus = None
+    if args.corpus:
+        corpus = write_corpus(folder / "corpus", records, args.corpus_files, args.seed, args.source,
+                              max_words=math.floor(MAX_TOKENS / 1.3), per_partition=args.prompts_per_partition,
+                              partition_mb=args.partition_mb)
+        print(f"[scale] corpus of {records} documents: {corpus['bytes'] / (1 << 20):.1f} MiB in "
+              f"{len(corpus['files'])} files, written in {corpus['write_seconds']} s; planted {corpus['planted']}",
+              flush=True)
+    config_path, cfg = run_config(folder, records, args.prompts_per_partition, args, corpus)
     log = folder / "run.log"
-    print(f"[scale] {records} records: {cfg['plan']['partitions']} x {cfg['plan']['prompts_per_partition']} "
-          f"prompts, log {log}", flush=True)
+    if corpus:
+        print(f"[scale] {records} corpus documents, partition_mb {corpus['partition_mb']}, log {log}", flush=True)
+    else:
+        print(f"[scale] {records} records: {cfg['plan']['partitions']} x {cfg['plan']['prompts_per_partition']} "
+              f"prompts, log {log}", flush=True)
     started = time.perf_counter()
     with log.open("w") as out:
         child = subprocess.Popen([sys.executable, "-c", CHILD, str(config_path)], stdout=out, stderr=subprocess.STDOUT,
@@ -300,13 +382,17 @@ def run_size(records: int, args: argparse.Namespace, work: Path) -> dict[str, An
     run_dir, info = read_run(folder / "store")
     run_wall = (ts(info["finished_at"]) - ts(info["started_at"])).total_seconds()
     summary = info.get("summary") or {}
+    figures = stage_figures(run_dir, info)
+    partitions = figures["stages"].get("read", {}).get("partitions", 0) if corpus else cfg["plan"]["partitions"]
     return {
         "records": records, "planned_prompts": cfg["plan"]["partitions"] * cfg["plan"]["prompts_per_partition"],
-        "partitions": cfg["plan"]["partitions"], "prompts_per_partition": cfg["plan"]["prompts_per_partition"],
+        "partitions": partitions, "prompts_per_partition": cfg["plan"]["prompts_per_partition"],
         "run_id": info["run_id"], "status": info.get("status"), "code_version": info.get("code_version"),
         "run_wall_s": round(run_wall, 2), "process_wall_s": round(wall, 2),
         "published_records": summary.get("records"), "rejects": summary.get("rejects"),
-        **stage_figures(run_dir, info), "memory": sampler.report(),
+        **figures, "memory": sampler.report(),
+        **({"corpus": {k: v for k, v in corpus.items() if k != "files"} | {"files": len(corpus["files"])}}
+           if corpus else {}),
         "summary": summary, "config": cfg,
     }
 
@@ -320,6 +406,22 @@ def scaling(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         n, t = b["records"] / a["records"], b["run_wall_s"] / a["run_wall_s"]
         out.append({"from": a["records"], "to": b["records"], "records_ratio": round(n, 2), "time_ratio": round(t, 2),
                     "exponent": round(math.log(t) / math.log(n), 2) if n > 1 and t > 0 else None})
+    return out
+
+
+def memory_scaling(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per role, the largest single process's peak RSS at each size and last / first: flat in N
+    is a ratio near 1 (a process holding what grows with N shows it here)."""
+    rs = sorted(results, key=lambda r: r["records"])
+    out: dict[str, Any] = {"records": [r["records"] for r in rs]}
+    for role in ROLES:
+        peaks = [r["memory"]["roles"].get(role, {}).get("max_process_rss_mib") for r in rs]
+        if any(v is not None for v in peaks):
+            out[role] = {"max_process_rss_mib": peaks,
+                         "last_over_first": round(peaks[-1] / peaks[0], 2) if peaks[0] and peaks[-1] else None}
+    totals = [r["memory"]["total_simultaneous_rss_mib"] for r in rs]
+    out["all"] = {"total_simultaneous_rss_mib": totals,
+                  "last_over_first": round(totals[-1] / totals[0], 2) if totals and totals[0] else None}
     return out
 
 
@@ -350,13 +452,14 @@ def markdown(results: list[dict[str, Any]], scale: list[dict[str, Any]]) -> str:
         for s in r["stages"]:
             if s not in stage_names:
                 stage_names.append(s)
-    order = {s: i for i, s in enumerate(["plan", "generate", "quality", "decontam", "features", "dedup",
+    order = {s: i for i, s in enumerate(["plan", "read", "generate", "quality", "decontam", "features", "dedup",
                                          "diversity", "publish"])}
     stage_names.sort(key=lambda s: order.get(s, 50))
     by_n = {x["to"]: x for x in scale}
     head = (["records", "partitions", "published", "run wall (s)"] + stage_names
             + ["dropped: quality / decontam / dedup (by layer)",
-               "record-stage work done before the last generate commit (count / busy s)",
+               "record-stage work done before the last " + ("corpus read" if "read" in stage_names else "generate")
+               + " commit (count / busy s)",
                "peak RSS MiB", "time vs previous size"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in sorted(results, key=lambda r: r["records"]):
@@ -381,6 +484,17 @@ def markdown(results: list[dict[str, Any]], scale: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+CODE_FILES = ("tasks/corpus.py", "hare/priors/corpus.py", "flows/streaming.py", "flows/synthesize.py",
+              "tasks/dedup.py", "tasks/stages.py", "hare/store/manifest.py")
+
+
+def code_files() -> dict[str, str]:
+    """sha256 (12 hex digits) of the files a corpus run depends on most, at the bench's start."""
+    import hashlib
+
+    return {f: hashlib.sha256((ROOT / f).read_bytes()).hexdigest()[:12] for f in CODE_FILES if (ROOT / f).is_file()}
+
+
 def machine() -> dict[str, Any]:
     return {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
             "memory_gib": round(psutil.virtual_memory().total / (1 << 30), 1), "node": platform.node()}
@@ -399,6 +513,11 @@ def main() -> None:
     p.add_argument("--kinds", nargs="+", default=["explanation", "textbook"])
     p.add_argument("--engines", type=int, default=1)
     p.add_argument("--engine-cpus", type=float, default=0.5, help="model.num_cpus")
+    p.add_argument("--corpus", action="store_true",
+                   help="curate a corpus of N documents (sources: kind corpus, plan.partitions 0), no synthesis")
+    p.add_argument("--corpus-files", type=int, default=4, help="--corpus: files the corpus is written in")
+    p.add_argument("--partition-mb", type=float,
+                   help="--corpus: sources[].partition_mb (default: the bytes of --prompts-per-partition documents)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--interval", type=float, default=0.5, help="seconds between RSS samples")
     p.add_argument("--timeout", type=float, default=6 * 3600, help="seconds per size")
@@ -406,6 +525,9 @@ def main() -> None:
     p.add_argument("--keep", action="store_true", help="keep the stores")
     p.add_argument("--out", help="Markdown file to write the tables to")
     p.add_argument("--json", default=str(ROOT / "bench" / "results" / f"scale-{date.today().isoformat()}.json"))
+    p.add_argument("--merge", metavar="JSON", nargs="+",
+                   help=("earlier results files of the same mode whose sizes join this run's in the report and "
+                         "its scaling (a size run here wins); their provenance goes under merged_from"))
     p.add_argument("--render", metavar="JSON", nargs="+",
                    help="only print the tables of earlier results (sizes of several JSON files merged)")
     args = p.parse_args()
@@ -414,6 +536,11 @@ def main() -> None:
         print(markdown(sizes, scaling(sizes)))
         return
 
+    from bench.provenance import provenance
+
+    prov = provenance()  # at the start: the machine's load average before the runs
+    prov["code_files"] = code_files()  # other sessions edit the tree while a run goes: which code ran
+    earlier = [(f, json.loads(Path(f).read_text())) for f in args.merge or []]
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="hare-scale-"))
     results = []
     try:
@@ -425,14 +552,23 @@ def main() -> None:
     finally:
         if not args.keep and not args.work_dir:
             shutil.rmtree(work, ignore_errors=True)
+    mode = "corpus" if args.corpus else "synthesize"
+    merged_from = []
+    for f, doc in earlier:
+        if doc.get("mode", "synthesize") != mode:
+            raise SystemExit(f"--merge {f}: a {doc.get('mode', 'synthesize')} run, this is a {mode} run")
+        here = {r["records"] for r in results}
+        taken = [dict(r, results_of=f) for r in doc["sizes"] if r["records"] not in here]
+        results += taken
+        merged_from.append({"file": f, "sizes": [r["records"] for r in taken],
+                            **{k: doc.get(k) for k in ("date", "started_at", "command", "git_revision", "machine")}})
+    results.sort(key=lambda r: r["records"])
     scale = scaling(results)
     md = markdown(results, scale)
     print(md)
-    from bench.provenance import git_revision
-
-    report = {"bench": "scale", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "command": " ".join([Path(sys.executable).name, "-m", "bench.scale", *sys.argv[1:]]),
-              "git_revision": git_revision(), "machine": machine(), "sizes": results, "scaling": scale}
+    report = {"bench": "scale", "mode": mode, **prov, "platform": machine(),
+              "sizes": results, "scaling": scale, "memory_scaling": memory_scaling(results),
+              **({"merged_from": merged_from} if merged_from else {})}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(report, indent=2, default=str) + "\n")
     print(f"[scale] JSON: {args.json}")

@@ -10,6 +10,7 @@ engines already loaded (:class:`EnginePool`).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,12 +22,16 @@ from hare.engines.engine import CapacityError, start_engines, stop_engines
 from hare.engines.models import ModelSourceError
 from hare.engines.pool import EngineQueue
 from hare.run.runtime import StartupError
+from hare.tasks.corpus import read_corpus_partition
 from hare.tasks.generate import generate_partition
-from hare.tasks.plan import is_baseline, plan_top_up, record_top_up_outcome
+from hare.tasks.plan import is_baseline, is_prompt_partition, plan_top_up, record_top_up_outcome
 from hare.tasks.stages import run_stage, streamed_stages
 
 from hare.flows.artifacts import RunProgress
 from hare.flows.outcome import RunIncomplete
+
+
+CORPUS_READ_CPUS = 1  # Ray CPUs of a corpus read: parsing a partition's bytes is CPU work
 
 
 @dataclass
@@ -46,8 +51,10 @@ class Streamed:
         if not self.failed:
             return
         named = ", ".join(f"{pid} ({why.split(':', 1)[0]})" for pid, why in sorted(self.failed.items()))
+        first, why = min(self.failed.items())
         raise RunIncomplete(f"run {run_id}: {len(self.failed)} partition(s) failed: {named}; the others are "
-                            f"committed; redo these with: hare rerun {run_id} --store {store_url}",
+                            f"committed ({first}: {error_line(why)}); redo these with: "
+                            f"hare rerun {run_id} --store {store_url}",
                             {"failed_partitions": sorted(self.failed), "failures": self.failed,
                              "generation": self.generation})
 
@@ -83,11 +90,19 @@ class StageChain:
         self.stages = streamed_stages(cfg)
         self.running: list[tuple[Any, str, int]] = []   # (future, partition, stage index)
         self.failed: dict[str, str] = {}
+        self.ingested: list[dict[str, Any]] = []   # outcomes of the corpus partitions read (their "generation")
         self.generating = True
         self.tasks = self.during_generation = 0
 
     def start(self, partition_id: str) -> None:
         self._submit(partition_id, 0)
+
+    def ingest(self, partition_id: str) -> None:
+        """Read a corpus partition (its commit stands where a generated partition's does), then
+        its stages: no engine is involved, so it runs beside generation from the start."""
+        with remote_options(num_cpus=CORPUS_READ_CPUS):
+            future = read_corpus_partition.submit(self.cfg, self.run_id, partition_id)
+        self.running.append((future, partition_id, -1))
 
     def _submit(self, partition_id: str, index: int) -> None:
         if index >= len(self.stages):
@@ -103,6 +118,14 @@ class StageChain:
     def finished(self, future: Any) -> None:
         i = next(i for i, (f, _, _) in enumerate(self.running) if f is future)
         _, pid, index = self.running.pop(i)
+        if index < 0:  # a corpus partition was read
+            outcome = _outcome(pid, future)
+            self.ingested.append(outcome)
+            if outcome["status"] == "failed":
+                self.failed[pid] = f"generate: {outcome['error']}"
+            else:
+                self._submit(pid, 0)
+            return
         try:
             future.result()
         except Exception as exc:  # noqa: BLE001 - this partition stops here; the others go on
@@ -159,10 +182,15 @@ def generate_and_stream(cfg: RunConfig, run_id: str, partition_ids: list[str], p
     finish the driver serves stage completions, so stages advance as soon as they can. ``last``:
     no round of generation comes after this one, so the engines are released before the stages
     drain (otherwise they wait, loaded, for the next round)."""
-    engines = pool.live()
-    progress = RunProgress(run_id, len(partition_ids), list(engines), cfg.model.num_gpus)
-    queue: EngineQueue[Any] = EngineQueue(list(engines), cfg.ray.partitions_in_flight_per_engine)
+    prompts = [p for p in partition_ids if is_prompt_partition(p)]
     chain = StageChain(cfg, run_id)
+    for pid in partition_ids:
+        if not is_prompt_partition(pid):
+            chain.ingest(pid)  # corpus partitions: read while the engines load and generate
+    engines = pool.live() if prompts else {}
+    progress = RunProgress(run_id, len(partition_ids), list(engines), cfg.model.num_gpus)
+    queue: EngineQueue[Any] | None = (EngineQueue(list(engines), cfg.ray.partitions_in_flight_per_engine)
+                                      if prompts else None)  # a corpus-only round needs no engine
     outcomes: list[dict[str, Any]] = []
 
     def submit(pid: str, engine: str) -> Any:
@@ -177,15 +205,15 @@ def generate_and_stream(cfg: RunConfig, run_id: str, partition_ids: list[str], p
             chain.finished(done)
 
     try:
-        for done in queue.run(partition_ids, submit, wait_generation):
+        for done in queue.run(prompts, submit, wait_generation) if queue else ():
             outcome = _outcome(done.partition_id, done.handle)
             if outcome["status"] == "failed" and outcome["error"].startswith("EngineGone") and \
-                    queue.retire(done.engine, done.partition_id):
+                    queue is not None and queue.retire(done.engine, done.partition_id):
                 get_run_logger().warning("engine %s left the pool (%s); %s goes to another engine",
                                          done.engine, outcome["error"][:200], done.partition_id)
                 continue
             outcomes.append(outcome)
-            progress.update(outcomes)
+            progress.update(outcomes + chain.ingested)
             if outcome["status"] == "failed":
                 chain.failed[done.partition_id] = f"generate: {outcome['error']}"
             elif not is_baseline(done.partition_id):
@@ -194,16 +222,39 @@ def generate_and_stream(cfg: RunConfig, run_id: str, partition_ids: list[str], p
     except BaseException:
         pool.release()
         raise
-    pool.retire(queue.retired)
+    retired = queue.retired if queue else []
+    pool.retire(retired)
     if last:
         pool.release()  # their CPUs/GPUs go to the stages still running
     generation["engine_starts"] = pool.starts
     chain.drain()
-    if queue.retired:
-        generation["engines_retired"] = queue.retired  # run.json says which engines left the pool
+    if chain.ingested:
+        progress.update(outcomes + chain.ingested)
+        generation["corpus"] = corpus_figures(chain.ingested)
+    if retired:
+        generation["engines_retired"] = retired  # run.json says which engines left the pool
     return Streamed(chain.failed, generation,
                     {"stage_tasks": chain.tasks, "finished_while_generating": chain.during_generation},
                     [p for p in partition_ids if not is_baseline(p)], [p for p in partition_ids if is_baseline(p)])
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_ERROR_LINE = re.compile(r"^(generate: )?[\w.()]*(Error|Exception)\w*(\([\w.]+\))?: \S")
+
+
+def error_line(why: str) -> str:
+    """The line of a partition's failure that says what went wrong (a Ray error carries the
+    remote traceback; its last ``XxxError: ...`` line is the cause), without terminal colours."""
+    lines = [_ANSI.sub("", ln).strip() for ln in why.splitlines() if ln.strip()]
+    causes = [ln for ln in lines if _ERROR_LINE.match(ln)]
+    return (causes[-1] if causes else lines[0] if lines else why)[:300]
+
+
+def corpus_figures(outcomes: list[dict[str, Any]]) -> dict[str, Any]:
+    """The corpus partitions read in this round: how many, documents, characters, seconds."""
+    ok = [o["stats"] for o in outcomes if o["status"] != "failed"]
+    return {"partitions": len(outcomes), "documents": sum(s.get("documents", 0) for s in ok),
+            "chars": sum(s.get("chars", 0) for s in ok), "read_seconds": round(sum(s.get("read_seconds", 0) for s in ok), 3)}
 
 
 def _start_engines(cfg: RunConfig, run_id: str) -> dict[str, Any]:
@@ -232,5 +283,6 @@ def _outcome(partition_id: str, future: Any) -> dict[str, Any]:
     try:
         return future.result()
     except Exception as exc:  # noqa: BLE001 - a failed partition is reported, the others go on
-        return {"partition_id": partition_id, "status": "failed", "error": f"{type(exc).__name__}: {exc}"[:300],
+        # long enough that a remote traceback's cause line survives (error_line finds it)
+        return {"partition_id": partition_id, "status": "failed", "error": f"{type(exc).__name__}: {exc}"[:2000],
                 "stats": {}}

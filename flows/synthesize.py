@@ -32,7 +32,7 @@ from hare.config import ConfigError, RunConfig, load_config
 from hare.stages.dedup.index import decision_gate, hold_index
 from hare.engines.embedders import start_embedders, stop_embedders
 from hare.tasks.estimate import plan_and_estimate
-from hare.store.layout import estimate_key, records_key, report_key, run_prefix
+from hare.store.layout import estimate_key, plan_report_key, records_key, report_key, run_prefix
 from hare.store.lease import Lease, hold_run
 from hare.store.manifest import kept_records
 from hare.store.manifest_index import load_manifests
@@ -41,7 +41,7 @@ from hare.run.runtime import HareRayTaskRunner, check_store, mark_flow_run_crash
 from hare.store import DEFAULT_STORE_URL, ObjectStore, absolute_store_url, check_key_part, open_store
 from hare.tasks.dedup import deduplicate
 from hare.tasks.diversity import measure_diversity
-from hare.tasks.plan import plan_run
+from hare.tasks.plan import in_source_order, plan_run
 from hare.tasks.publish import publish
 from hare.tasks.stages import StageLookup, records_source, streamed_stages
 
@@ -145,6 +145,7 @@ def run_dag(store: ObjectStore, cfg: RunConfig, run_id: str, allow_changed_input
             streamed = generate_and_stream(cfg, run_id, partition_ids, engines, last=not cfg.plan.top_up_rounds)
             top_up(cfg, run_id, streamed, engines)  # the strata the streamed stages emptied
         streamed.check_complete(run_id, store.url)
+        streamed.dataset_ids = source_order(store, cfg, run_id, streamed.dataset_ids)
         write_stage_reports(store, cfg, run_id, streamed.dataset_ids)
         with index_lease(store, cfg, run_id):  # one run at a time decides against the index and publishes into it
             dedup(cfg, run_id, streamed.dataset_ids)
@@ -152,6 +153,12 @@ def run_dag(store: ObjectStore, cfg: RunConfig, run_id: str, allow_changed_input
             totals = publish(cfg, run_id, streamed.dataset_ids, streamed.generation)
         outcome.succeeded({**totals, "generation": streamed.generation, "streaming": streamed.streaming})
     return outcome.totals or {}
+
+
+def source_order(store: ObjectStore, cfg: RunConfig, run_id: str, dataset_ids: list[str]) -> list[str]:
+    """The dataset's partitions with the sources in the config's order: the dedup keeps the first
+    record, so a synthesized text that repeats a corpus document listed before it is dropped."""
+    return in_source_order(cfg, json.loads(store.get_bytes(plan_report_key(run_id))), dataset_ids)
 
 
 def estimate(store: ObjectStore, cfg: RunConfig, run_id: str) -> dict[str, Any]:

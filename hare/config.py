@@ -13,7 +13,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import yaml
@@ -110,12 +110,19 @@ MAX_PLANNED_PROMPTS = 10_000_000
 class PlanConfig(_Strict):
     """How many prompts, cut into how many partitions (a partition is the unit of commit)."""
 
-    partitions: int = Field(ge=1, le=100_000)
+    partitions: int = Field(ge=0, le=100_000, description="Partitions of synthesized prompts (0: a run without a synthesize source).")
     prompts_per_partition: int = Field(ge=1, le=100_000)
     top_up_rounds: int = Field(
         default=0, ge=0, le=5,
         description=("Rounds of top-up partitions after the record stages: each round plans prompts for the "
                      "strata (leaf, audience, style, kind) whose records the stages removed; 0: none."))
+    allocate: Literal["uniform", "coverage"] = Field(default="uniform", description=(
+        "uniform: every leaf within one prompt of N/L; coverage: with a corpus source, prompts go to the "
+        "leaves a sample of the corpus covers least (docs/sources.md#synthesis-where-the-corpus-is-thin)."))
+    coverage_sample: int = Field(default=2000, ge=10, le=10_000_000,
+                                 description="Corpus documents embedded to measure coverage (allocate: coverage).")
+    coverage_min_similarity: float = Field(default=0.25, ge=-1, le=1, description=(
+        "Cosine below which a corpus document covers no leaf (it is about nothing in the taxonomy)."))
 
     @model_validator(mode="after")
     def _plan_fits_in_memory(self) -> "PlanConfig":
@@ -628,6 +635,14 @@ class DecontamConfig(_Strict):
     window_words: int | None = Field(default=None, ge=4,
                                      description="Override: words per paraphrase window (default: from each "
                                                  "benchmark's item lengths; windows follow sentences).")
+    synonym_route: bool = Field(default=True, description="Also embed windows whose pooled word vectors (MiniLM's "
+                                "input table, no forward pass) are near an item: rewordings that swapped its rare words.")
+    synonym_threshold: float = Field(default=0.65, gt=-1, le=1,
+                                     description="Synonym route: pooled cosine of a window to an item with fewer "
+                                                 "than 2 numbers.")
+    synonym_threshold_numbers: float = Field(default=0.4, gt=-1, le=1,
+                                             description="Synonym route: the same for items with 2+ numbers (which "
+                                                         "also need all but one of the numbers confirmed later).")
     resources: StageResources = Field(default_factory=lambda: StageResources())
 
     @model_validator(mode="after")
@@ -644,7 +659,10 @@ class DecontamConfig(_Strict):
         para = (f"paraphrase similarity >= {self.paraphrase_threshold} over "
                 f"{self.window_words or 'item-sized'} sentence windows sharing rare words with an item, confirmed by "
                 f"content words >= {self.confirm_threshold}/{self.confirm_without_numbers}, numbers >= "
-                f"{self.confirm_numbers} (sure at >= {self.paraphrase_sure})" if self.paraphrase else "no paraphrase search")
+                f"{self.confirm_numbers} (sure at >= {self.paraphrase_sure})"
+                + (f", plus windows whose pooled word vectors reach {self.synonym_threshold}/"
+                   f"{self.synonym_threshold_numbers} to an item (synonym route)" if self.synonym_route else "")
+                if self.paraphrase else "no paraphrase search")
         near = (f"; item sequences of {self.edit_min_words}+ words within one word edit"
                 if self.near_verbatim else "")
         return f"n-grams {n}, overlap > {self.overlap_threshold}{near}; {para}"
@@ -675,6 +693,71 @@ class ScheduleConfig(_Strict):
         if cron is not None and len(cron.split()) not in (5, 6):
             raise ValueError(f"cron {cron!r}: expected 5 fields (minute hour day month weekday)")
         return cron
+
+
+class _SourceBase(_Strict):
+    """What every source of a run has: a name (the ``source`` column of its records, its card
+    section) and its target share of the published words (the mixture, hare/stages/mixture.py)."""
+
+    name: str = Field(default="", pattern=r"^[a-z0-9][a-z0-9_-]{0,39}$|^$",
+                      description="The source's name (default: its kind); records carry it in the `source` column.")
+    share: float = Field(default=1.0, gt=0, le=1,
+                         description="Target share of the published words; the shares of all sources add up to 1.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_name(cls, raw: Any) -> Any:
+        """A source not named is named after its kind (``corpus``, ``rewrite``, ``synthesize``)."""
+        if isinstance(raw, dict) and not raw.get("name") and isinstance(raw.get("kind"), str):
+            return {**raw, "name": raw["kind"]}
+        return raw
+
+
+class SynthesizeSource(_SourceBase):
+    """HARE's D2: prompts planned from the taxonomy x axes (the ``plan`` section), generated by the engines."""
+
+    kind: Literal["synthesize"]
+
+
+class CorpusSource(_SourceBase):
+    """HARE's D1: an existing text corpus, read in partitions (byte ranges of JSONL/text files,
+    row groups of Parquet files), never whole, and curated by the same streamed stages."""
+
+    kind: Literal["corpus"]
+    paths: list[str] = Field(min_length=1, description=(
+        "Files, globs (relative to the config) or s3://bucket/prefix/ folders of .jsonl, .txt (one document "
+        "per non-empty line) or .parquet files; hub:NAME for a `datasets` dataset (a hub id, or a local folder)."))
+    split: str = Field(default="train", min_length=1, description="The split of a hub:NAME corpus.")
+    text_field: str = Field(default="text", min_length=1, description="The text column (JSONL / Parquet).")
+    license_field: str | None = Field(default=None, description="A column holding each document's licence, if any.")
+    license: str | None = Field(default=None, description="The licence of every document (when no license_field).")
+    partition_mb: float = Field(default=32.0, gt=0, le=4096, description=(
+        "Bytes of corpus per partition (JSONL/text: a byte range; Parquet: whole row groups up to this size)."))
+
+
+class RewriteSource(_SourceBase):
+    """HARE's D3: each row of a task dataset rendered into a prompt by a rewrite template
+    (hare/priors/rewrites/), generated by the engines, checked (the row's label or answer is kept)."""
+
+    kind: Literal["rewrite"]
+    path: Path = Field(description="A .jsonl or .parquet task dataset, relative to the config.")
+    template: str = Field(min_length=1, description="A rewrite template id (hare/priors/rewrites/<id>.yaml).")
+    id_field: str | None = Field(default=None, description="The row id column (lineage); default: the row number.")
+    rows_per_partition: int = Field(default=16, ge=1, le=100_000)
+    limit: int | None = Field(default=None, ge=1, description="Rewrite only the first N rows.")
+
+    @field_validator("template")
+    @classmethod
+    def _known_template(cls, template: str) -> str:
+        from hare.priors.rewrite import rewrite_templates
+
+        known = rewrite_templates()
+        if template not in known:
+            raise ValueError(f"unknown rewrite template {template!r} (known: {', '.join(sorted(known))})")
+        return template
+
+
+SourceConfig = Annotated[SynthesizeSource | CorpusSource | RewriteSource, Field(discriminator="kind")]
 
 
 # Where and when a run executes, not what it generates: left out of the config hash, so a run
@@ -724,6 +807,37 @@ class RunConfig(_Strict):
     embedding: EmbeddingConfig = EmbeddingConfig()
     publish: PublishConfig = PublishConfig()
     schedule: ScheduleConfig = ScheduleConfig()
+    sources: list[SourceConfig] = Field(default_factory=list, description=(
+        "The run's sources (HARE's D1 corpus, D2 synthesize, D3 rewrite), each with its target share; "
+        "empty: synthesize only."))
+
+    @model_validator(mode="after")
+    def _sources_agree(self) -> "RunConfig":
+        """Names unique, at most one synthesize source (the plan section is its plan), shares
+        adding up to 1, and a plan with no partitions only when nothing is synthesized."""
+        names = [s.name for s in self.sources]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"sources: name {dup[0]!r} is used twice; give each source its own name")
+        if sum(s.kind == "synthesize" for s in self.sources) > 1:
+            raise ValueError("sources: more than one synthesize source; the plan section plans the one")
+        if self.sources and abs(sum(s.share for s in self.sources) - 1.0) > 0.01:
+            shares = ", ".join(f"{s.name} {s.share}" for s in self.sources)
+            raise ValueError(f"sources: the shares add up to {sum(s.share for s in self.sources):.3f} ({shares}), not 1")
+        if self.plan.partitions == 0 and self.synthesizes():
+            raise ValueError("plan.partitions: 0, but the run synthesizes; plan at least one partition")
+        if self.plan.allocate == "coverage" and not any(s.kind == "corpus" for s in self.sources):
+            raise ValueError("plan.allocate: coverage needs a corpus source to measure coverage on")
+        return self
+
+    def synthesizes(self) -> bool:
+        """Whether the run plans synthesized prompts (no sources listed: it does, as before sources)."""
+        return not self.sources or any(s.kind == "synthesize" for s in self.sources)
+
+    def run_sources(self) -> list[SourceConfig]:
+        """The sources in the order they were listed (the first wins a cross-source duplicate);
+        none listed: one synthesize source with the whole share."""
+        return list(self.sources) or [SynthesizeSource(kind="synthesize")]
 
     def config_hash(self, inputs: bool = True) -> str:
         """Hash of what the run generates: same content -> same hash (placement sections aside).
@@ -756,6 +870,12 @@ class RunConfig(_Strict):
         for b in self.decontam.benchmarks:
             if not b.source.startswith(("s3://", "hub:")):
                 files[f"{hashed_as('decontam')}.benchmarks.{b.name}"] = Path(b.source)
+        for src in self.sources:  # a corpus is not hashed (it may be terabytes): its plan records each file's size
+            if isinstance(src, RewriteSource):
+                from hare.priors.rewrite import rewrite_template_path
+
+                files[f"sources.{src.name}"] = Path(src.path)
+                files[f"rewrites.{src.template}"] = rewrite_template_path(src.template)
         return files
 
     def input_hashes(self) -> dict[str, dict[str, str]]:
@@ -787,6 +907,11 @@ def _drop_unused_new_settings(content: dict[str, Any]) -> None:
             code.pop(name)
     if not content.get("sampling", {}).get("by_kind"):
         content.get("sampling", {}).pop("by_kind", None)
+    if not content.get("sources"):  # the sources of HARE's recipe, 2026-12: none listed is the old run
+        content.pop("sources", None)
+    if content.get("plan", {}).get("allocate") == "uniform":  # coverage allocation, 2026-12
+        for name in ("allocate", "coverage_sample", "coverage_min_similarity"):
+            content["plan"].pop(name, None)
     if not content.get("plan", {}).get("top_up_rounds"):
         content.get("plan", {}).pop("top_up_rounds", None)
     model = content.get("model", {})  # parallel engines and vLLM pass-through options, 2026-12
@@ -826,8 +951,8 @@ def _format_errors(path: Path, err: ValidationError, what: str = "run config") -
         if e["type"] == "extra_forbidden":
             msg = "unknown field"
         sub = re.match(r"^([A-Za-z_][\w.]*): (.*)$", msg, re.S)
-        if sub and where != "(top level)":  # a section validator naming its own field
-            where, msg = f"{where}.{sub.group(1)}", sub.group(2)
+        if sub:  # a validator naming its own field (a section's, or the run's naming a section.field)
+            where, msg = (sub.group(1) if where == "(top level)" else f"{where}.{sub.group(1)}"), sub.group(2)
         lines.append(f"  {where}: {msg}")
     return "\n".join(lines)
 
@@ -850,6 +975,15 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
             src = bench.get("source") if isinstance(bench, dict) else None
             if isinstance(src, str) and not src.startswith(("s3://", "hub:")):
                 bench["source"] = resolve(src)
+    sources = raw.get("sources")
+    for src in sources if isinstance(sources, list) else []:
+        if not isinstance(src, dict):
+            continue
+        if isinstance(src.get("path"), str):
+            src["path"] = resolve(src["path"])
+        if isinstance(src.get("paths"), list):
+            src["paths"] = [p if not isinstance(p, str) or p.startswith(("s3://", "hub:")) else resolve(p)
+                            for p in src["paths"]]
     topics = raw.get("topics")
     if isinstance(topics, dict) and isinstance(topics.get("extra_paths"), list):
         topics["extra_paths"] = [resolve(p) for p in topics["extra_paths"]]

@@ -21,6 +21,12 @@ and cheap, nothing is written). The cost is a throughput figure times the expect
   hours x engines x ``model.num_gpus`` (0 on CPUs). Engines count whole tensor-parallel groups
   per node when ``--gpus-per-node`` is given, and a layout no node can hold is refused.
 
+An OpenAI-compatible endpoint (``model.backend: openai``) is priced by :func:`endpoint_estimate`:
+its tokens/s are the server's, measured by earlier runs against the same endpoint and served
+model only (never the GPU table: the server's hardware is unknown here), else an assumed
+:data:`DEFAULT_ENDPOINT_TOKENS_PER_S_PER_REQUEST` x the requests the config keeps in flight; it
+costs wall hours, not GPU-hours, and money when ``model.endpoint`` sets prices per million tokens.
+
 Only generation is estimated: engine load, the record stages and publish come on top
 (docs/estimate.md). Nothing here connects to Ray or Prefect; the cluster's GPU count is a
 parameter (``--gpus``).
@@ -39,6 +45,7 @@ from typing import Any
 
 import yaml
 
+from hare.backends.openai_backend import endpoint_key, token_cost
 from hare.config import RunConfig
 from hare.priors.taxonomy import PRIORS_DIR
 from hare.store.layout import RUNS_PREFIX, run_json
@@ -67,6 +74,12 @@ THROUGHPUT_TABLE = PRIORS_DIR / "throughput-v1.yaml"
 # Sizes the name does not give: assume a 7-8B model on a GPU (the common case there) and the
 # measured 135M figure on CPUs (the only CPU figure there is).
 UNKNOWN_GPU_SIZE_B = 7.5
+
+# Output tokens/s one request in flight gets from an endpoint no earlier run measured: a served
+# model decodes each sequence of a busy batch at tens of tokens/s (hosted APIs quote 30-100 per
+# stream); the low end, so the wall time errs long. x the requests in flight (engines x
+# max_concurrency), as the server batches them; a server saturates before that grows far.
+DEFAULT_ENDPOINT_TOKENS_PER_S_PER_REQUEST = 30.0
 
 _SIZE = re.compile(r"(?:\d+x)?(\d+(?:\.\d+)?)([mMbB])")
 _RUN_STAMP = re.compile(r"-(\d{8}T\d{6}Z)-[0-9a-f]+$")
@@ -215,35 +228,53 @@ def scan_runs(store: ObjectStore, limit: int = SCAN_LIMIT) -> list[dict[str, Any
     return out
 
 
-def _same_model(runs: list[dict[str, Any]], model_name: str) -> list[dict[str, Any]]:
-    """Succeeded runs of this model that recorded the generation stage's figures."""
+def generated_by(model: dict[str, Any]) -> tuple[str, str | None]:
+    """Whose figures a config's tokens are, from its ``model`` section as JSON (run.json
+    ``config.model`` or ``RunConfig.to_jsonable()["model"]``): ``(model.name, None)`` in-process;
+    ``(served model, endpoint_key)`` for backend openai, the served model being
+    ``endpoint.served_model``, else ``model.name``. An endpoint's tokens/s are its server's, so
+    they compare only with runs against the same endpoint and served model."""
+    if model.get("backend") == "openai":
+        ep = model.get("endpoint") or {}
+        return str(ep.get("served_model") or model.get("name")), endpoint_key(str(ep.get("base_url") or ""))
+    return str(model.get("name")), None
+
+
+def _same_model(runs: list[dict[str, Any]], model_name: str, endpoint: str | None = None) -> list[dict[str, Any]]:
+    """Succeeded runs of this model that recorded the generation stage's figures: in-process
+    vLLM runs of ``model_name``, or, given ``endpoint`` (an ``endpoint_key``), runs that sent
+    ``model_name`` to that endpoint (:func:`generated_by`)."""
     out = []
     for info in runs:
         cfg = info.get("config") or {}
         gen = (info.get("summary") or {}).get("generation")
         model = cfg.get("model") or {}
         # only real generation counts: a deterministic-fake run under the same model name is no figure
-        if (model.get("name") == model_name and model.get("backend", "vllm") == "vllm"
+        if (model.get("backend", "vllm") in ("vllm", "openai") and generated_by(model) == (model_name, endpoint)
                 and info.get("status") == "succeeded" and isinstance(gen, dict)):
             out.append(info)
     return out
 
 
 def measured_throughput(store: ObjectStore | None, model_name: str, *, on_gpu: bool | None = None,
-                        runs: list[dict[str, Any]] | None = None) -> dict[str, Any] | None:
-    """Median output tokens/s per engine (and per GPU, for GPU runs) of earlier runs of a model.
+                        runs: list[dict[str, Any]] | None = None, endpoint: str | None = None) -> dict[str, Any] | None:
+    """Median output tokens/s per engine (and per GPU, for GPU runs; and per run: the endpoint's
+    rate) of earlier runs of a model.
 
     Looks at the :data:`SCAN_LIMIT` newest run.json of the store (or ``runs``, from
     :func:`scan_runs`), keeps those of ``model_name`` that succeeded and generated partitions
     themselves (``summary.generation.generated`` > 0; a resume that skipped everything measured
-    nothing), on GPUs or CPUs only when ``on_gpu`` says. None when no run qualifies.
+    nothing), on GPUs or CPUs only when ``on_gpu`` says; given ``endpoint``, only runs against
+    that endpoint (:func:`_same_model`), with the requests they kept in flight. None when no run
+    qualifies.
     """
     if runs is None:
         if store is None:
             return None
         runs = scan_runs(store)
     rows = []
-    for info in _same_model(runs, model_name):
+    in_flight: set[int] = set()
+    for info in _same_model(runs, model_name, endpoint):
         gen = info["summary"]["generation"]
         if not gen.get("generated") or not gen.get("output_tokens") or not gen.get("output_tokens_per_s_per_engine"):
             continue
@@ -251,6 +282,9 @@ def measured_throughput(store: ObjectStore | None, model_name: str, *, on_gpu: b
         if on_gpu is not None and (gpus > 0) != on_gpu:
             continue
         rows.append((info["run_id"], gen, gpus))
+        if endpoint is not None:  # what the endpoint's rate was measured at: engines x max_concurrency
+            per_engine = ((info["config"].get("model") or {}).get("endpoint") or {}).get("max_concurrency")
+            in_flight.add(int(per_engine or 0) * int(gen.get("engines") or 0))
     if not rows:
         return None
     per_gpu = [g["output_tokens_per_s_per_gpu"] for _, g, n in rows if n > 0 and g.get("output_tokens_per_s_per_gpu")]
@@ -261,10 +295,12 @@ def measured_throughput(store: ObjectStore | None, model_name: str, *, on_gpu: b
         "run_ids": [r[0] for r in rows],
         "tokens_per_s_per_engine": round(statistics.median(g["output_tokens_per_s_per_engine"] for _, g, _ in rows), 2),
         "tokens_per_s_per_gpu": round(statistics.median(per_gpu), 2) if per_gpu else None,
+        "tokens_per_s": round(statistics.median(g.get("output_tokens_per_s") or 0.0 for _, g, _ in rows), 2),
         "output_tokens": sum(g["output_tokens"] for _, g, _ in rows),
         "wall_seconds": round(sum(g.get("wall_seconds", 0.0) for _, g, _ in rows), 2),
         "engines": sorted({g.get("engines", 0) for _, g, _ in rows}),
         "gpus": sorted({n for _, _, n in rows}),
+        **({"in_flight": sorted(in_flight)} if endpoint is not None else {}),
     }
 
 
@@ -294,13 +330,15 @@ def prompt_budget(cfg: RunConfig, kind: str) -> int:
     return cfg.validation.problem_max_tokens + k * own + lines
 
 
-def measured_tokens_per_prompt(runs: list[dict[str, Any]], model_name: str, signature: str) -> dict[str, Any] | None:
-    """Median, over earlier succeeded runs of the model with the same token budget
+def measured_tokens_per_prompt(runs: list[dict[str, Any]], model_name: str, signature: str,
+                               endpoint: str | None = None) -> dict[str, Any] | None:
+    """Median, over earlier succeeded runs of the model (against ``endpoint``, given one: what
+    :func:`_same_model` picks) with the same token budget
     (:func:`budget_signature`), of their mean output tokens per dataset prompt (run.json
     ``summary.output_tokens``, the dataset partitions' manifests, less the top-up rounds' tokens
     (``summary.generation.top_up``), over ``plan.partitions x plan.prompts_per_partition``)."""
     means, ids = [], []
-    for info in _same_model(runs, model_name):
+    for info in _same_model(runs, model_name, endpoint):
         cfg, summary = info["config"], info["summary"]
         plan = cfg.get("plan") or {}
         prompts = int(plan.get("partitions", 0)) * int(plan.get("prompts_per_partition", 0))
@@ -328,23 +366,28 @@ def plan_summary(cfg: RunConfig, store: ObjectStore | None = None, *,
     expected output tokens (with their ``source``: measured by earlier runs in ``store``, or
     ``sampling.max_tokens x DEFAULT_FILL``). The counts come from the plan's allocation alone
     (``count_plan``: no prompt is rendered), so a 10M-prompt plan is summed in seconds."""
-    from hare.tasks.plan import count_plan, is_baseline, plan_partition_ids
+    from hare.tasks.plan import count_plan, is_baseline, plan_partition_ids, plan_source_partitions, source_summary
 
     report = count_plan(cfg).report(cfg)
     parts = plan_partition_ids(cfg)
     baseline_parts = [p for p in parts if is_baseline(p)]
-    total = report["prompts"] + report["baseline_prompts"]
+    sources = source_summary(cfg, plan_source_partitions(cfg))  # reads the task datasets, lists the corpus
+    rewrite_prompts = sum(s.get("prompts", 0) for s in sources if s["kind"] == "rewrite")
+    source_parts = sum(s["partitions"] for s in sources if s["kind"] != "synthesize")
+    total = report["prompts"] + report["baseline_prompts"] + rewrite_prompts
     if runs is None and store is not None:
         runs = scan_runs(store)
     max_tokens = cfg.sampling.max_tokens
     budgets = {kind: prompt_budget(cfg, kind) for kind in report["kinds"]}
     dataset_budget = sum(n * budgets[kind] for kind, n in report["kinds"].items())
-    measured = measured_tokens_per_prompt(runs or [], cfg.model.name, budget_signature(cfg.to_jsonable()))
+    config = cfg.to_jsonable()
+    model_name, endpoint = generated_by(config["model"])
+    measured = measured_tokens_per_prompt(runs or [], model_name, budget_signature(config), endpoint)
     if measured is not None:
         per_prompt, source = measured["tokens_per_prompt"], measured
         plan_tokens = total * per_prompt
     else:
-        plan_tokens = (dataset_budget + report["baseline_prompts"] * max_tokens) * DEFAULT_FILL
+        plan_tokens = (dataset_budget + (report["baseline_prompts"] + rewrite_prompts) * max_tokens) * DEFAULT_FILL
         per_prompt = plan_tokens / total if total else 0.0
         voted = {k: n for k in report["kinds"] if (n := cfg.validation.samples(k)) > 1}
         source = {"kind": "default", "fill_factor": DEFAULT_FILL, "budget_per_prompt": budgets,
@@ -363,10 +406,12 @@ def plan_summary(cfg: RunConfig, store: ObjectStore | None = None, *,
         "model": cfg.model.name,
         "prompts": report["prompts"],
         "baseline_prompts": report["baseline_prompts"],
+        "rewrite_prompts": rewrite_prompts,
         "total_prompts": total,
-        "partitions": len(parts) - len(baseline_parts),
+        "partitions": len(parts) - len(baseline_parts) + source_parts,
         "baseline_partitions": len(baseline_parts),
-        "total_partitions": len(parts),
+        "total_partitions": len(parts) + source_parts,
+        "sources": sources,
         "prompts_per_partition": cfg.plan.prompts_per_partition,
         "kinds": report["kinds"],
         "domains": report["domains"],
@@ -434,6 +479,8 @@ def estimate(cfg: RunConfig, store: ObjectStore | None, gpus: float | None = Non
     if runs is None and store is not None:
         runs = scan_runs(store)
     summary = summary or plan_summary(cfg, runs=runs or [])
+    if cfg.model.endpoint is not None:
+        return endpoint_estimate(cfg, summary, runs or [])
     model = cfg.model
     on_gpu = model.num_gpus > 0
     nodes = cluster_nodes(gpus, gpus_per_node)
@@ -487,6 +534,109 @@ def estimate(cfg: RunConfig, store: ObjectStore | None, gpus: float | None = Non
     }
 
 
+def expected_input_tokens(cfg: RunConfig, summary: dict[str, Any]) -> dict[str, Any]:
+    """Prompt tokens the run will send, for an endpoint's price per input token, with how.
+
+    Per prompt: the mean of the first partition's prompts as rendered by the plan (system and
+    user turns), counted with ``hare.backends.replay.estimate_tokens`` (words x
+    ``TOKENS_PER_WORD``; no tokenizer here, and the chat template's own tokens are not counted),
+    for every prompt (dataset, baseline, expected top-up). Each of a voted kind's k solve
+    requests is taken to send as much again plus the problem it solves (its budget,
+    ``validation.problem_max_tokens`` x :data:`DEFAULT_FILL`); forced answer lines are left out."""
+    from hare.backends.replay import TOKENS_PER_WORD, estimate_tokens
+    from hare.tasks.plan import plan_partitions
+
+    first = next(iter(plan_partitions(cfg)), None)  # a plan of other sources only may render none here
+    rows = first[1].select(["system", "prompt"]).to_pylist() if first is not None else []
+    rendered = [estimate_tokens(f"{r['system']} {r['prompt']}") for r in rows]
+    per_prompt = statistics.fmean(rendered) if rendered else 0.0
+    solves = sum(n * k for kind, n in summary["kinds"].items() if (k := cfg.validation.samples(kind)) > 1)
+    problem = cfg.validation.problem_max_tokens * DEFAULT_FILL
+    prompts = summary["total_prompts"] + summary["expected_top_up_prompts"]
+    tokens = prompts * per_prompt + solves * (per_prompt + problem)
+    return {"tokens": int(round(tokens)), "per_prompt": round(per_prompt, 1), "solve_requests": solves,
+            "detail": (f"estimated, not measured: {per_prompt:,.1f} tokens per prompt, the mean of the first "
+                       f"partition's {len(rendered)} rendered prompts (words x {TOKENS_PER_WORD:g}, chat template "
+                       f"not counted) x {prompts:,} prompts"
+                       + (f", plus {solves:,} solve requests of the voted kinds at that + {problem:,.0f} problem "
+                          f"tokens each" if solves else ""))}
+
+
+def endpoint_estimate(cfg: RunConfig, summary: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The estimate of a run against an OpenAI-compatible endpoint (``model.backend: openai``).
+
+    Throughput is the endpoint's (tokens/s per endpoint, all engines together): the median of
+    earlier succeeded runs that sent the same served model to the same endpoint
+    (:func:`measured_throughput` with ``endpoint``), else the stated assumption
+    :data:`DEFAULT_ENDPOINT_TOKENS_PER_S_PER_REQUEST` x the requests in flight (engines x
+    ``max_concurrency``, at most the prompts). Never the GPU table: the server's GPUs are
+    unknown, and they are not hare's, so there are no GPU-hours, only the wall hours the
+    endpoint is busy. With ``price_per_m_input`` / ``price_per_m_output``, ``cost`` is
+    :func:`expected_input_tokens` and the expected output tokens at those prices."""
+    from hare.engines.engine import engine_count
+
+    model, ep = cfg.model, cfg.model.endpoint
+    assert ep is not None
+    served, key = generated_by(cfg.to_jsonable()["model"])
+    engines = engine_count(model, {})
+    in_flight = max(1, min(engines * ep.max_concurrency, summary["total_prompts"]))
+    measured = measured_throughput(None, served, runs=runs, endpoint=key)
+    if measured is not None and measured["tokens_per_s"]:
+        rate = measured["tokens_per_s"]
+        source = {**measured, "detail": (
+            f"measured: median output tok/s at {key} of {measured['runs']} succeeded run(s) sending {served} "
+            f"(newest {measured['newest_run']}), at {' / '.join(map(str, measured['in_flight']))} requests in flight; "
+            f"this config keeps {in_flight} in flight")}
+    else:
+        rate = DEFAULT_ENDPOINT_TOKENS_PER_S_PER_REQUEST * in_flight
+        source = {"kind": "default", "in_flight": in_flight, "detail": (
+            f"default, not measured: no succeeded run sent {served} to {key} yet; assumed "
+            f"{DEFAULT_ENDPOINT_TOKENS_PER_S_PER_REQUEST:g} output tok/s per request in flight x {in_flight} in "
+            f"flight ({engines} engine(s) x model.endpoint.max_concurrency {ep.max_concurrency}, at most the prompts)")}
+    tokens = summary["expected_output_tokens"]
+    wall = tokens / rate if rate else float("inf")
+    inputs = expected_input_tokens(cfg, summary)
+    return {
+        "model": model.name, "model_size": size_label(model_size_b(served)), "device": "endpoint",
+        "endpoint": key, "served_model": served,
+        "engines": engines, "busy_engines": engines, "engines_from": "model.replicas" if model.replicas is not None
+        else f"model.min_replicas {model.min_replicas}", "in_flight": in_flight,
+        "num_gpus_per_engine": 0, "tensor_parallel_size": 1, "pipeline_parallel_size": 1, "gpus": 0,
+        "expected_output_tokens": tokens, "tokens_source": summary["source"],
+        "expected_input_tokens": inputs["tokens"], "input_tokens_source": inputs,
+        "tokens_per_s_per_engine": round(rate / engines, 2), "tokens_per_s_per_gpu": None,
+        "tokens_per_s": round(rate, 2), "wall_seconds": round(wall, 1), "wall_hours": round(wall / 3600, 4),
+        "engine_hours": round(wall / 3600 * engines, 4), "gpu_hours": None,
+        "price_per_m_input": ep.price_per_m_input, "price_per_m_output": ep.price_per_m_output,
+        "cost": token_cost(inputs["tokens"], tokens, ep.price_per_m_input, ep.price_per_m_output),
+        "source": source,
+    }
+
+
+def manifest_tokens(generation: dict[str, Any]) -> tuple[int, int] | None:
+    """Prompt and output tokens of every generate manifest a run's generation stage counted
+    (run.json ``summary.generation``: the plan's partitions, those an earlier attempt committed
+    included, and each top-up round), what an endpoint billed for them; None for a run that
+    did not record prompt tokens (before they were summed)."""
+    rounds = [generation, *generation.get("top_up", [])]
+    if any("manifest_prompt_tokens" not in r for r in rounds):
+        return None
+    return (sum(int(r["manifest_prompt_tokens"]) for r in rounds),
+            sum(int(r["manifest_output_tokens"]) for r in rounds))
+
+
+def money(amount: float | None) -> str:
+    """An amount in the prices' currency (hare does not know which): ``12.35``, ``0.0042``."""
+    if amount is None:
+        return "n/a"
+    return f"{amount:,.2f}" if amount >= 1 else f"{amount:.4f}"
+
+
+def _prices(est: dict[str, Any]) -> str:
+    return (f"at {est.get('price_per_m_input') or 0:g} / {est.get('price_per_m_output') or 0:g} per 1M "
+            f"input / output tokens")
+
+
 # ---------------------------------------------------------------------------------------------
 # rendering
 
@@ -510,7 +660,10 @@ def _rate(x: float) -> str:
 
 
 def engine_layout(est: dict[str, Any]) -> str:
-    """``4`` on CPUs; ``4 x 2 GPUs (tensor parallel 2)`` on GPUs: engines x GPUs per engine."""
+    """``4`` on CPUs; ``4 x 2 GPUs (tensor parallel 2)`` on GPUs: engines x GPUs per engine;
+    ``1 x 8 requests in flight`` against an endpoint."""
+    if est["device"] == "endpoint":
+        return f"{est['engines']} client(s), {est['in_flight']} requests in flight"
     if est["device"] != "gpu":
         return f"{est['engines']}"
     tp, pp = est.get("tensor_parallel_size", 1), est.get("pipeline_parallel_size", 1)
@@ -518,19 +671,26 @@ def engine_layout(est: dict[str, Any]) -> str:
     return f"{est['engines']} x {est['num_gpus_per_engine']:g} GPU{'s' if est['num_gpus_per_engine'] != 1 else ''}{split}"
 
 
+def _endpoint_rows(est: dict[str, Any]) -> list[tuple[str, str]]:
+    """What an endpoint costs: wall hours (no GPU-hours: its GPUs are not hare's), input tokens,
+    and money when the config prices them."""
+    return [
+        ("model", f"{est['model']} (served {est['served_model']} at {est['endpoint']})"),
+        ("engines", f"{engine_layout(est)} ({est['engines_from']})"),
+        ("output tok/s", f"{_rate(est['tokens_per_s'])} at the endpoint"),
+        ("generation wall time", duration(est["wall_seconds"])),
+        ("endpoint wall hours", f"{est['wall_hours']:,.2f} (no GPU-hours: the server's GPUs are not hare's)"),
+        ("expected input tokens", f"{est['expected_input_tokens']:,}"),
+        ("money", f"{money(est['cost'])} {_prices(est)}" if est["cost"] is not None
+         else "no price set (model.endpoint.price_per_m_input / price_per_m_output)"),
+    ]
+
+
 def _totals_rows(summary: dict[str, Any], est: dict[str, Any]) -> list[tuple[str, str]]:
     gpu = est["device"] == "gpu"
     rate = (f"{_rate(est['tokens_per_s_per_gpu'])} per GPU, {_rate(est['tokens_per_s_per_engine'])} per engine"
             if gpu else f"{_rate(est['tokens_per_s_per_engine'])} per engine")
-    return [
-        ("prompts", f"{summary['prompts']:,} + {summary['baseline_prompts']:,} baseline = {summary['total_prompts']:,}"),
-        ("partitions", f"{summary['partitions']:,} + {summary['baseline_partitions']:,} baseline = "
-                       f"{summary['total_partitions']:,} (x {summary['prompts_per_partition']:,} prompts)"),
-        ("leaves covered", f"{summary['leaves_covered']:,} of {summary['leaves']:,}"),
-        ("tokens per prompt", f"{summary['expected_tokens_per_prompt']:,.1f} (max_tokens {summary['max_tokens']:,})"),
-        *([("top-up prompts", f"~{summary['expected_top_up_prompts']:,} in up to {summary['top_up_rounds']} "
-                              f"round(s), included below")] if summary.get("top_up_rounds") else []),
-        ("expected output tokens", f"{summary['expected_output_tokens']:,}"),
+    hardware = _endpoint_rows(est) if est["device"] == "endpoint" else [
         ("model", f"{est['model']} ({est['model_size']}, {est['device'].upper()})"),
         ("engines", f"{engine_layout(est)} ({est['engines_from']})" + (
             f", {est['busy_engines']} busy" if est["busy_engines"] != est["engines"] else "")),
@@ -539,10 +699,34 @@ def _totals_rows(summary: dict[str, Any], est: dict[str, Any]) -> list[tuple[str
         ("GPU-hours", f"{est['gpu_hours']:,.2f}" if gpu else "0 (CPU run)"),
         ("engine-hours", f"{est['engine_hours']:,.2f}"),
     ]
+    return [
+        ("prompts", f"{summary['prompts']:,}" + (f" + {summary['rewrite_prompts']:,} rewrite"
+                                                  if summary.get("rewrite_prompts") else "")
+                    + f" + {summary['baseline_prompts']:,} baseline = {summary['total_prompts']:,}"),
+        ("partitions", f"{summary['partitions']:,} + {summary['baseline_partitions']:,} baseline = "
+                       f"{summary['total_partitions']:,} (x {summary['prompts_per_partition']:,} prompts)"),
+        ("leaves covered", f"{summary['leaves_covered']:,} of {summary['leaves']:,}"),
+        ("tokens per prompt", f"{summary['expected_tokens_per_prompt']:,.1f} (max_tokens {summary['max_tokens']:,})"),
+        *([("top-up prompts", f"~{summary['expected_top_up_prompts']:,} in up to {summary['top_up_rounds']} "
+                              f"round(s), included below")] if summary.get("top_up_rounds") else []),
+        ("expected output tokens", f"{summary['expected_output_tokens']:,}"),
+        *hardware,
+    ]
+
+
+def source_holds(source: dict[str, Any]) -> str:
+    """What one source of the plan holds, in words (``hare plan``, the plan artifact)."""
+    if source["kind"] == "corpus":
+        return (f"{source.get('files', 0):,} file(s), {source.get('bytes', 0) / 1e6:,.2f} MB of text"
+                + (f", {source['row_groups']:,} Parquet row groups" if source.get("row_groups") else "")
+                + (f", {source['rows']:,} dataset rows" if source.get("rows") else ""))
+    return f"{source.get('prompts', 0):,} prompts"
 
 
 def _sources(summary: dict[str, Any], est: dict[str, Any]) -> list[tuple[str, str]]:
     rows = [("throughput", est["source"]["detail"]), ("tokens per prompt", summary["source"]["detail"])]
+    if "input_tokens_source" in est:
+        rows.append(("input tokens", est["input_tokens_source"]["detail"]))
     if summary.get("top_up_rounds"):
         rows.append(("top-up prompts", summary["top_up_source"]))
     return rows
@@ -567,6 +751,13 @@ def render_plan(summary: dict[str, Any], est: dict[str, Any], compact: bool = Fa
     parts: list[Any] = [totals]
     if compact:
         return totals
+    if summary.get("sources"):
+        src = Table(title="sources (one mixture: target share of the published words)", title_justify="left")
+        for col in ("source", "kind", "share", "partitions", "holds"):
+            src.add_column(col, justify="right" if col in ("share", "partitions") else "left")
+        for s in summary["sources"]:
+            src.add_row(s["name"], s["kind"], f"{s['share']:.2f}", f"{s['partitions']:,}", source_holds(s))
+        parts.append(src)
     for label, key in _AXES:
         t = Table(title=f"prompts per {label}", title_justify="left")
         t.add_column(label)
@@ -590,7 +781,11 @@ def plan_markdown(summary: dict[str, Any], est: dict[str, Any]) -> str:
         n = summary["prompts"] or 1
         lines += [f"## Prompts per {label}", "", f"| {label} | prompts | share |", "|---|---:|---:|",
                   *(f"| {v} | {c:,} | {100 * c / n:.1f}% |" for v, c in summary[key].items()), ""]
-    lines += ["## Sources", "", *(f"- {k}: {v}" for k, v in _sources(summary, est)),
+    if summary.get("sources"):
+        lines += ["## Sources of the mixture", "", "| source | kind | share | partitions | holds |", "|---|---|---:|---:|---|",
+                  *(f"| {s['name']} | {s['kind']} | {s['share']:.2f} | {s['partitions']:,} | {source_holds(s)} |"
+                    for s in summary["sources"]), ""]
+    lines += ["## Sources of the figures", "", *(f"- {k}: {v}" for k, v in _sources(summary, est)),
               "- Estimate of the generation stage only: engine load and the record stages come on top.", ""]
     return "\n".join(lines)
 
@@ -600,8 +795,11 @@ def card_section(est: dict[str, Any], actual: dict[str, Any]) -> list[str]:
 
     ``actual`` is run.json ``summary.generation`` plus ``kept_output_tokens`` (output tokens of
     the published records). A run without GPUs gets "CPU run: n/a" for GPU-hours per 1M kept
-    tokens and engine-hours per 1M kept tokens instead.
+    tokens and engine-hours per 1M kept tokens instead; a run against an endpoint gets
+    :func:`_endpoint_card`.
     """
+    if est["device"] == "endpoint":
+        return _endpoint_card(est, actual)
     wall = float(actual.get("wall_seconds") or 0.0)
     engines = float(actual.get("engines") or 0)
     gpus = float(actual.get("gpus") or 0)
@@ -632,6 +830,47 @@ def card_section(est: dict[str, Any], actual: dict[str, Any]) -> list[str]:
     lines += ["", f"Throughput of the estimate: {est['source']['detail']}. "
                   f"Tokens per prompt: {est['tokens_source']['detail']}. "
                   "Times are the generation stage's wall clock (run.json `summary.generation`).", ""]
+    return lines
+
+
+def _endpoint_card(est: dict[str, Any], actual: dict[str, Any]) -> list[str]:
+    """The card's cost lines of a run against an endpoint: wall hours instead of GPU-hours (the
+    server's GPUs are not hare's), and, when the estimate recorded prices, money estimated beside
+    money actually spent: every generate manifest's prompt and output tokens
+    (:func:`manifest_tokens`) at the estimate's prices, the ones the run started with."""
+    wall = float(actual.get("wall_seconds") or 0.0)
+    kept = int(actual.get("kept_output_tokens") or 0)
+    rate = float(actual.get("output_tokens_per_s") or 0.0)
+    billed = manifest_tokens(actual)
+    priced = est.get("price_per_m_input") is not None or est.get("price_per_m_output") is not None
+    spent = token_cost(*billed, est.get("price_per_m_input"), est.get("price_per_m_output")) if billed else None
+    lines = ["## Cost: estimate and actual", "",
+             f"Generated by {est['served_model']} at {est['endpoint']} (an OpenAI-compatible endpoint): no GPU-hours "
+             "are counted, the server's GPUs are not hare's.", "",
+             "| | estimate (before the run) | actual |", "|---|---:|---:|",
+             f"| generation wall time | {duration(est['wall_seconds'])} | {duration(wall)} |",
+             f"| output tokens | {est['expected_output_tokens']:,} | {int(actual.get('output_tokens') or 0):,} |",
+             f"| output tok/s at the endpoint | {_rate(est['tokens_per_s'])} | {_rate(rate)} |",
+             f"| engines (clients) | {est['engines']} | {int(actual.get('engines') or 0)} |",
+             f"| endpoint wall hours | {est['wall_hours']:,.3f} | {wall / 3600:,.3f} |",
+             f"| input / output tokens billed (generate manifests, all rounds) | {est['expected_input_tokens']:,} / "
+             f"{est['expected_output_tokens']:,} | "
+             + (f"{billed[0]:,} / {billed[1]:,} |" if billed else "not recorded |")]
+    if priced:
+        lines += [f"| money {_prices(est)} | {money(est['cost'])} | {money(spent)} |",
+                  f"| kept output tokens (published records) | | {kept:,} |",
+                  f"| money per 1M kept tokens | | "
+                  + (f"{money(spent / kept * 1e6)} |" if kept and spent is not None else "n/a |")]
+    else:
+        lines += [f"| kept output tokens (published records) | | {kept:,} |",
+                  f"| endpoint wall hours per 1M kept tokens | | "
+                  + (f"{wall / 3600 / kept * 1e6:,.3f} |" if kept else "n/a (no kept tokens) |")]
+    lines += ["", f"Throughput of the estimate: {est['source']['detail']}. "
+                  f"Tokens per prompt: {est['tokens_source']['detail']}. "
+                  f"Input tokens: {est['input_tokens_source']['detail']}. "
+                  + ("Money is in the currency of model.endpoint's prices. " if priced else
+                     "No price was set (model.endpoint.price_per_m_input / price_per_m_output): hours only. ")
+                  + "Times are the generation stage's wall clock (run.json `summary.generation`).", ""]
     return lines
 
 

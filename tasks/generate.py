@@ -21,12 +21,13 @@ from hare.backends.base import GenerationRequest, GenerationResult, unavailable_
 from hare.stages.validate.answers import problem_text
 from hare.config import RunConfig, SamplingConfig, ValidationConfig
 from hare.priors.prompts import template_for
-from hare.store.layout import generated_key, plan_key, rejects_key
-from hare.store.manifest import commit_partition, committed_manifest, previous_attempts, record_failure
+from hare.store.layout import plan_key
+from hare.store.manifest import commit_first, record_failure, start_partition
 from hare.store.schema import RECORD_SCHEMA, REJECT_SCHEMA, record_id
-from hare.store import open_store, retry_count, sha256_bytes
+from hare.store import open_store
 from hare.store.tables import from_parquet_bytes
 from hare.store import lineage
+from hare.tasks.rewrite import rewrite_reject_reason
 
 STAGE = "generate"
 
@@ -46,6 +47,7 @@ class RecordContext:
     sampling: dict[str, Any]
     sampling_config: SamplingConfig | None = None
     voted_kinds: tuple[str, ...] = ()
+    source: str = "synthesize"   # the synthesize source's name (a rewrite row names its own source)
 
     def voted(self, kind: str) -> bool:
         return kind in self.voted_kinds
@@ -219,15 +221,23 @@ def records_from_results(
                 "prompt_tokens": r.prompt_tokens,
                 "output_tokens": r.output_tokens,
                 "finish_reason": r.finish_reason,
+                "source": row.get("source") or ctx.source,
+                "source_ref": row.get("source_ref"),
             }
-            if r.error:
-                rejects.append({**rec, "reject_stage": STAGE, "reject_reason": r.error})
+            error = r.error or rewrite_reject_reason(row, text)  # a rewrite must keep its row's label / answer
+            if error:
+                rejects.append({**rec, "reject_stage": STAGE, "reject_reason": error})
             else:
                 kept.append(rec)
     return (
         pa.Table.from_pylist(kept, schema=RECORD_SCHEMA),
         pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA),
     )
+
+
+def synthesize_source_name(cfg: RunConfig) -> str:
+    """The name synthesized records carry in their ``source`` column."""
+    return next((s.name for s in cfg.run_sources() if s.kind == "synthesize"), "synthesize")
 
 
 def generation_stats(results: list[GenerationResult], seconds: float) -> dict[str, Any]:
@@ -263,21 +273,14 @@ def generate_partition(cfg: RunConfig, run_id: str, partition_id: str, engine: s
 
     logger = get_run_logger()
     store = open_store(cfg.store.url)
-    retries_before = retry_count()
-    pk = plan_key(run_id, partition_id)
-    plan_bytes = store.get_bytes(pk)
-    inputs = {pk: sha256_bytes(plan_bytes)}
-    done = committed_manifest(store, run_id, partition_id, quarantine=True)
-    # reused only if generated from this plan (a commit of older code recorded no inputs: kept)
-    if done is not None and done.inputs in (None, inputs):
-        logger.info("partition %s already committed; skipped", partition_id)
-        return {"partition_id": partition_id, "status": "skipped", "stats": done.stats}
-    if done is not None:
+    start = start_partition(store, run_id, partition_id)
+    if (skipped := start.skipped(partition_id, logger.info)) is not None:
+        return skipped
+    if start.plan_changed:
         logger.warning("partition %s: its plan changed since it was generated; generating it again", partition_id)
-    attempts = previous_attempts(store, run_id, partition_id) + 1
     started = time.perf_counter()
     try:
-        plan = from_parquet_bytes(plan_bytes, pk)
+        plan = from_parquet_bytes(start.plan_bytes, start.plan_key)
         results, gen_seconds, gpu = call_engine(engine, requests_from_plan(plan, cfg.sampling, cfg.validation),
                                                 cfg.sampling, cfg.model)
         # self-consistency kinds: the problems written above are now solved k times each
@@ -306,7 +309,8 @@ def generate_partition(cfg: RunConfig, run_id: str, partition_id: str, engine: s
         info = ray.get(get_engine(engine).describe.remote(), timeout=cfg.model.call_timeout_s)
         voted = tuple(k for k in cfg.validation.k if cfg.validation.samples(k) > 1)
         ctx = RecordContext(run_id, partition_id, info["backend"], info["model"], info["model_revision"],
-                            cfg.sampling.model_dump(exclude={"by_kind"}), cfg.sampling if cfg.sampling.by_kind else None, voted)
+                            cfg.sampling.model_dump(exclude={"by_kind"}), cfg.sampling if cfg.sampling.by_kind else None,
+                            voted, synthesize_source_name(cfg))
         kept, rejects = records_from_results(plan, results, ctx, solved)
         stats = {
             **generation_stats(all_results, gen_seconds),
@@ -316,16 +320,16 @@ def generate_partition(cfg: RunConfig, run_id: str, partition_id: str, engine: s
             # the counts every commit has (hare/stages/base.py): outputs checked, kept as records, rejected
             "checked": kept.num_rows + rejects.num_rows, "kept": kept.num_rows, "rejected": rejects.num_rows,
             "engine": engine,
+            **({"endpoint": info["endpoint"]} if info.get("endpoint") else {}),
+            "source": plan.column("source")[0].as_py() if "source" in plan.column_names else ctx.source,
             # what actually ran (the card states these, not the config's model.name)
             "model": info["model"], "model_revision": info["model_revision"], "backend": info["backend"],
             "seconds": round(time.perf_counter() - started, 3),
             **gpu,  # gpu_util_mean, gpu_busy_fraction, gpu_memory_used_max_mb... on a GPU
         }
-        gk, rk = generated_key(run_id, partition_id), rejects_key(run_id, STAGE, partition_id)
-        manifest = commit_partition(store, run_id, partition_id, STAGE, {gk: kept, rk: rejects}, stats, attempts,
-                                    inputs, retries_since=retries_before)
+        manifest = commit_first(store, start, run_id, partition_id, kept, rejects, stats)
     except Exception as exc:
-        record_failure(store, run_id, partition_id, STAGE, f"{type(exc).__name__}: {exc}", attempts)
+        record_failure(store, run_id, partition_id, STAGE, f"{type(exc).__name__}: {exc}", start.attempts)
         raise
     lineage.emit(
         store, run_id, f"synthesize.generate.{partition_id}", "COMPLETE",

@@ -32,7 +32,7 @@ from prefect import task
 from hare.store import lineage
 from hare.config import RunConfig
 from hare.store.layout import plan_key, plan_report_key
-from hare.priors.prompts import BASELINE, PromptTemplate, template_for
+from hare.priors.prompts import BASELINE, PromptTemplate, prompt_seed, template_for
 from hare.store.runs import start_run
 from hare.store.schema import PLAN_SCHEMA
 from hare.store import open_store, sha256_bytes
@@ -51,19 +51,18 @@ def partition_id(index: int, prefix: str = "p") -> str:
     return f"{prefix}{index:05d}"
 
 
-def prompt_seed(run_seed: int, prompt_index: int) -> int:
-    """A per-prompt sampling seed, stable for a (seed, index) pair and well spread."""
-    digest = hashlib.sha256(f"hare:{run_seed}:{prompt_index}".encode()).digest()
-    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
-
-
-def leaf_slots(leaves: Sequence[Leaf], total: int, rng: random.Random) -> list[Leaf]:
-    """Rules 1-2: per-leaf counts within one of N/L, visited round-robin."""
+def leaf_slots(leaves: Sequence[Leaf], total: int, rng: random.Random,
+               per_leaf: dict[str, int] | None = None) -> list[Leaf]:
+    """Rules 1-2: per-leaf counts within one of N/L (or ``per_leaf``: the coverage allocation's
+    counts by leaf path), visited round-robin over the shuffled leaves."""
     order = list(leaves)
     rng.shuffle(order)
-    base, extra = divmod(total, len(order))
-    counts = [base + (1 if i < extra else 0) for i in range(len(order))]
-    return [leaf for rnd in range(base + 1) for leaf, n in zip(order, counts) if n > rnd]
+    if per_leaf is None:
+        base, extra = divmod(total, len(order))
+        counts = [base + (1 if i < extra else 0) for i in range(len(order))]
+    else:
+        counts = [per_leaf.get(leaf.path, 0) for leaf in order]
+    return [leaf for rnd in range(max(counts, default=0)) for leaf, n in zip(order, counts) if n > rnd]
 
 
 def kind_targets(slots: Sequence[Leaf], kinds: Sequence[str]) -> dict[str, float]:
@@ -91,12 +90,13 @@ def _least_used(counts: Counter, values: Sequence[str], rng: random.Random) -> s
 
 def allocate(
     leaves: Sequence[Leaf], audiences: Sequence[str], styles: Sequence[str], kinds: Sequence[str],
-    total: int, seed: int,
+    total: int, seed: int, per_leaf: dict[str, int] | None = None,
 ) -> Iterator[tuple[Leaf, str, str, str]]:
     """The stratified (leaf, audience, style, kind) of every prompt, in plan order, one at a
-    time (a 10M-prompt plan is never held whole)."""
+    time (a 10M-prompt plan is never held whole); ``per_leaf``: prompts per leaf decided
+    elsewhere (the coverage allocation) instead of rule 1."""
     rng = random.Random(seed)
-    slots = leaf_slots(leaves, total, rng)
+    slots = leaf_slots(leaves, total, rng, per_leaf)
     targets = kind_targets(slots, kinds)
     used_a, used_s, used_k = Counter(), Counter(), Counter()
     for leaf in slots:
@@ -168,18 +168,70 @@ class PlanCounts:
 
 
 def plan_partition_ids(cfg: RunConfig) -> list[str]:
-    """The plan's partition ids, dataset (``p*``) then baseline (``b*``), without building it."""
+    """The synthesized plan's partition ids, dataset (``p*``) then baseline (``b*``), without
+    building it (the partitions of a corpus or rewrite source come from reading it:
+    :func:`plan_source_partitions`)."""
     per = cfg.plan.prompts_per_partition
     baseline = -(-cfg.diversity.baseline_prompts // per)
-    return [partition_id(i) for i in range(cfg.plan.partitions)] + [partition_id(j, "b") for j in range(baseline)]
+    synthesized = cfg.plan.partitions if cfg.synthesizes() else 0
+    return [partition_id(i) for i in range(synthesized)] + [partition_id(j, "b") for j in range(baseline)]
 
 
-def _allocation(cfg: RunConfig) -> Iterator[tuple[Leaf, str, str, str]]:
-    """The config's allocation (:func:`allocate` over its taxonomy and axes), one prompt at a time."""
+def synthesized_prompts(cfg: RunConfig) -> int:
+    """Prompts the plan synthesizes (0 in a run without a synthesize source)."""
+    return cfg.plan.partitions * cfg.plan.prompts_per_partition if cfg.synthesizes() else 0
+
+
+def plan_source_partitions(cfg: RunConfig) -> Iterator[tuple[str, pa.Table]]:
+    """The partitions of the rewrite sources (``r*``, prompts numbered after the synthesized
+    and baseline ones) and of the corpus sources (``c*``), one at a time."""
+    from hare.tasks.corpus import plan_corpus_partitions
+    from hare.tasks.rewrite import rewrite_plan_table, rewrite_rows
+
+    first = synthesized_prompts(cfg) + cfg.diversity.baseline_prompts
+    for pid, group in itertools.groupby(rewrite_rows(cfg, first), key=lambda r: r["partition_id"]):
+        yield pid, rewrite_plan_table(list(group))
+    yield from plan_corpus_partitions(cfg)
+
+
+def source_summary(cfg: RunConfig, tables: Iterable[tuple[str, pa.Table]]) -> list[dict[str, Any]]:
+    """Per source (in the config's order): kind, share, partitions and what they hold
+    (prompts; corpus files and bytes): the plan report's and ``hare plan``'s view of the sources."""
+    out = {s.name: {"name": s.name, "kind": s.kind, "share": s.share, "partitions": 0} for s in cfg.run_sources()}
+    synth = next((s for s in cfg.run_sources() if s.kind == "synthesize"), None)
+    if synth is not None:
+        out[synth.name].update(partitions=cfg.plan.partitions, prompts=synthesized_prompts(cfg))
+    files: dict[str, set[str]] = {}
+    for _, table in tables:
+        rows = table.to_pylist()
+        entry = out[rows[0]["source"]]
+        entry["partitions"] += 1
+        entry.setdefault("first_partition", rows[0]["partition_id"])
+        entry["last_partition"] = rows[0]["partition_id"]
+        if "uri" in table.column_names:
+            for r in rows:  # what a range counts: bytes (JSONL/text), row groups (Parquet), rows (datasets)
+                unit = {"parquet": "row_groups", "datasets": "rows"}.get(r["format"], "bytes")
+                entry[unit] = entry.get(unit, 0) + r["end"] - r["start"]
+            files.setdefault(entry["name"], set()).update(r["uri"] for r in rows)
+        else:
+            entry["prompts"] = entry.get("prompts", 0) + len(rows)
+    for name, uris in files.items():
+        out[name]["files"] = len(uris)
+    return list(out.values())
+
+
+def _allocation(cfg: RunConfig, coverage: dict[str, Any] | None = None) -> Iterator[tuple[Leaf, str, str, str]]:
+    """The config's allocation (:func:`allocate` over its taxonomy and axes), one prompt at a
+    time; with ``plan.allocate: coverage``, the prompts per leaf of ``coverage`` (the run's
+    stored measurement), measured now when not given."""
     leaves = load_taxonomy(cfg.topics.path, *cfg.topics.extra_paths)
     axes = cfg.axes.resolve()
-    total = cfg.plan.partitions * cfg.plan.prompts_per_partition
-    return allocate(leaves, axes.audiences, axes.styles, axes.kinds, total, cfg.seed)
+    per_leaf = None
+    if cfg.plan.allocate == "coverage" and cfg.synthesizes():
+        from hare.tasks.coverage import measure_coverage
+
+        per_leaf = (coverage or measure_coverage(cfg))["allocation"]
+    return allocate(leaves, axes.audiences, axes.styles, axes.kinds, synthesized_prompts(cfg), cfg.seed, per_leaf)
 
 
 def _prompt_row(cfg: RunConfig, i: int, pid: str, leaf: Leaf, audience: str, style: str, kind: str) -> dict[str, Any]:
@@ -197,15 +249,17 @@ def by_partition_table(rows: Iterable[dict[str, Any]]) -> Iterator[tuple[str, pa
         yield pid, pa.Table.from_pylist(list(group), schema=PLAN_SCHEMA)
 
 
-def plan_partitions(cfg: RunConfig, counts: PlanCounts | None = None) -> Iterator[tuple[str, pa.Table]]:
+def plan_partitions(cfg: RunConfig, counts: PlanCounts | None = None,
+                    coverage: dict[str, Any] | None = None) -> Iterator[tuple[str, pa.Table]]:
     """Each partition's prompt specs, in plan order (dataset ``p*``, then baseline ``b*``), built
-    one partition at a time; ``counts`` adds up the plan report on the way."""
+    one partition at a time; ``counts`` adds up the plan report on the way; ``coverage``: the
+    run's coverage measurement (``plan.allocate: coverage``)."""
     counts = counts if counts is not None else PlanCounts()
     per = cfg.plan.prompts_per_partition
-    total = cfg.plan.partitions * per
+    total = synthesized_prompts(cfg)
 
     def rows() -> Iterator[dict[str, Any]]:
-        for i, (leaf, audience, style, kind) in enumerate(_allocation(cfg)):
+        for i, (leaf, audience, style, kind) in enumerate(_allocation(cfg, coverage)):
             counts.add(leaf.path, audience, style, kind)
             yield _prompt_row(cfg, i, partition_id(i // per), leaf, audience, style, kind)
         for j in range(cfg.diversity.baseline_prompts):
@@ -245,6 +299,37 @@ def split_partitions(plan: pa.Table) -> dict[str, pa.Table]:
 
 def is_baseline(partition: str) -> bool:
     return partition.startswith("b")
+
+
+def partition_sources(cfg: RunConfig, plan_report: dict[str, Any], partition_ids: list[str]) -> dict[str, str]:
+    """The source of each dataset partition: ``p*`` the synthesize source, a rewrite or corpus
+    partition the source whose range of partitions (the plan report's ``sources``) holds it."""
+    synth = next((s.name for s in cfg.run_sources() if s.kind == "synthesize"), "synthesize")
+    ranges = [(s["first_partition"], s["last_partition"], s["name"]) for s in plan_report.get("sources", [])
+              if "first_partition" in s]
+    out = {}
+    for pid in partition_ids:
+        found = [name for lo, hi, name in ranges if lo[0] == pid[0] and int(lo[1:]) <= int(pid[1:]) <= int(hi[1:])]
+        out[pid] = found[0] if found else synth
+    return out
+
+
+def in_source_order(cfg: RunConfig, plan_report: dict[str, Any], partition_ids: list[str]) -> list[str]:
+    """The partitions ordered by their source's place in the config (stable within a source):
+    the global dedup keeps the first record in this order, so the source listed first wins."""
+    rank = {s.name: i for i, s in enumerate(cfg.run_sources())}
+    owner = partition_sources(cfg, plan_report, partition_ids)
+    return sorted(partition_ids, key=lambda p: rank.get(owner[p], len(rank)))
+
+
+def is_synthesized(partition: str) -> bool:
+    """A partition of the synthesized plan or its top-up rounds (``p*``)."""
+    return partition.startswith("p")
+
+
+def is_prompt_partition(partition: str) -> bool:
+    """A partition of prompts for the engines (synthesized, baseline or rewrite), not a corpus one."""
+    return partition[:1] in ("p", "b", "r")
 
 
 def plan_report(cfg: RunConfig, plan: pa.Table) -> dict[str, Any]:
@@ -338,9 +423,27 @@ def plan_run(cfg: RunConfig, run_id: str, allow_changed_inputs: bool = False) ->
     start_run(store, cfg, run_id, parts)
     record_inputs(store, cfg, run_id)
     counts = PlanCounts()
-    for pid, table in plan_partitions(cfg, counts):  # one partition in memory at a time
+    coverage = stored_coverage(store, cfg, run_id) if cfg.plan.allocate == "coverage" else None
+    for pid, table in plan_partitions(cfg, counts, coverage):  # one partition in memory at a time
         write_plan_partition(store, run_id, pid, table)
+    sources: list[tuple[str, pa.Table]] = []
+    for pid, table in plan_source_partitions(cfg):
+        write_plan_partition(store, run_id, pid, table)
+        sources.append((pid, table.select([c for c in table.column_names if c in ("partition_id", "source", "uri",
+                                                                                   "format", "start", "end")])))
     report = counts.report(cfg)
+    report["sources"] = source_summary(cfg, sources)
+    if coverage is not None:
+        from hare.stages.coverage import coverage_report
+
+        leaves = load_taxonomy(cfg.topics.path, *cfg.topics.extra_paths)
+        report["coverage"] = {**coverage_report(leaves, coverage["covered"], report["leaves"],
+                                                unmatched=coverage["sampled"] - coverage["assigned"]),
+                              "sampled": coverage["sampled"], "assigned": coverage["assigned"]}
+    source_ids = [pid for pid, _ in sources]
+    if source_ids:
+        add_run_partitions(store, run_id, source_ids)
+        parts = [*(p for p in parts if not is_baseline(p)), *source_ids, *(p for p in parts if is_baseline(p))]
     store.put_bytes(plan_report_key(run_id), json.dumps(report, indent=2).encode())
     lineage.emit(
         store, run_id, "synthesize.plan", "COMPLETE",
@@ -352,7 +455,33 @@ def plan_run(cfg: RunConfig, run_id: str, allow_changed_inputs: bool = False) ->
     return list(parts)
 
 
+def add_run_partitions(store: Any, run_id: str, partition_ids: list[str]) -> None:
+    """Add partitions planned after the run started (sources, top-up rounds) to run.json."""
+    from hare.store.layout import run_json
+
+    info = json.loads(store.get_bytes(run_json(run_id)))
+    merged = list(dict.fromkeys([*info.get("partitions", []), *partition_ids]))
+    if merged != info.get("partitions"):
+        info["partitions"] = merged
+        store.put_bytes(run_json(run_id), json.dumps(info, indent=2).encode())
+
+
 # --- Top-up: the plan holds for the published dataset, not only for the prompts -------------
+
+def stored_coverage(store: Any, cfg: RunConfig, run_id: str) -> dict[str, Any]:
+    """The run's coverage measurement: measured at its first start and kept in
+    ``plan/coverage.json``, so a resume plans the same prompts (no re-embedding)."""
+    from hare.store import KeyNotFound
+    from hare.store.layout import coverage_key
+    from hare.tasks.coverage import measure_coverage
+
+    try:
+        return json.loads(store.get_bytes(coverage_key(run_id)))
+    except KeyNotFound:
+        coverage = measure_coverage(cfg)
+        store.put_bytes(coverage_key(run_id), json.dumps(coverage, indent=2).encode())
+        return coverage
+
 
 def write_plan_partition(store: Any, run_id: str, pid: str, table: pa.Table) -> None:
     """Write one partition's prompt specs, unless the same bytes are there (a resume rewrites
@@ -420,7 +549,7 @@ def _next_prompt_index(store: Any, run_id: str, partition_ids: list[str]) -> int
     """One past the largest prompt index of the run: indices grow with the partition number
     within each prefix (plan ``p*``, baseline ``b*``, top-up ``p*`` after the plan), so the last
     partition of each prefix holds its largest."""
-    last = {p[0]: p for p in sorted(partition_ids, key=lambda p: (p[0], int(p[1:])))}
+    last = {p[0]: p for p in sorted(partition_ids, key=lambda p: (p[0], int(p[1:]))) if is_prompt_partition(p)}
     return max(r["prompt_index"] for pid in last.values() for r in _plan_rows(store, run_id, pid)) + 1
 
 
@@ -432,11 +561,12 @@ def plan_top_up(cfg: RunConfig, run_id: str, round_no: int, previous_ids: list[s
     1), write top-up partitions for those strata (committed like any partition once generated)
     and record the round in the plan report (planned; generated and kept are added by
     :func:`record_top_up_outcome`). Returns the new partition ids (none: nothing to top up)."""
-    from hare.store.layout import run_json
-
+    previous_ids = [p for p in previous_ids if is_synthesized(p)]  # a corpus or rewrite source is not topped up
+    if not previous_ids:
+        return []
     store = open_store(cfg.store.url)
     first_index = _next_prompt_index(store, run_id, all_ids)
-    first_partition = max(int(p[1:]) for p in all_ids if not is_baseline(p)) + 1
+    first_partition = max(int(p[1:]) for p in all_ids if is_synthesized(p)) + 1
     tally: Counter[str] = Counter()
     deficit = PlanCounts()
     parts: list[str] = []
@@ -453,9 +583,7 @@ def plan_top_up(cfg: RunConfig, run_id: str, round_no: int, previous_ids: list[s
     report["top_up"] = rounds
     store.put_bytes(plan_report_key(run_id), json.dumps(report, indent=2).encode())
     if parts:
-        info = json.loads(store.get_bytes(run_json(run_id)))
-        info["partitions"] = list(dict.fromkeys([*info.get("partitions", []), *parts]))
-        store.put_bytes(run_json(run_id), json.dumps(info, indent=2).encode())
+        add_run_partitions(store, run_id, parts)
         lineage.emit(store, run_id, f"synthesize.plan.top-up-{round_no}", "COMPLETE",
                      outputs=[lineage.dataset(store.uri(plan_key(run_id, p))) for p in parts],
                      facets={"stage": "plan", "top_up_round": round_no, "prompts": deficit.prompts})

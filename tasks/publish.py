@@ -7,12 +7,14 @@ dataset is never silently partial. Shards are written first and ``dataset/_manif
 
 from __future__ import annotations
 
+import io
 import json
 from collections import Counter
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from prefect import task
 
 from hare.store import lineage
@@ -25,15 +27,22 @@ from hare.store.layout import (
     diversity_key,
     estimate_key,
     plan_report_key,
+    rejects_key,
+    report_key,
     report_keys,
 )
-from hare.store.manifest import OutputRef, check_outputs, output_sha256, records_output, rejected_records, utc_now
+from hare.store.manifest import (OutputRef, check_outputs, kept_records, output_sha256, records_output, rejected_records,
+                                 utc_now)
 from hare.store.manifest_index import load_manifests
-from hare.store.schema import RECORD_SCHEMA
+from hare.store.schema import RECORD_SCHEMA, with_source_columns
+from hare.stages.mixture import WordLedger, card_section as mixture_card_section, down_sample, mixture_report, words
 from hare.store import KeyNotFound, ObjectStore, open_store
 from hare.store.tables import from_parquet_bytes, to_parquet_bytes
 from hare.stages.base import with_base_counts
 from hare.tasks.stages import STAGES, enabled_stages, records_source, stage_names
+
+
+NO_TOPIC = "(no taxonomy leaf: corpus and rewrite records)"
 
 
 class PublishError(RuntimeError):
@@ -201,6 +210,20 @@ def _optional_json(store: ObjectStore, key: str) -> dict[str, Any] | None:
         return None
 
 
+def _coverage_section(plan_report: dict[str, Any] | None) -> list[str]:
+    """Coverage of the taxonomy's domains by the corpus sample before synthesis and with the
+    synthesized prompts after (``plan.allocate: coverage``)."""
+    coverage = (plan_report or {}).get("coverage")
+    if not coverage:
+        return []
+    from hare.stages.coverage import card_section
+
+    return ["## Where the corpus is thin: coverage of the taxonomy", "",
+            f"A sample of {coverage['sampled']} corpus documents was embedded and assigned to its nearest leaf; the "
+            "synthesized prompts were planned towards the leaves it covers least (plan.allocate: coverage).", "",
+            *card_section(coverage), ""]
+
+
 def _top_up_section(plan_report: dict[str, Any] | None) -> list[str]:
     """The top-up rounds (planned, generated, kept per round)."""
     lines: list[str] = []
@@ -214,6 +237,105 @@ def _top_up_section(plan_report: dict[str, Any] | None) -> list[str]:
                   f"{r.get('kept', '')} |" for r in rounds]
         lines.append("")
     return lines
+
+
+class Mixture:
+    """The mixture of a run's sources at publish (hare/stages/mixture.py): the words each source
+    has after every stage (a first pass over the ``id`` and ``text`` columns only), the threshold
+    rank that meets each target share, and per partition the down-sampling, its dropped
+    records written under ``rejects/mixture/`` with their reason. One source: nothing dropped."""
+
+    def __init__(self, store: ObjectStore, cfg: RunConfig, run_id: str, partition_ids: list[str],
+                 keys: dict[str, str]) -> None:
+        from hare.tasks.generate import synthesize_source_name
+        from hare.tasks.plan import partition_sources
+
+        self.store, self.cfg, self.run_id = store, cfg, run_id
+        self.synth = synthesize_source_name(cfg)
+        self.shares = {s.name: s.share for s in cfg.run_sources()}
+        plan_report = _optional_json(store, plan_report_key(run_id)) or {}
+        self.owner = partition_sources(cfg, plan_report, partition_ids)
+        ledger = WordLedger(cfg.seed)
+        if len(self.shares) > 1:
+            for pid in partition_ids:
+                cols = pq.read_table(io.BytesIO(store.get_bytes(keys[pid])), columns=["id", "text"])
+                ledger.add(self.owner[pid], cols.column("id").to_pylist(), cols.column("text").to_pylist())
+        self.available = ledger.available()
+        self.thresholds = ledger.thresholds(self.shares)
+        self.published: Counter[str] = Counter()
+        self.records: Counter[str] = Counter()
+        self.dropped: Counter[str] = Counter()
+        self.plan = plan_report
+        self.synth_axes: dict[str, Counter[str]] = {"kinds": Counter(), "domains": Counter()}
+
+    def apply(self, pid: str, records: pa.Table) -> pa.Table:
+        """One partition's published records (down-sampled to its source's keep fraction)."""
+        records = with_source_columns(records, self.owner.get(pid, self.synth))
+        kept, dropped = down_sample(records, self.thresholds, self.cfg.seed)
+        if dropped.num_rows:
+            rejects = dropped.append_column("reject_stage", pa.array(["mixture"] * dropped.num_rows, pa.string()))
+            rejects = rejects.append_column("reject_reason", pa.array(["down_sampled"] * dropped.num_rows, pa.string()))
+            self.store.put_bytes(rejects_key(self.run_id, "mixture", pid), to_parquet_bytes(rejects))
+        for src, text in zip(kept.column("source").to_pylist(), kept.column("text").to_pylist()):
+            self.published[src] += words([text])
+            self.records[src] += 1
+        for src in dropped.column("source").to_pylist():
+            self.dropped[src] += 1
+        for src, kind, path in zip(kept.column("source").to_pylist(), kept.column("kind").to_pylist(),
+                                   kept.column("topic_path").to_pylist()):
+            if src == self.synth:
+                self.synth_axes["kinds"][kind] += 1
+                self.synth_axes["domains"][(path or "").split(" > ")[0]] += 1
+        return kept
+
+    def report(self) -> dict[str, Any]:
+        available = self.available or dict(self.published)
+        report = mixture_report(self.shares, available, dict(self.published), dict(self.records), dict(self.dropped),
+                                self.cfg.seed)
+        report["synthesized_axes"] = planned_beside_published(self.plan, self.synth_axes)
+        return report
+
+    def per_source_counts(self, manifests: dict[tuple[str, str], Any]) -> dict[str, dict[str, int]]:
+        """Per source: partitions, records its first commit made (generated or read) and rejected."""
+        out: dict[str, dict[str, int]] = {s: {"partitions": 0, "made": 0, "rejected_at_source": 0} for s in self.shares}
+        for (pid, st), m in manifests.items():
+            if st == "generate" and m is not None and pid in self.owner:
+                slot = out.setdefault(self.owner[pid], {"partitions": 0, "made": 0, "rejected_at_source": 0})
+                slot["partitions"] += 1
+                slot["made"] += kept_records(m.stats)
+                slot["rejected_at_source"] += rejected_records(m.stats)
+        return out
+
+
+def planned_beside_published(plan_report: dict[str, Any], published: dict[str, Counter[str]]) -> dict[str, Any]:
+    """Per kind and domain of the synthesized source: its share of the plan (the target the
+    priors set) beside its share of the published synthesized records (after every stage and
+    the mixture)."""
+    out: dict[str, Any] = {}
+    for axis, counts in published.items():
+        planned = plan_report.get(axis, {})
+        n_plan, n_pub = sum(planned.values()) or 1, sum(counts.values()) or 1
+        out[axis] = {v: {"planned_share": round(planned.get(v, 0) / n_plan, 4),
+                         "published_share": round(counts.get(v, 0) / n_pub, 4)}
+                     for v in dict.fromkeys([*planned, *counts]) if planned.get(v, 0) or counts.get(v, 0)}
+    return out
+
+
+def source_sections(mixture: dict[str, Any], counts: dict[str, dict[str, int]]) -> list[str]:
+    """The card's view of the sources: the mixture table, then a line per source."""
+    lines = mixture_card_section(mixture)
+    for axis, rows in mixture.get("synthesized_axes", {}).items():
+        if rows:
+            lines += [f"Synthesized records by {axis[:-1]}: planned share (the priors' target) beside published share.",
+                      "", f"| {axis[:-1]} | planned | published |", "|---|---|---|",
+                      *(f"| {v} | {r['planned_share']:.2f} | {r['published_share']:.2f} |" for v, r in rows.items()), ""]
+    for s in mixture["sources"]:
+        c = counts.get(s["source"], {})
+        lines.append(f"- **{s['source']}**: {c.get('partitions', 0)} partitions, {c.get('made', 0)} records made "
+                     f"({c.get('rejected_at_source', 0)} rejected at the source: empty rows, a rewrite that lost its "
+                     f"label or answer), {s['records_published']} published, {s['records_down_sampled']} down-sampled "
+                     f"to meet the shares.")
+    return [*lines, ""]
 
 
 class ShardWriter:
@@ -286,6 +408,8 @@ def publish_records(
     if stale:
         raise PublishError(f"run {run_id}: {len(stale)} stage commit(s) were computed from other inputs than their "
                            f"source holds now (a mixed dataset): {', '.join(stale[:20])}; `hare rerun {run_id}` redoes them")
+    mix = Mixture(store, cfg, run_id, partition_ids, {pid: records_output(manifests[(pid, stage)], run_id, pid, stage)
+                                                      for pid in partition_ids})
     writer = ShardWriter(store, run_id, cfg.publish.shard_rows)
     kinds: Counter[str] = Counter()
     domains: Counter[str] = Counter()
@@ -295,10 +419,10 @@ def publish_records(
     per_partition = max(1, -(-LANGUAGE_SAMPLE // max(1, len(partition_ids))))
     for pid in partition_ids:
         key = records_output(manifests[(pid, stage)], run_id, pid, stage)
-        table = from_parquet_bytes(store.get_bytes(key), key)
+        table = mix.apply(pid, from_parquet_bytes(store.get_bytes(key), key))
         writer.add(table)
         kinds.update(table.column("kind").to_pylist())
-        domains.update(p.split(" > ")[0] for p in table.column("topic_path").to_pylist())
+        domains.update(p.split(" > ")[0] or NO_TOPIC for p in table.column("topic_path").to_pylist())
         engines.update(zip(table.column("model").to_pylist(), table.column("backend").to_pylist()))
         if len(sample) < LANGUAGE_SAMPLE:
             sample += table.column("text").slice(0, per_partition).to_pylist()[:LANGUAGE_SAMPLE - len(sample)]
@@ -315,9 +439,13 @@ def publish_records(
         "generate_seconds": round(gen_seconds, 2),
         "output_tokens_per_s": round(out_tokens / gen_seconds, 2) if gen_seconds else 0.0,
     }
+    mixture = mix.report()
+    store.put_bytes(report_key(run_id, "mixture"), json.dumps(mixture, indent=2).encode())
+    totals["down_sampled"] = sum(s["records_down_sampled"] for s in mixture["sources"])
     store.put_bytes(card_key(run_id), dataset_card(
         run_id, cfg, kinds, domains, totals, _optional_json(store, diversity_key(run_id)),
-        stage_sections(store, cfg, run_id),
+        [*source_sections(mixture, mix.per_source_counts(manifests)),
+         *_coverage_section(_optional_json(store, plan_report_key(run_id))), *stage_sections(store, cfg, run_id)],
         _cost_section(_optional_json(store, estimate_key(run_id)), generation, kept_tokens),
         engines, measure_languages(sample), _top_up_section(_optional_json(store, plan_report_key(run_id)))).encode())
     body = {"run_id": run_id, "published_at": utc_now(), "totals": totals,

@@ -39,6 +39,16 @@ STAGE = "validate"
 _WS = re.compile(r"\s+")
 
 
+def is_code_kind(kind: str) -> bool:
+    """Whether a kind's records are checked by running their code (a corpus or rewrite kind has
+    no prompt template: it is not)."""
+    try:
+        answer = template_for(kind).answer
+    except KeyError:
+        return False
+    return answer is not None and answer.type == "code"
+
+
 def _code_of(text: str, kind: str) -> str | None:
     """Every fenced code block of a record, in order (asserts often come in a block of their own)."""
     tpl = template_for(kind)
@@ -150,7 +160,7 @@ def validate_table(records: pa.Table, cfg: RunConfig) -> tuple[pa.Table, pa.Tabl
                                            "max_text_chars": cfg.validation.max_text_chars}
         else:
             row, samples = rows[key], 1
-            if template_for(row["kind"]).answer is not None and template_for(row["kind"]).answer.type == "code":
+            if is_code_kind(row["kind"]):
                 reason, outcome = check_code(row["text"] or "", row["kind"], cfg)
             else:
                 reason, outcome = None, {"method": "none"}

@@ -17,9 +17,9 @@ import pytest
 
 from hare.config import ConfigError, load_config
 from hare.tasks.estimate import (
-    ANSWER_LINE_TOKENS, DEFAULT_FILL, DEFAULT_REMOVED_SHARE, budget_signature, card_section, default_throughput,
-    estimate, gpu_prior, measured_throughput, model_size_b, plan_markdown, plan_summary, prompt_budget, register,
-    render_plan, scan_runs, throughput_table,
+    ANSWER_LINE_TOKENS, DEFAULT_ENDPOINT_TOKENS_PER_S_PER_REQUEST, DEFAULT_FILL, DEFAULT_REMOVED_SHARE,
+    budget_signature, card_section, default_throughput, estimate, gpu_prior, measured_throughput, model_size_b,
+    plan_markdown, plan_summary, prompt_budget, register, render_plan, scan_runs, throughput_table,
 )
 from hare.store import open_store
 from hare.tasks.plan import build_plan, is_baseline, split_partitions
@@ -31,8 +31,10 @@ T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
 
 def fake_run(store: Any, name: str, minutes: int, *, model: str = MODEL, status: str = "succeeded",
              per_engine: float = 100.0, engines: int = 1, gpus: float = 0, generated: int = 4,
-             max_tokens: int = 16, dataset_tokens: int = 120, generation: bool = True) -> str:
-    """Write runs/<id>/run.json as a finished run would, ``minutes`` after T0; return the id."""
+             max_tokens: int = 16, dataset_tokens: int = 120, generation: bool = True,
+             endpoint: dict[str, Any] | None = None) -> str:
+    """Write runs/<id>/run.json as a finished run would, ``minutes`` after T0; return the id.
+    ``endpoint``: a run of backend openai against that ``model.endpoint``."""
     stamp = (T0 + timedelta(minutes=minutes)).strftime("%Y%m%dT%H%M%SZ")
     run_id = f"{name}-{stamp}-{minutes:06x}"
     gen = {"partitions": 4, "generated": generated, "engines": engines, "gpus": gpus,
@@ -41,7 +43,9 @@ def fake_run(store: Any, name: str, minutes: int, *, model: str = MODEL, status:
     if gpus:
         gen["output_tokens_per_s_per_gpu"] = per_engine * engines / gpus
     info = {"run_id": run_id, "name": name, "status": status,
-            "config": {"name": name, "model": {"name": model}, "sampling": {"max_tokens": max_tokens},
+            "config": {"name": name, "model": {"name": model, **({"backend": "openai", "endpoint": endpoint}
+                                                                  if endpoint else {})},
+                       "sampling": {"max_tokens": max_tokens},
                        "plan": {"partitions": 3, "prompts_per_partition": 4}},
             "summary": {"records": 10, "output_tokens": dataset_tokens, **({"generation": gen} if generation else {})}}
     store.put_bytes(f"runs/{run_id}/run.json", json.dumps(info).encode())
@@ -75,8 +79,12 @@ def test_plan_summary_counts_match_build_plan(tmp_path: Path) -> None:
 
 def test_plan_summary_of_the_demo_config() -> None:
     s = plan_summary(load_config(ROOT / "configs" / "demo.yaml"))
-    assert (s["prompts"], s["baseline_prompts"], s["total_prompts"]) == (48, 16, 64)
-    assert (s["partitions"], s["baseline_partitions"]) == (6, 2)
+    # 48 synthesized + 24 rows of data/tasks/qa-mini.jsonl rewritten + 16 baseline prompts
+    assert (s["prompts"], s["rewrite_prompts"], s["baseline_prompts"], s["total_prompts"]) == (48, 24, 16, 88)
+    # 6 synthesized + 2 rewrite (12 rows each) + 4 corpus partitions (2 files of ~85-100 KB, 0.05 MB each)
+    assert (s["partitions"], s["baseline_partitions"]) == (12, 2)
+    assert [(x["name"], x["kind"], x["partitions"]) for x in s["sources"]] == [
+        ("pd-prose", "corpus", 4), ("synthesize", "synthesize", 6), ("qa-rewrite", "rewrite", 2)]
     assert len(set(s["kinds"].values())) == 1 and sum(s["kinds"].values()) == 48  # equal shares of the kinds
     assert len(s["domains"]) == 25 and sum(s["domains"].values()) == 48
 
@@ -293,6 +301,81 @@ def test_card_section_gpu_run(tmp_path: Path) -> None:
     assert "| kept output tokens (published records) | | 1,000,000 |" in text
     nothing_kept = "\n".join(card_section(est, {**actual, "kept_output_tokens": 0}))
     assert "n/a (no kept tokens)" in nothing_kept
+
+
+# ------------------------------------------------------------------- an OpenAI-compatible endpoint
+
+ENDPOINT_A = {"base_url": "http://10.0.0.5:8000/v1", "max_concurrency": 4}
+
+
+def endpoint_config(tmp_path: Path, **endpoint: Any) -> Any:
+    return load_config(write_run_config(tmp_path, model={"backend": "openai", "num_cpus": 0.5,
+                                                         "endpoint": {**ENDPOINT_A, **endpoint}}))
+
+
+def test_an_endpoints_throughput_comes_from_runs_against_that_endpoint_only(tmp_path: Path) -> None:
+    store = open_store(str(tmp_path / "store"))
+    # the same endpoint, spelled with a trailing slash: endpoint_key names both alike
+    mine = fake_run(store, "a", 1, per_engine=250, engines=2,
+                    endpoint={**ENDPOINT_A, "base_url": "http://10.0.0.5:8000/v1/"})
+    fake_run(store, "b", 2, per_engine=9999, endpoint={**ENDPOINT_A, "base_url": "http://10.0.0.6:8000/v1"})
+    fake_run(store, "s", 3, per_engine=7777, endpoint={**ENDPOINT_A, "served_model": "other-model"})
+    in_process = fake_run(store, "g", 4, per_engine=8000, gpus=1)  # in-process vLLM of the same model name
+    fake_run(store, "f", 5, per_engine=5, endpoint=ENDPOINT_A, status="failed")
+
+    est = estimate(endpoint_config(tmp_path), store)
+    assert est["device"] == "endpoint" and est["endpoint"] == "http://10.0.0.5:8000/v1"
+    assert est["source"]["kind"] == "measured" and est["source"]["run_ids"] == [mine]
+    assert est["tokens_per_s"] == 500, "the endpoint's rate: the run's tokens/s over its 2 engines, not per engine"
+    assert est["source"]["in_flight"] == [8] and "at 8 requests in flight" in est["source"]["detail"]
+    assert est["wall_seconds"] == pytest.approx(est["expected_output_tokens"] / 500, abs=0.1)
+    assert est["gpu_hours"] is None and est["gpus"] == 0, "the server's GPUs are not hare's"
+    assert est["wall_hours"] == pytest.approx(est["wall_seconds"] / 3600, abs=1e-4)
+    # nor is an endpoint's figure taken for the in-process engines of the same model name
+    assert measured_throughput(store, MODEL)["run_ids"] == [in_process]  # type: ignore[index]
+
+
+def test_an_endpoint_nobody_measured_gets_the_stated_assumption_not_a_gpu_prior(tmp_path: Path) -> None:
+    store = open_store(str(tmp_path / "store"))
+    fake_run(store, "g", 1, per_engine=8000, gpus=1)  # a GPU figure of the same model: not for an endpoint
+    est = estimate(endpoint_config(tmp_path, max_concurrency=3), store)
+    assert est["source"]["kind"] == "default" and est["in_flight"] == 3
+    assert est["tokens_per_s"] == DEFAULT_ENDPOINT_TOKENS_PER_S_PER_REQUEST * 3
+    assert "no succeeded run sent SmolLM2-135M-Instruct to http://10.0.0.5:8000/v1" in est["source"]["detail"]
+    assert "max_concurrency 3" in est["source"]["detail"] and "GPU" not in est["source"]["detail"]
+    assert est["cost"] is None, "no price: hours only"
+    text = plan_markdown(plan_summary(endpoint_config(tmp_path)), est)
+    assert "| money | no price set" in text and "GPU-hours |" not in text
+    assert "| endpoint wall hours |" in text
+
+
+def test_an_endpoints_money_is_input_and_output_tokens_at_the_prices(tmp_path: Path) -> None:
+    cfg = endpoint_config(tmp_path, price_per_m_input=0.5, price_per_m_output=2.0)
+    est = estimate(cfg, None)
+    tokens_in, tokens_out = est["expected_input_tokens"], est["expected_output_tokens"]
+    assert tokens_in > 14 * 10, "14 rendered prompts of tens of words each"
+    assert est["input_tokens_source"]["detail"].startswith("estimated, not measured")
+    assert est["cost"] == pytest.approx(tokens_in * 0.5 / 1e6 + tokens_out * 2.0 / 1e6)
+
+    # the card prices every generate manifest's tokens (the top-up round's too) at the estimate's prices
+    actual = {"engines": 1, "gpus": 0, "output_tokens": 900_000, "wall_seconds": 7200.0, "output_tokens_per_s": 125.0,
+              "manifest_prompt_tokens": 1_500_000, "manifest_output_tokens": 900_000, "kept_output_tokens": 500_000,
+              "top_up": [{"round": 1, "manifest_prompt_tokens": 500_000, "manifest_output_tokens": 100_000}]}
+    text = "\n".join(card_section(est, actual))
+    assert "| input / output tokens billed (generate manifests, all rounds) |" in text
+    assert "| 2,000,000 / 1,000,000 |" in text
+    assert "| money at 0.5 / 2 per 1M input / output tokens |" in text
+    assert text.count("| 3.00 |") == 1, "2M x 0.5 + 1M x 2 per million = 3.00"
+    assert "| money per 1M kept tokens | | 6.00 |" in text, "3.00 for 500,000 kept tokens"
+    assert "| endpoint wall hours |" in text and "| 2.000 |" in text and "| GPU-hours" not in text
+    # a run that recorded no prompt tokens (an older run.json) has no actual money, not a wrong one
+    old = {k: v for k, v in actual.items() if k != "top_up"}
+    del old["manifest_prompt_tokens"]
+    assert "| not recorded |" in "\n".join(card_section(est, old))
+
+    unpriced = "\n".join(card_section(estimate(endpoint_config(tmp_path), None), actual))
+    assert "money" not in unpriced.split("Throughput of the estimate")[0]
+    assert "| endpoint wall hours per 1M kept tokens | | 4.000 |" in unpriced
 
 
 # ---------------------------------------------------------------------------------- rendering, CLI

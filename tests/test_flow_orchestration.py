@@ -172,7 +172,7 @@ def test_status_cli_and_config_error(tmp_path: Path, capsys: pytest.CaptureFixtu
     bad = write_run_config(tmp_path / "bad", plan={"partitions": 0, "prompts_per_partition": 2})
     assert main(["run", str(bad)]) == 2
     err = capsys.readouterr().err
-    assert "plan.partitions" in err and "greater than or equal to 1" in err
+    assert "  plan.partitions: 0, but the run synthesizes; plan at least one partition" in err
     assert not (tmp_path / "bad" / "store").exists(), "nothing runs, nothing is written"
 
 

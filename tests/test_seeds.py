@@ -76,3 +76,99 @@ def test_corpus_errors_name_the_field_and_file(tmp_path: Path) -> None:
     with pytest.raises(CorpusError, match="corpus file not found"):
         load_corpus(str(tmp_path / "absent.parquet"))
     assert main(["seeds", "from-corpus", str(bad), "--out", str(tmp_path / "o.yaml")]) == 2
+
+
+# --- streaming: a uniform sample of the corpus, memory bounded by the sample -----------------
+
+def write_corpus(path: Path, n: int) -> Path:
+    """n JSONL lines of distinct ~60-character texts (so a list of them costs ~100 bytes a line)."""
+    with path.open("w") as fh:
+        for i in range(n):
+            fh.write(json.dumps({"text": f"text number {i:07d} about the weather, the sea and the hills"}) + "\n")
+    return path
+
+
+def test_sample_is_seeded_exact_in_size_and_uniform(tmp_path: Path) -> None:
+    corpus = write_corpus(tmp_path / "c.jsonl", 1000)
+    a = load_corpus(str(corpus), sample=100, seed=7)
+    assert len(a.texts) == 100 and a.seen == 1000
+    assert len(set(a.texts)) == 100, "no text drawn twice"
+    assert load_corpus(str(corpus), sample=100, seed=7) == a, "same corpus and seed, same sample"
+    assert load_corpus(str(corpus), sample=100, seed=8).texts != a.texts, "the seed draws the sample"
+    numbers = [int(t.split()[2]) for t in a.texts]
+    assert numbers == sorted(numbers), "the sample keeps corpus order"
+    assert max(numbers) > 900 and min(numbers) < 100, "drawn from the whole corpus, not its head"
+
+    # Uniform: over many seeds, each tenth of the corpus gets a tenth of the draws.
+    from hare.priors.seeds import reservoir_sample
+
+    tenths = Counter(x // 100 for seed in range(200) for x in reservoir_sample(range(1000), 50, seed)[0])
+    assert all(abs(n - 1000) < 150 for n in tenths.values()), tenths
+
+
+def test_small_corpus_is_taken_whole_and_limit_reads_the_head(tmp_path: Path) -> None:
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text('{"text": "one"}\n\n{"text": "  "}\n{"text": "two"}\n{"text": null}\n{"text": "three"}\n')
+    got = load_corpus(str(corpus), sample=100)
+    assert got.texts == ["one", "two", "three"] and got.seen == 3, "blank and non-string texts are skipped"
+    assert load_corpus(str(corpus), limit=2, sample=100).texts == ["one", "two"]
+
+
+def test_parquet_is_read_by_batch_and_sampled(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "c.parquet"
+    pq.write_table(pa.table({"body": [f"row {i}" for i in range(5000)], "n": list(range(5000))}), path,
+                   row_group_size=500)
+    got = load_corpus(str(path), text_field="body", sample=300, seed=1)
+    assert len(got.texts) == 300 and got.seen == 5000 and len(set(got.texts)) == 300
+    assert got == load_corpus(str(path), text_field="body", sample=300, seed=1)
+    with pytest.raises(CorpusError, match=r"c\.parquet: no field 'text' \(fields: \['body', 'n'\]\)"):
+        load_corpus(str(path))
+
+
+def test_cli_sample_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    texts, _ = planted_corpus(per_theme=40)
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("\n".join(json.dumps({"text": t}) for t in texts))
+    out = tmp_path / "seeds.yaml"
+    assert main(["seeds", "from-corpus", str(corpus), "--clusters", "3", "--sample", "60", "--out", str(out)]) == 0
+    assert "60 texts (a sample of the 120 read) -> 3 seed topics" in capsys.readouterr().out
+    import yaml
+
+    assert sum(t["size"] for t in yaml.safe_load(out.read_text())["domains"]["Corpus"]["Clusters"]) == 60
+
+
+def _peak_bytes_sampling(corpus: Path, sample: int) -> int:
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        got = load_corpus(str(corpus), sample=sample)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(got.texts) == sample
+    return peak
+
+
+def test_large_jsonl_corpus_is_never_held_in_memory(tmp_path: Path) -> None:
+    """Sampling 1000 texts from 200k lines peaks like sampling them from 2k lines: the reader
+    streams. Reading the corpus into a list (the code before streaming) holds ~200k x ~110 bytes
+    (~20 MiB) at once and fails this."""
+    small = _peak_bytes_sampling(write_corpus(tmp_path / "small.jsonl", 2_000), 1000)
+    large = _peak_bytes_sampling(write_corpus(tmp_path / "large.jsonl", 200_000), 1000)
+    assert large < 2 * small + (1 << 20), f"peak {large} bytes on 200k lines vs {small} on 2k"
+
+
+def test_datasets_folder_is_streamed_and_sampled(tmp_path: Path) -> None:
+    """A ``datasets`` name (here a local folder of JSONL) is read in streaming mode, sampled the same way."""
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    write_corpus(folder / "train.jsonl", 500)
+    got = load_corpus(str(folder), sample=50, seed=3)
+    assert len(got.texts) == 50 and got.seen == 500
+    assert got.texts == load_corpus(str(write_corpus(tmp_path / "same.jsonl", 500)), sample=50, seed=3).texts
+    with pytest.raises(CorpusError, match=r"dataset .*ds: no field 'body' \(fields: \['text'\]\)"):
+        load_corpus(str(folder), text_field="body")

@@ -192,19 +192,28 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 def _demo_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The synthesized records every stage kept (the demo's other sources, and the mixture's
+    down-sampling after the stages, are not what these tests judge: the model and the stages)."""
+    from hare.config import load_config
     from hare.store import open_store
+    from hare.store.layout import records_key
     from hare.store.tables import from_parquet_bytes
+    from hare.tasks.stages import records_source
 
     store = open_store(result["store"])
-    return [row for key in result["shards"] for row in from_parquet_bytes(store.get_bytes(key), key).to_pylist()]
+    cfg = load_config(Path(__file__).resolve().parent.parent / "configs" / "demo.yaml")
+    stage = records_source(cfg, "publish")
+    parts = json.loads(store.get_bytes(f"runs/{result['run_id']}/run.json"))["partitions"]
+    keys = [records_key(result["run_id"], pid, stage) for pid in parts if pid.startswith("p")]
+    return [row for key in keys for row in from_parquet_bytes(store.get_bytes(key), key).to_pylist()]
 
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_local")
 def test_demo_dataset_holds_every_kind_it_plans_and_keeps_half(demo_run: dict[str, Any]) -> None:
-    """The real model: every kind of the demo's plan reaches the dataset, records of a validated
-    kind carry a passed check, no kept text opens with chatter, and at least half of the records
-    generated are kept."""
+    """The real model: every kind of the demo's plan comes through the stages, records of a
+    validated kind carry a passed check, no kept text opens with chatter, and at least half of
+    the records generated are kept (before the mixture down-samples the sources to their shares)."""
     from hare.config import load_config
     from hare.store import open_store
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from hare.store import DEFAULT_STORE_URL as DEFAULT_STORE
 
@@ -16,6 +17,24 @@ def stage_drops(store, run_id: str) -> str:  # noqa: ANN001 - an ObjectStore
 
     reports = ((stage, read_report(store, run_id, stage.name)) for stage in STAGES if stage.has_report)
     return "; ".join(stage.summary(report) for stage, report in reports if report is not None)
+
+
+def mixture_line(store: Any, run_id: str) -> str:
+    """Target -> actual share of the published words per source (runs with several sources)."""
+    import json
+
+    from hare.store import KeyNotFound
+    from hare.store.layout import report_key
+
+    try:
+        report = json.loads(store.get_bytes(report_key(run_id, "mixture")))
+    except KeyNotFound:
+        return ""
+    if len(report["sources"]) < 2:
+        return ""
+    shares = ", ".join(f"{s['source']} {s['target_share']:.2f} -> {s['actual_share']:.2f}" for s in report["sources"])
+    down = sum(s["records_down_sampled"] for s in report["sources"])
+    return f"{shares} (target -> actual share of the words; {down} records down-sampled)"
 
 
 def _report(result: dict) -> int:
@@ -32,6 +51,9 @@ def _report(result: dict) -> int:
     dropped = stage_drops(store, result["run_id"])
     if dropped:
         print(f"dropped: {dropped}")
+    mixture = mixture_line(store, result["run_id"])
+    if mixture:
+        print(f"mixture: {mixture}")
     print(f"card:    {store.uri(card_key(result['run_id']))}")
     print(f"log:     {store.uri(run_log_key(result['run_id']))}")
     print(f"status:  hare status --store {store.url} {result['run_id']}")
@@ -87,11 +109,12 @@ def _cmd_seeds_from_corpus(args: argparse.Namespace) -> int:
     from hare.engines.embed import embed
     from hare.priors.seeds import load_corpus, seeds_from_texts, write_seed_file
 
-    texts = load_corpus(args.corpus, args.text_field, args.split, args.limit)
-    doc = seeds_from_texts(texts, embed, args.clusters, args.snippets, args.seed, args.domain)
+    corpus = load_corpus(args.corpus, args.text_field, args.split, args.limit, args.sample, args.seed)
+    doc = seeds_from_texts(corpus.texts, embed, args.clusters, args.snippets, args.seed, args.domain)
     write_seed_file(doc, Path(args.out))
     topics = doc["domains"][args.domain]["Clusters"]
-    print(f"{len(texts)} texts -> {len(topics)} seed topics in {args.out}")
+    read = f" (a sample of the {corpus.seen} read)" if corpus.seen > len(corpus.texts) else ""
+    print(f"{len(corpus.texts)} texts{read} -> {len(topics)} seed topics in {args.out}")
     for t in topics:
         print(f"  {t['size']:6d}  {t['topic']}")
     return 0
@@ -176,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--interval", type=float, default=5.0, help="seconds between refreshes with --watch")
     st.set_defaults(fn=_cmd_status)
 
+    from hare.priors.seeds import DEFAULT_SAMPLE  # main() imports the module anyway (CorpusError)
+
     seeds = sub.add_parser("seeds", help="seed topics")
     ssub = seeds.add_subparsers(dest="seeds_command", required=True)
     fc = ssub.add_parser("from-corpus", help="embed and cluster a corpus into a seed topic file")
@@ -184,10 +209,13 @@ def build_parser() -> argparse.ArgumentParser:
     fc.add_argument("--clusters", type=int, default=20, help="seed topics to find (k of k-means)")
     fc.add_argument("--text-field", default="text")
     fc.add_argument("--split", default="train", help="split, for a datasets name")
-    fc.add_argument("--limit", type=int, help="use at most this many texts")
+    fc.add_argument("--limit", type=int, help="read only the first this many texts")
+    fc.add_argument("--sample", type=int, default=DEFAULT_SAMPLE,
+                    help="embed and cluster a seeded uniform sample of this many texts, drawn while "
+                         "streaming the corpus (memory is bounded by it, not by the corpus; default %(default)s)")
     fc.add_argument("--snippets", type=int, default=3, help="representative snippets per topic")
     fc.add_argument("--domain", default="Corpus", help="domain name the topics go under")
-    fc.add_argument("--seed", type=int, default=0)
+    fc.add_argument("--seed", type=int, default=0, help="seeds the sample and k-means")
     fc.set_defaults(fn=_cmd_seeds_from_corpus)
 
     from hare.cli import index as index_cli, table_tools

@@ -10,6 +10,7 @@ quality stage uses cannot drift apart.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,3 +138,9 @@ def template_for(kind: str) -> PromptTemplate:
         return TEMPLATES[kind]
     except KeyError:
         raise KeyError(f"no prompt template for task kind {kind!r}; known: {sorted(TEMPLATES)}") from None
+
+
+def prompt_seed(run_seed: int, prompt_index: int) -> int:
+    """A per-prompt sampling seed, stable for a (seed, index) pair and well spread."""
+    digest = hashlib.sha256(f"hare:{run_seed}:{prompt_index}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF

@@ -4,7 +4,9 @@ Why the store and not the flow's futures: the manifests are the truth (a partiti
 when its manifest commits), they exist whatever runs the stages (this driver, a retry, a
 deployment), and reading them needs nothing from Prefect or Ray. A thread polls them about
 once a second and redraws a rich progress view: partitions generated / total, records kept so
-far, output tokens/s, ETA, then each later stage as it goes.
+far, output tokens/s (per endpoint, for a run against OpenAI-compatible endpoints: the rate is
+the server's, and no GPU figure is shown, the GPUs being the server's), ETA, then each later
+stage as it goes.
 
 While the view is up, everything else the process and its children print (Prefect's log
 lines, Ray's, vLLM's) goes to a log file instead of the terminal (:func:`output_to_file`),
@@ -42,6 +44,7 @@ class Snapshot:
     generated_now: int = 0      # committed since this view started (they carry the tok/s)
     failed: list[str] = field(default_factory=list)
     output_tokens_now: int = 0
+    endpoint_tokens_now: dict[str, int] = field(default_factory=dict)  # endpoint -> output tokens, same window
     records_kept: int = 0       # records of each dataset partition after its furthest stage
     stages: dict[str, int] = field(default_factory=dict)  # later stage -> partitions committed
     dataset_partitions: int = 0
@@ -91,6 +94,10 @@ class RunWatcher:
                 if _epoch(m.finished_at) >= self.started_at:
                     snap.generated_now += 1
                     snap.output_tokens_now += int(m.stats.get("output_tokens", 0))
+                    if m.stats.get("endpoint"):
+                        key = str(m.stats["endpoint"])
+                        snap.endpoint_tokens_now[key] = (snap.endpoint_tokens_now.get(key, 0)
+                                                         + int(m.stats.get("output_tokens", 0)))
             else:
                 snap.failed.append(pid)
         for st in self.later_stages:
@@ -131,17 +138,27 @@ def _clock(seconds: float) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
+def _rates(snap: Snapshot, elapsed: float, unit: str = "output tok/s") -> str:
+    """Output tokens/s since the view started: one figure, or one per endpoint (``12.5 tok/s at
+    http://host:8000/v1``) when the partitions name the endpoints they were sent to."""
+    def rate(tokens: int) -> float:
+        return tokens / elapsed if elapsed > 0 else 0.0
+
+    if snap.endpoint_tokens_now:
+        return ", ".join(f"{rate(n):,.1f} tok/s at {k}" for k, n in sorted(snap.endpoint_tokens_now.items()))
+    return f"{rate(snap.output_tokens_now):,.1f} {unit}"
+
+
 def render(snap: Snapshot, elapsed: float, title: str) -> Table:
     """The view: one row per stage; generation carries the throughput and the ETA."""
     table = Table.grid(padding=(0, 2))
     table.title = title
-    rate = snap.output_tokens_now / elapsed if elapsed > 0 else 0.0
     left = snap.partitions - snap.generated - len(snap.failed)
     eta = (elapsed / snap.generated_now * left) if snap.generated_now and left > 0 else None
     if not snap.partitions:
         gen_note = "planning, starting Ray and the engines…"
     else:
-        gen_note = (f"{snap.records_kept} records kept so far · {rate:,.1f} output tok/s · "
+        gen_note = (f"{snap.records_kept} records kept so far · {_rates(snap, elapsed)} · "
                     + (f"ETA {_clock(eta)}" if eta is not None else ("done" if left == 0 else "ETA …")))
     if snap.failed:
         gen_note += f" · [red]{len(snap.failed)} failed[/red]"
@@ -157,13 +174,12 @@ def render(snap: Snapshot, elapsed: float, title: str) -> Table:
 
 def plain_line(snap: Snapshot, elapsed: float) -> str:
     """One line for a terminal that is not interactive (CI logs): printed when something changes."""
-    rate = snap.output_tokens_now / elapsed if elapsed > 0 else 0.0
     later = " ".join(f"{st} {n}/{snap.dataset_partitions}" for st, n in snap.stages.items())
     extra = " diversity done" if snap.diversity_done else ""
     extra += " published" if snap.published else ""
     failed = f" ({len(snap.failed)} failed)" if snap.failed else ""
     return (f"[{_clock(elapsed)}] generate {snap.generated}/{snap.partitions}{failed} · "
-            f"{snap.records_kept} kept · {rate:.1f} tok/s · {later}{extra}").rstrip()
+            f"{snap.records_kept} kept · {_rates(snap, elapsed, 'tok/s')} · {later}{extra}").rstrip()
 
 
 class ProgressView:

@@ -55,6 +55,11 @@ def plan_report_key(run_id: str) -> str:
     return f"{run_prefix(run_id)}/plan/report.json"
 
 
+def coverage_key(run_id: str) -> str:
+    """The corpus coverage the plan allocated by (``plan.allocate: coverage``), kept at the run's first start."""
+    return f"{run_prefix(run_id)}/plan/coverage.json"
+
+
 def estimate_key(run_id: str) -> str:
     """The plan's estimate of generation (``hare plan``), kept at the run's first start."""
     return f"{run_prefix(run_id)}/plan/estimate.json"

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import pyarrow as pa
 
 from hare.clock import utc_now
-from hare.store.layout import manifest_key, records_key, records_keys
+from hare.store.layout import generated_key, manifest_key, plan_key, records_key, records_keys, rejects_key
 from hare.store import KeyNotFound, ObjectStore, retry_count, sha256_bytes
 from hare.store.tables import to_parquet_bytes
 
@@ -226,3 +226,45 @@ def record_failure(
 def previous_attempts(store: ObjectStore, run_id: str, partition_id: str, stage: str = "generate") -> int:
     m = read_manifest(store, run_id, partition_id, stage)
     return m.attempts if m else 0
+
+
+@dataclass
+class PartitionStart:
+    """What a partition's first commit (generate, or read for a corpus) starts from: its plan's
+    bytes and sha256, the commit already there if it was made from this plan (then the task
+    skips), and the attempt number. One place for the skip-or-redo rule of every first commit."""
+
+    plan_key: str
+    plan_bytes: bytes
+    inputs: dict[str, str]
+    reusable: PartitionManifest | None   # committed from this plan (or by older code that kept no inputs)
+    plan_changed: bool                   # committed, but from another plan: redone
+    attempts: int
+    retries_before: int
+
+    def skipped(self, partition_id: str, say: Any) -> dict[str, Any] | None:
+        """The task's result when the partition is committed from this plan (said with ``say``), else None."""
+        if self.reusable is None:
+            return None
+        say("partition %s already committed; skipped", partition_id)
+        return {"partition_id": partition_id, "status": "skipped", "stats": self.reusable.stats}
+
+
+def commit_first(store: ObjectStore, start: PartitionStart, run_id: str, partition_id: str, kept: pa.Table,
+                 rejects: pa.Table, stats: dict[str, Any]) -> PartitionManifest:
+    """Commit a partition's first stage (``generate``: generated or read records and their rejects)."""
+    return commit_partition(store, run_id, partition_id, "generate",
+                            {generated_key(run_id, partition_id): kept, rejects_key(run_id, "generate", partition_id): rejects},
+                            stats, start.attempts, start.inputs, retries_since=start.retries_before)
+
+
+def start_partition(store: ObjectStore, run_id: str, partition_id: str) -> PartitionStart:
+    """Read the partition's plan and decide whether its committed generation is still good."""
+    retries_before = retry_count()
+    pk = plan_key(run_id, partition_id)
+    plan_bytes = store.get_bytes(pk)
+    inputs = {pk: sha256_bytes(plan_bytes)}
+    done = committed_manifest(store, run_id, partition_id, quarantine=True)
+    reusable = done if done is not None and done.inputs in (None, inputs) else None
+    return PartitionStart(pk, plan_bytes, inputs, reusable, done is not None and reusable is None,
+                          previous_attempts(store, run_id, partition_id) + 1, retries_before)

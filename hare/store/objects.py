@@ -154,6 +154,7 @@ class ObjectStore(Protocol):
 
     def put_bytes(self, key: str, data: bytes) -> str: ...
     def get_bytes(self, key: str) -> bytes: ...
+    def get_range(self, key: str, start: int, end: int) -> bytes: ...
     def exists(self, key: str) -> bool: ...
     def head(self, key: str) -> int | None: ...
     def list(self, prefix: str = "") -> list[str]: ...
@@ -203,6 +204,17 @@ class LocalStore:
         path = self._path(key)
         try:
             return path.read_bytes()
+        except FileNotFoundError:
+            raise KeyNotFound(f"no object {self.uri(key)}") from None
+
+    def get_range(self, key: str, start: int, end: int) -> bytes:
+        """Bytes ``start`` to ``end`` (exclusive; fewer at the end of the object): a corpus
+        partition reads its byte range, never the whole file."""
+        path = self._path(key)
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(start)
+                return fh.read(max(0, end - start))
         except FileNotFoundError:
             raise KeyNotFound(f"no object {self.uri(key)}") from None
 
@@ -384,6 +396,14 @@ class S3Store:
         return self._call(
             self.uri(key), lambda: self._client.get_object(Bucket=self.bucket, Key=k)["Body"].read(), "get"
         )
+
+    def get_range(self, key: str, start: int, end: int) -> bytes:
+        """Bytes ``start`` to ``end`` (exclusive) in one ranged GET (fewer at the object's end)."""
+        if end <= start:
+            return b""
+        k = self._key(key)
+        return self._call(self.uri(key), lambda: self._client.get_object(
+            Bucket=self.bucket, Key=k, Range=f"bytes={start}-{end - 1}")["Body"].read(), "ranged get")
 
     def exists(self, key: str) -> bool:
         return self.head(key) is not None

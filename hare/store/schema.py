@@ -52,7 +52,33 @@ RECORD_SCHEMA = pa.schema(
         ("prompt_tokens", pa.int64()),
         ("output_tokens", pa.int64()),
         ("finish_reason", pa.string()),
+        # which of the run's sources made it (design.md: synthesize, rewrite or corpus, by the
+        # source's name) and, for a corpus or rewrite record, the row it came from (JSON: kind,
+        # uri, byte offset or row, licence)
+        ("source", pa.string()),
+        ("source_ref", pa.string()),
     ]
+)
+
+# A corpus partition's plan: which bytes of which files it reads (tasks/corpus.py). ``size`` is
+# the file's size when planned: a file that changed since is refused, not half-read.
+CORPUS_PLAN_SCHEMA = pa.schema(
+    [
+        ("partition_id", pa.string()),
+        ("source", pa.string()),
+        ("uri", pa.string()),
+        ("format", pa.string()),       # jsonl | text | parquet
+        ("start", pa.int64()),         # jsonl/text: first byte; parquet: first row group
+        ("end", pa.int64()),           # one past the last byte / row group
+        ("size", pa.int64()),
+        ("first_row", pa.int64()),     # parquet: the file row of the first row group's first row
+    ]
+)
+
+# A rewrite partition's plan: prompt specs (PLAN_SCHEMA) plus the dataset row each came from and
+# the value its text must keep (hare/priors/rewrite.py).
+REWRITE_PLAN_SCHEMA = pa.schema(
+    list(PLAN_SCHEMA) + [("source", pa.string()), ("source_ref", pa.string()), ("expect", pa.string())]
 )
 
 REJECT_SCHEMA = pa.schema(
@@ -66,6 +92,15 @@ DECONTAM_REJECT_SCHEMA = pa.schema(
 )
 
 _WS = re.compile(r"\s+")
+
+
+def with_source_columns(records: pa.Table, source: str) -> pa.Table:
+    """``records`` with the ``source`` / ``source_ref`` columns (records committed before runs
+    had sources lack them: they were synthesized, by ``source``)."""
+    for name, default in (("source", source), ("source_ref", None)):
+        if name not in records.column_names:
+            records = records.append_column(name, pa.array([default] * records.num_rows, pa.string()))
+    return records
 
 
 def normalize_text(text: str) -> str:
