@@ -643,7 +643,20 @@ class DecontamConfig(_Strict):
     synonym_threshold_numbers: float = Field(default=0.4, gt=-1, le=1,
                                              description="Synonym route: the same for items with 2+ numbers (which "
                                                          "also need all but one of the numbers confirmed later).")
+    every_window: bool | Literal["auto"] = Field(
+        default="auto", description="The cluster route: embed EVERY window and retrieve its every_window_top_k "
+        "nearest items with FAISS, so a paraphrase needs no shared word. auto: on when the embedding actors hold "
+        "GPUs (embedding.num_gpus > 0), off on CPU, where it costs a forward pass per window.")
+    every_window_top_k: int = Field(default=5, ge=1, description="Items retrieved per window by the cluster route.")
     resources: StageResources = Field(default_factory=lambda: StageResources())
+
+    def every_window_on(self, embedding: "EmbeddingConfig | None") -> bool:
+        """Whether the cluster route runs: as set, or (``auto``) when the embedding actors that
+        embed the windows hold GPUs. ``embedding`` None: embedding in this process (``hare
+        decontam`` on a file), where auto means off."""
+        if self.every_window != "auto":
+            return bool(self.every_window)
+        return embedding is not None and embedding.num_gpus > 0
 
     @model_validator(mode="after")
     def _ngram_range(self) -> "DecontamConfig":
@@ -651,8 +664,9 @@ class DecontamConfig(_Strict):
             raise ValueError(f"ngram_min ({self.ngram_min}) is above ngram_max ({self.ngram_max})")
         return self
 
-    def describe(self) -> str:
-        """The settings in force, one line (the dataset card)."""
+    def describe(self, every_window: bool = False) -> str:
+        """The settings in force, one line (the dataset card); ``every_window``: whether the
+        cluster route runs (:meth:`every_window_on`, which needs the run's embedding actors)."""
         n = (f"N from item lengths (p{self.ngram_percentile:g}, {self.ngram_min}..{self.ngram_max})"
              if self.ngram_long is None and self.ngram_short is None and not self.n_by_kind else
              f"N overridden (short {self.ngram_short}, long {self.ngram_long}, by kind {self.n_by_kind})")
@@ -661,7 +675,10 @@ class DecontamConfig(_Strict):
                 f"content words >= {self.confirm_threshold}/{self.confirm_without_numbers}, numbers >= "
                 f"{self.confirm_numbers} (sure at >= {self.paraphrase_sure})"
                 + (f", plus windows whose pooled word vectors reach {self.synonym_threshold}/"
-                   f"{self.synonym_threshold_numbers} to an item (synonym route)" if self.synonym_route else "")
+                   f"{self.synonym_threshold_numbers} to an item (synonym route)"
+                   if self.synonym_route and not every_window else "")
+                + (f", plus every window's {self.every_window_top_k} nearest items (every-window route)"
+                   if every_window else "")
                 if self.paraphrase else "no paraphrase search")
         near = (f"; item sequences of {self.edit_min_words}+ words within one word edit"
                 if self.near_verbatim else "")

@@ -15,7 +15,7 @@ from typing import Any
 import pyarrow as pa
 
 from hare.stages.decontam.benchmarks import load_benchmark
-from hare.config import DecontamConfig, RunConfig
+from hare.config import DecontamConfig, EmbeddingConfig, RunConfig
 from hare.stages.decontam.ngram import Decontaminator
 from hare.store.schema import DECONTAM_REJECT_SCHEMA
 from hare.stages.base import RecordStage, StageResult, add_counts, partition_stats
@@ -23,14 +23,16 @@ from hare.stages.base import RecordStage, StageResult, add_counts, partition_sta
 STAGE = "decontam"
 
 
-def build_decontaminator(cfg: DecontamConfig, embed: Callable[[list[str]], Any] | None = None) -> Decontaminator:
+def build_decontaminator(cfg: DecontamConfig, embed: Callable[[list[str]], Any] | None = None,
+                         embedding: EmbeddingConfig | None = None) -> Decontaminator:
     """The benchmarks' items loaded and indexed; ``embed``: the paraphrase search's embedder
-    (default: MiniLM in this process)."""
+    (default: MiniLM in this process); ``embedding``: the run's embedding actors, which decide
+    whether ``every_window: auto`` embeds every window (GPUs) or not (None: this process)."""
     if embed is None:
         from hare.engines.embed import embed
 
     items = [item for spec in cfg.benchmarks for item in load_benchmark(spec)]
-    return Decontaminator(cfg, items, embed)
+    return Decontaminator(cfg, items, embed, every_window=cfg.every_window_on(embedding))
 
 
 def decontaminate_table(
@@ -118,7 +120,7 @@ class Decontam(RecordStage):
         reused by every partition the worker decontaminates."""
         from hare.engines.embedders import pool_embed
 
-        return build_decontaminator(cfg.decontam, pool_embed(run_id))
+        return build_decontaminator(cfg.decontam, pool_embed(run_id), cfg.embedding)
 
     def process(self, cfg: RunConfig, run_id: str, partition_id: str, records: pa.Table) -> StageResult:
         kept, rejects = decontaminate_table(records, self.ready(cfg, run_id))
@@ -143,7 +145,7 @@ class Decontam(RecordStage):
 
     def settings_row(self, cfg: RunConfig) -> tuple[str, str]:
         c = cfg.decontam
-        return (", ".join(b.name for b in c.benchmarks), c.describe()) if c.benchmarks else ("off", "no benchmark configured")
+        return (", ".join(b.name for b in c.benchmarks), c.describe(c.every_window_on(cfg.embedding))) if c.benchmarks else ("off", "no benchmark configured")
 
     def summary(self, report: dict[str, Any]) -> str:
         return f"{self.name} {report['rejected']}"

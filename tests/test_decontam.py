@@ -408,3 +408,57 @@ def test_card_lists_the_items_each_route_matched() -> None:
         "partitions": 1, "prompts_per_partition": 1}})))
     assert "| gsm8k | 4 | ngram: 2, paraphrase: 2 | ngram: 3; paraphrase: 7, 12 |" in card
     assert "| truthfulqa | 1 | near_verbatim: 1 | near_verbatim: 11 |" in card
+
+
+SIQA_SPEC = BenchmarkConfig(name="social_iqa", source=str(ROOT / "data" / "benchmarks" / "social_iqa_bigbench.jsonl"),
+                            fields=["question", "answer"])
+# Social IQa item 135 reworded (bench/data/social_iqa_reworded_heldout.py, spent as a held-out set):
+# everyday words only, no rare word shared, pooled vectors too far for the synonym route.
+SIQA_135 = ("Jordan told the group about what had happened to him, and it cost him three levels. "
+            "How will the rest of his party react? They'll feel let down.")
+
+
+@pytest.fixture(scope="module")
+def siqa_items():
+    return load_benchmark(SIQA_SPEC)
+
+
+def test_every_window_route_needs_no_shared_word(siqa_items) -> None:
+    """The cluster route (issue 28): every window embedded and its nearest items retrieved with
+    FAISS, so a rewording in everyday words that the CPU routes never propose is caught, under
+    its own method name; the CPU routes alone miss it; clean text stays clean."""
+    text = middle(HOST, SIQA_135)
+    cpu = Decontaminator(DecontamConfig(), siqa_items, embed)
+    cluster = Decontaminator(DecontamConfig(), siqa_items, embed, every_window=True)
+    assert cpu.check([text], ["explanation"]) == [None]
+    (m,) = cluster.check([text], ["explanation"])
+    assert m is not None and (m.item_id, m.method) == ("135", "paraphrase_every_window") and m.score >= 0.7
+    assert cluster.paraphrases.windows_embedded >= len(text.split(".")) - 1  # every window, not a few
+    assert cluster.check([HOST, *CLEAN], ["explanation"] * (1 + len(CLEAN))) == [None] * (1 + len(CLEAN))
+
+
+def test_every_window_route_is_on_where_the_embedders_hold_gpus() -> None:
+    """``every_window: auto`` follows the embedding actors: on with GPUs, off on CPU and in a
+    process without actors (``hare decontam`` on a file); true/false override."""
+    from hare.config import EmbeddingConfig
+
+    auto = DecontamConfig()
+    assert auto.every_window_on(EmbeddingConfig(num_gpus=0.25)) is True
+    assert auto.every_window_on(EmbeddingConfig(num_gpus=0)) is False
+    assert auto.every_window_on(None) is False
+    assert DecontamConfig(every_window=True).every_window_on(None) is True
+    assert DecontamConfig(every_window=False).every_window_on(EmbeddingConfig(num_gpus=1)) is False
+    assert "every-window route" in auto.describe(True) and "every-window route" not in auto.describe(False)
+
+
+def test_the_stage_runs_the_every_window_route_on_gpu_embedders(monkeypatch, tmp_path: Path) -> None:
+    """The decontam stage's setup hands the run's embedding config to the decontaminator: GPU
+    embedding actors turn the cluster route on, CPU ones leave it off."""
+    import hare.engines.embedders as embedders
+    from hare.tasks.decontam import Decontam
+
+    monkeypatch.setattr(embedders, "pool_embed", lambda run_id: embed)
+    for gpus, expected in ((0.5, True), (0, False)):
+        cfg = load_config(write_run_config(tmp_path, embedding={"num_gpus": gpus}, decontamination={
+            "benchmarks": [{"name": "tq", "source": str(TRUTHFULQA), "fields": ["question", "best_answer"]}]}))
+        assert Decontam().setup(cfg, "run-1").paraphrases.every_window is expected

@@ -56,11 +56,17 @@ def item_length(item: BenchmarkItem) -> int:
     return sum(len(tokens(t)) for t in item.texts)
 
 
+# The match method of a paraphrase, by the route that proposed its window (paraphrase.py): the
+# card and the rejects tell the routes apart ("paraphrase" alone is the rare-word filter's, as before).
+PARAPHRASE_METHODS = {"rare_words": "paraphrase", "synonym": "paraphrase_synonym",
+                      "every_window": "paraphrase_every_window"}
+
+
 @dataclass(frozen=True)
 class Match:
     benchmark: str
     item_id: str
-    method: str  # "ngram" | "near_verbatim" | "paraphrase"
+    method: str  # "ngram" | "near_verbatim" | one of PARAPHRASE_METHODS' values
     score: float
 
 
@@ -212,7 +218,8 @@ def _field_grams(toks: Sequence[str], n: int, min_words: int) -> set[Gram]:
 class Decontaminator:
     """Finds the benchmark item a record leaks, by n-grams, then by paraphrase search."""
 
-    def __init__(self, cfg: DecontamConfig, items: Sequence[BenchmarkItem], embed: Embed | None) -> None:
+    def __init__(self, cfg: DecontamConfig, items: Sequence[BenchmarkItem], embed: Embed | None,
+                 every_window: bool = False) -> None:
         from hare.stages.decontam.paraphrase import ParaphraseSearch
 
         self.cfg = cfg
@@ -225,7 +232,7 @@ class Decontaminator:
             lengths.setdefault(it.benchmark, []).append(length)
         self.n_by_benchmark = {name: percentile_n(ls, cfg) for name, ls in lengths.items()}
         self.edits = EditIndex(self.items, cfg.edit_min_words) if cfg.near_verbatim else None
-        self.paraphrases = ParaphraseSearch(cfg, self.items, self.embed) if self.embed is not None else None
+        self.paraphrases = ParaphraseSearch(cfg, self.items, self.embed, every_window) if self.embed is not None else None
 
     def n_for(self, kind: str) -> int | None:
         """The N a kind overrides with, or None: each benchmark's own N."""
@@ -264,8 +271,8 @@ class Decontaminator:
         if self.paraphrases is None or not texts or not self.items:
             return [None] * len(texts)
         found = self.paraphrases.search(texts, toks)
-        return [None if f is None else Match(self.items[f[0]].benchmark, self.items[f[0]].item_id, "paraphrase",
-                                             round(f[1], 4)) for f in found]
+        return [None if f is None else Match(self.items[f[0]].benchmark, self.items[f[0]].item_id,
+                                             PARAPHRASE_METHODS[f[2]], round(f[1], 4)) for f in found]
 
     def check(self, texts: Sequence[str], kinds: Sequence[str]) -> list[Match | None]:
         """One verdict per text: the n-gram match if any, else a near-verbatim one, else a confirmed

@@ -133,8 +133,14 @@ def sentences(text: str) -> list[str]:
 class ParaphraseSearch:
     """Candidate filter, item-sized sentence windows, embeddings of candidate windows only."""
 
-    def __init__(self, cfg: DecontamConfig, items: Sequence[BenchmarkItem], embed: Embed) -> None:
+    def __init__(self, cfg: DecontamConfig, items: Sequence[BenchmarkItem], embed: Embed,
+                 every_window: bool = False) -> None:
         self.cfg, self.items, self.embed = cfg, list(items), embed
+        # The cluster route (issue 28): embed every window and retrieve its nearest items, so a
+        # candidate needs no shared word at all. Costs a forward pass per window: meant for the
+        # GPU embedding actors (``decontam.every_window: auto``), possible anywhere.
+        self.every_window = every_window
+        self._faiss = None  # exact inner-product index over every item view, built on first use
         self.embed_calls = 0  # embedder calls made (tests and benches count them)
         self.windows_embedded = 0
         self.synonym_windows_added = 0  # windows the synonym route added (not the rare-word route's)
@@ -388,33 +394,65 @@ class ParaphraseSearch:
             out.append([(" ".join(sents[s:e]), [j], k) for _, s, e, j, k in pairs[:SYNONYM_PER_RECORD]])
         return out
 
-    def search(self, texts: Sequence[str], toks: Sequence[Sequence[str]] | None = None) -> list[tuple[int, float] | None]:
-        """Per text: (item index, similarity) of its best confirmed paraphrase, or None."""
-        found: list[tuple[int, float] | None] = [None] * len(texts)
-        jobs: list[tuple[int, list[int], set[str]]] = []  # (record, candidate items, window terms)
+    def every_windows(self, text: str) -> list[tuple[str, list[int], set[str]]]:
+        """Every span of a record (sentences, pairs, item-sized runs) with no candidate item yet:
+        the cluster route embeds them all and retrieves their items afterwards (:meth:`search`)."""
+        sents = self._sentences(text)
+        toks = [tokens(s) for s in sents]
+        return [(" ".join(sents[s:e]), [], set().union(*(term_keys(t) for t in toks[s:e])))
+                for s, e in sorted(self._spans(toks, self.window_words))]
+
+    def _nearest_items(self, vecs: np.ndarray) -> list[list[int]]:
+        """Per window vector, the items of its ``every_window_top_k`` nearest views (FAISS exact
+        inner product over every item view, normalized vectors) at ``paraphrase_threshold`` or more."""
+        import faiss
+
+        if self._faiss is None:
+            items = np.ascontiguousarray(self._item_vectors(), dtype=np.float32)
+            self._faiss = faiss.IndexFlatIP(items.shape[1])
+            self._faiss.add(items)
+        k = min(self.cfg.every_window_top_k, self._faiss.ntotal)
+        sims, views = self._faiss.search(np.ascontiguousarray(vecs, dtype=np.float32), k)
+        return [list(dict.fromkeys(self.view_items[v] for v, sim in zip(vs, ss)
+                                   if v >= 0 and sim >= self.cfg.paraphrase_threshold))
+                for vs, ss in zip(views, sims)]
+
+    def search(self, texts: Sequence[str], toks: Sequence[Sequence[str]] | None = None) -> list[tuple[int, float, str] | None]:
+        """Per text: (item index, similarity, route) of its best confirmed paraphrase, or None.
+        The route that proposed the (window, item) pair: ``rare_words`` (the candidate filter),
+        ``synonym`` or ``every_window``; the first of these wins when several did."""
+        found: list[tuple[int, float, str] | None] = [None] * len(texts)
+        jobs: list[tuple[int, dict[int, str], set[str]]] = []  # (record, candidate item -> route, window terms)
         window_texts: dict[str, int] = {}
         rows: list[int] = []
-        synonyms = self.synonym_windows(texts) if self.cfg.synonym_route else [[] for _ in texts]
+        synonyms = self.synonym_windows(texts) if self.cfg.synonym_route and not self.every_window else [[] for _ in texts]
         for r, text in enumerate(texts):
             cands = self.candidates(tokens(text) if toks is None else toks[r])
-            merged: dict[str, tuple[list[int], set[str]]] = {}
-            for wtext, passing, wkeys in self.windows(text, cands) if cands else []:
-                merged[wtext] = (passing, wkeys)
-            for wtext, passing, wkeys in synonyms[r]:  # the synonym route's windows join them
-                if wtext not in merged:
-                    self.synonym_windows_added += 1
-                known = merged.setdefault(wtext, ([], wkeys))[0]
-                known += [j for j in passing if j not in known]
+            merged: dict[str, tuple[dict[int, str], set[str]]] = {}
+            routes = [("rare_words", self.windows(text, cands) if cands else []), ("synonym", synonyms[r]),
+                      ("every_window", self.every_windows(text) if self.every_window else [])]
+            for route, windows in routes:
+                for wtext, passing, wkeys in windows:
+                    if route == "synonym" and wtext not in merged:
+                        self.synonym_windows_added += 1
+                    known = merged.setdefault(wtext, ({}, wkeys))[0]
+                    for j in passing:
+                        known.setdefault(j, route)
             for wtext, (passing, wkeys) in merged.items():
                 jobs.append((r, passing, wkeys))
                 rows.append(window_texts.setdefault(wtext, len(window_texts)))
         if not jobs:
             return found
-        items = self._vectors_for(sorted({v for _, passing, _ in jobs for j in passing for v in self._views_of[j]}))
         vecs = self._embed(list(window_texts))
         self.windows_embedded += len(window_texts)
+        if self.every_window:
+            nearest = self._nearest_items(vecs)
+            for (_, passing, _), row in zip(jobs, rows):
+                for j in nearest[row]:
+                    passing.setdefault(j, "every_window")
+        items = self._vectors_for(sorted({v for _, passing, _ in jobs for j in passing for v in self._views_of[j]}))
         for (r, passing, wkeys), row in zip(jobs, rows):
-            for j in passing:
+            for j, route in passing.items():
                 sim = float(max(items[v] @ vecs[row] for v in self._views_of[j]))
                 if sim < self.cfg.paraphrase_threshold or (found[r] is not None and sim <= found[r][1]):
                     continue
@@ -422,7 +460,7 @@ class ParaphraseSearch:
                 if (len(numbers) >= 2 and sim < self.cfg.paraphrase_sure
                         and len(numbers & wkeys) / len(numbers) < self.cfg.confirm_numbers):
                     continue
-                found[r] = (j, sim)
+                found[r] = (j, sim, route)
         return found
 
 
