@@ -61,7 +61,12 @@ REWORDINGS = {("gsm8k", "tuning"): "bench.data.gsm8k_reworded", ("gsm8k", "heldo
               # family 3 (issue 28): written blind on 2026-12-04, run once after the method was frozen
               ("social_iqa", "social_iqa"): "bench.data.social_iqa_reworded_heldout",
               ("gsm8k", "social_iqa"): "bench.data.gsm8k_reworded_heldout2",
-              ("truthfulqa", "social_iqa"): "bench.data.truthfulqa_reworded_heldout2"}
+              ("truthfulqa", "social_iqa"): "bench.data.truthfulqa_reworded_heldout2",
+              # family 3, a fresh slice (p % 32 == 23), written blind on 2026-12-04 after the first
+              # slice was spent; run once after the every-window route was wired
+              ("social_iqa", "social_iqa2"): "bench.data.social_iqa_reworded_heldout2",
+              ("gsm8k", "social_iqa2"): "bench.data.gsm8k_reworded_heldout2",
+              ("truthfulqa", "social_iqa2"): "bench.data.truthfulqa_reworded_heldout2"}
 # ``--rewordings social_iqa``: a third benchmark family (commonsense multiple choice, BIG-bench's
 # Social IQa) checked together with the two above, its blind rewordings and one-word changes
 # (bench/data/social_iqa_reworded_heldout.py) and 60 clean texts that share a topic with its
@@ -131,10 +136,10 @@ def prose_records(words_per_record: int = 150) -> list[dict]:
     return out
 
 
-def topical_records() -> list[dict]:
+def topical_records(name: str = "social_iqa_clean_topical") -> list[dict]:
     """Clean texts written to share a topic with Social IQa items (never one of them)."""
-    path = ROOT / "bench/data/social_iqa_clean_topical.jsonl"
-    return [{"text": json.loads(line)["text"], "kind": "explanation", "source": "social_iqa_topical"}
+    path = ROOT / f"bench/data/{name}.jsonl"
+    return [{"text": json.loads(line)["text"], "kind": "explanation", "source": name.replace("_clean", "")}
             for line in path.read_text().splitlines() if line.strip()]
 
 
@@ -245,7 +250,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--store", action="append", default=[], help="also take generated records from this store")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--rewordings", choices=["heldout2", "heldout", "tuning", "social_iqa"], default="heldout2")
+    p.add_argument("--rewordings", choices=["heldout2", "heldout", "tuning", "social_iqa", "social_iqa2"], default="heldout2")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a decontamination setting, e.g. --set paraphrase_threshold=0.7")
     p.add_argument("--no-speed", action="store_true", help="recall and false positives only")
@@ -255,13 +260,16 @@ def main() -> None:
     args = p.parse_args()
     rng = random.Random(args.seed)
     overrides = {k: float(v) if "." in v else int(v) for k, v in (kv.split("=", 1) for kv in args.set)}
-    third = args.rewordings == "social_iqa"
+    third = args.rewordings.startswith("social_iqa")
     cfg = DecontamConfig(benchmarks=BENCHMARKS + ([SOCIAL_IQA] if third else []), **overrides)
     items = [it for spec in cfg.benchmarks for it in load_benchmark(spec)]
-    dec = Decontaminator(cfg, items, embed)
+    # every_window=1: the cluster route (every window embedded, FAISS top-k), here on the CPU
+    dec = Decontaminator(cfg, items, embed, every_window=cfg.every_window_on(None))
     dec.paraphrases._item_vectors()  # the benchmark embeddings (cached per machine), outside the timings
 
     clean = generated_records(args.store) + prose_records() + (topical_records() if third else [])
+    if args.rewordings == "social_iqa2":  # the fresh slice's own topical texts too
+        clean += topical_records("social_iqa_clean_topical2")
     results: dict = {"n_by_benchmark": dec.n_by_benchmark, "window_words": dec.paraphrases.window_words}
     for spec in cfg.benchmarks:
         mine = [it for it in items if it.benchmark == spec.name]

@@ -453,7 +453,7 @@ class CleanupConfig(OptInStageConfig):
     chatter ("I hope this helps") stripped before the quality rules, by named patterns."""
 
     enabled: bool = Field(default=False, description="Off unless a run file turns it on (the demo does).")
-    patterns: Path = Field(default=Path(__file__).resolve().parent / "priors" / "chatter-v1.yaml",
+    patterns: Path = Field(default=Path(__file__).resolve().parent / "priors" / "chatter-v2.yaml",
                            description="YAML of named preamble / closing patterns, relative to the config file.")
     min_words_left: int = Field(default=5, ge=0,
                                 description="A record with fewer words left after stripping is chatter only: rejected.")

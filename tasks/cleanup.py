@@ -3,7 +3,7 @@
 Why a stage of its own, before quality: "Sure! Here's a possible textbook passage:" and "I
 hope this helps!" are not bad records, they are good records wrapped in talk about the record;
 rejecting them would throw the record away, keeping them teaches a model the wrapper. The
-patterns are data with names (``hare/priors/chatter-v1.yaml``, ``cleanup.patterns``), so what
+patterns are data with names (``hare/priors/chatter-v2.yaml``, ``cleanup.patterns``), so what
 counts as chatter is reviewable and versioned like the other priors. Each kept record carries
 a ``cleanup`` column (JSON: the name and text of each strip) and its id is re-hashed from the
 text it now holds; a record that is only chatter is rejected (``chatter_only``).

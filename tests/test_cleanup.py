@@ -19,6 +19,10 @@ PATTERNS = load_patterns(str(CleanupConfig().patterns))
 @pytest.mark.parametrize(("text", "left", "names"), [
     ("Here's a possible textbook passage:\n\n# Fractions\nA fraction is a part of a whole.",
      "# Fractions\nA fraction is a part of a whole.", ["heres_a"]),
+    # a long preamble line (150 characters before its colon, written by SmolLM2 in a demo run)
+    ("Here's an example of a simple and practical explanation in English that you can understand by yourself "
+     "without needing any special software or preparation:\n\n1. Introduction: derivatives.",
+     "1. Introduction: derivatives.", ["heres_a"]),
     ("Sure! Here's a possible answer:\nLeaves make sugar from light. I hope this helps! Let me know if you have questions.",
      "Leaves make sugar from light.", ["assent_heres", "hope_helps"]),
     ("**Sure!** I'll write a puzzle for you.\nAnn has a cat.", "Ann has a cat.", ["assent_heres", "i_will_write"]),
