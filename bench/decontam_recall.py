@@ -163,7 +163,10 @@ def recall(dec: Decontaminator, name: str, leaks: list[tuple[str, str]], clean: 
     right = [m for m, (iid, _) in zip(found, leaks) if m is not None and m.benchmark == name and m.item_id == iid]
     missed = [iid for m, (iid, _) in zip(found, leaks) if not (m is not None and m.benchmark == name and m.item_id == iid)]
     return {"plants": len(leaks), "caught": len(right), "recall": round(len(right) / max(1, len(leaks)), 4),
-            "by_method": dict(Counter(m.method for m in right)), "missed_items": missed}
+            "by_method": dict(Counter(m.method for m in right)), "missed_items": missed,
+            # the similarity of each paraphrase catch, by route: how close a threshold sits to them
+            "paraphrase_scores": {meth: sorted(m.score for m in right if m.method == meth)
+                                  for meth in sorted({m.method for m in right if m.method.startswith("paraphrase")})}}
 
 
 def route_costs(dec: Decontaminator, texts: list[str], k: int = 5) -> dict:
@@ -297,7 +300,8 @@ def main() -> None:
     results["clean"] = {"records": len(clean), "by_source": dict(Counter(c["source"] for c in clean)),
                         "false_positives": len(fps), "false_positive_rate": round(len(fps) / max(1, len(clean)), 4),
                         "false_positives_by_source": dict(Counter(c["source"] for c, _ in fps)),
-                        "examples": [f"{c['text'][:80]!r} -> {m}" for c, m in fps[:5]]}
+                        "examples": [f"{c['text'][:80]!r} -> {m}" for c, m in fps[:5]],
+                        "scores": sorted((m.method, m.score) for _, m in fps)}
     results["settings"] = cfg.model_dump(exclude={"benchmarks", "resources"})
     from bench.provenance import provenance
 

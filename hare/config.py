@@ -648,6 +648,8 @@ class DecontamConfig(_Strict):
         "nearest items with FAISS, so a paraphrase needs no shared word. auto: on when the embedding actors hold "
         "GPUs (embedding.num_gpus > 0), off on CPU, where it costs a forward pass per window.")
     every_window_top_k: int = Field(default=5, ge=1, description="Items retrieved per window by the cluster route.")
+    every_window_threshold: float = Field(default=0.75, gt=0, le=1, description="Similarity a window needs when "
+                                          "only the cluster route proposed it (no rare word, too few of the item's terms).")
     resources: StageResources = Field(default_factory=lambda: StageResources())
 
     def every_window_on(self, embedding: "EmbeddingConfig | None") -> bool:
@@ -677,7 +679,8 @@ class DecontamConfig(_Strict):
                 + (f", plus windows whose pooled word vectors reach {self.synonym_threshold}/"
                    f"{self.synonym_threshold_numbers} to an item (synonym route)"
                    if self.synonym_route and not every_window else "")
-                + (f", plus every window's {self.every_window_top_k} nearest items (every-window route)"
+                + (f", plus every window's {self.every_window_top_k} nearest items at >= {self.every_window_threshold} "
+                   "(every-window route)"
                    if every_window else "")
                 if self.paraphrase else "no paraphrase search")
         near = (f"; item sequences of {self.edit_min_words}+ words within one word edit"

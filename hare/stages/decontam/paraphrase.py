@@ -454,7 +454,10 @@ class ParaphraseSearch:
         for (r, passing, wkeys), row in zip(jobs, rows):
             for j, route in passing.items():
                 sim = float(max(items[v] @ vecs[row] for v in self._views_of[j]))
-                if sim < self.cfg.paraphrase_threshold or (found[r] is not None and sim <= found[r][1]):
+                # a window that only the every-window route proposed shares no rare word and too
+                # few terms with the item: it needs more similarity (topic-only neighbours sit at 0.72)
+                need = self.cfg.every_window_threshold if route == "every_window" else self.cfg.paraphrase_threshold
+                if sim < need or (found[r] is not None and sim <= found[r][1]):
                     continue
                 numbers = self.numbers[j]
                 if (len(numbers) >= 2 and sim < self.cfg.paraphrase_sure
