@@ -40,6 +40,11 @@ a record that shares no rare word with any item is never embedded.
   embedding table, rarity-weighted: a look-up, no forward pass), and a span near an item
   (``synonym_threshold``; ``synonym_threshold_numbers`` and the item's numbers for items with two
   or more) joins the embedded windows, confirmed like the others.
+- The every-window route (``every_window``; on where the embedding actors hold GPUs): every span
+  is embedded and its nearest item views are retrieved from a FAISS index over all of them, so
+  no word needs to be shared; a window only this route proposed needs ``every_window_threshold``
+  (a topic neighbour sits just above ``paraphrase_threshold``). The filter above is what keeps
+  a CPU run cheap; on a GPU the forward passes are cheap enough to skip it.
 - A window's similarity is taken to its candidate items only (question, and question plus answer
   for short items); a match needs ``paraphrase_threshold`` and, for items with two or more
   numbers, ``confirm_numbers`` of them unless the similarity reaches ``paraphrase_sure``.
@@ -131,7 +136,8 @@ def sentences(text: str) -> list[str]:
 
 
 class ParaphraseSearch:
-    """Candidate filter, item-sized sentence windows, embeddings of candidate windows only."""
+    """Candidate filter, item-sized sentence windows, embeddings of candidate windows only (of
+    every window with ``every_window``)."""
 
     def __init__(self, cfg: DecontamConfig, items: Sequence[BenchmarkItem], embed: Embed,
                  every_window: bool = False) -> None:
