@@ -23,6 +23,11 @@ PATTERNS = load_patterns(str(CleanupConfig().patterns))
     ("Here's an example of a simple and practical explanation in English that you can understand by yourself "
      "without needing any special software or preparation:\n\n1. Introduction: derivatives.",
      "1. Introduction: derivatives.", ["heres_a"]),
+    # an announcing first paragraph with no colon (SmolLM2, a fresh-clone demo run)
+    ("Here is a sample of a work of art that was inspired by the book titled \"The Art of Angles.\" The "
+     "sentence structure should be easy to follow.\n\n1. Angles meet at a vertex.",
+     "1. Angles meet at a vertex.", ["heres_a_sample_line"]),
+    ("Here is a sample of rock from the quarry.", "Here is a sample of rock from the quarry.", []),
     ("Sure! Here's a possible answer:\nLeaves make sugar from light. I hope this helps! Let me know if you have questions.",
      "Leaves make sugar from light.", ["assent_heres", "hope_helps"]),
     ("**Sure!** I'll write a puzzle for you.\nAnn has a cat.", "Ann has a cat.", ["assent_heres", "i_will_write"]),
