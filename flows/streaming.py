@@ -145,7 +145,8 @@ class EnginePool:
     """The run's engine actors: started by the first round that generates, kept for the top-up
     rounds after it (a model load is ~25 s on the CPU and minutes for a large model on a GPU),
     released when the last round's generation ends so the stages still running get their
-    CPUs/GPUs. An engine that left the pool in one round is not used in the next."""
+    CPUs/GPUs (with the decontamination judge on, when those stages have drained: they ask the
+    engines). An engine that left the pool in one round is not used in the next."""
 
     def __init__(self, cfg: RunConfig, run_id: str) -> None:
         self.cfg, self.run_id = cfg, run_id
@@ -175,19 +176,27 @@ class EnginePool:
         self.release()  # a top-up that ended early: the stages after it get the engines' CPUs/GPUs
 
 
+def judge_needs_engines(cfg: RunConfig) -> bool:
+    """Whether the decontamination stage borrows the engines (``decontam.judge``): then they are
+    held until the last partition's stages have drained, not released when generation ends."""
+    return any(s.name == "decontam" for s in streamed_stages(cfg)) and cfg.decontam.judge_on(cfg.model)
+
+
 def generate_and_stream(cfg: RunConfig, run_id: str, partition_ids: list[str], pool: EnginePool,
                          last: bool = True) -> Streamed:
     """One generation task per partition, queued to the first engine with a free slot; behind
     each dataset partition that commits, its stage chain. While waiting for a generation to
     finish the driver serves stage completions, so stages advance as soon as they can. ``last``:
     no round of generation comes after this one, so the engines are released before the stages
-    drain (otherwise they wait, loaded, for the next round)."""
+    drain (otherwise they wait, loaded, for the next round), or, when the decontamination judge
+    uses them (:func:`judge_needs_engines`), once the stages have drained."""
     prompts = [p for p in partition_ids if is_prompt_partition(p)]
     chain = StageChain(cfg, run_id)
     for pid in partition_ids:
         if not is_prompt_partition(pid):
             chain.ingest(pid)  # corpus partitions: read while the engines load and generate
-    engines = pool.live() if prompts else {}
+    judging = judge_needs_engines(cfg)
+    engines = pool.live() if prompts or judging else {}  # a corpus-only round still has a judge to serve
     progress = RunProgress(run_id, len(partition_ids), list(engines), cfg.model.num_gpus)
     queue: EngineQueue[Any] | None = (EngineQueue(list(engines), cfg.ray.partitions_in_flight_per_engine)
                                       if prompts else None)  # a corpus-only round needs no engine
@@ -224,10 +233,14 @@ def generate_and_stream(cfg: RunConfig, run_id: str, partition_ids: list[str], p
         raise
     retired = queue.retired if queue else []
     pool.retire(retired)
-    if last:
+    if last and not judging:
         pool.release()  # their CPUs/GPUs go to the stages still running
     generation["engine_starts"] = pool.starts
-    chain.drain()
+    try:
+        chain.drain()
+    finally:
+        if last:
+            pool.release()  # the judge's last partition is decontaminated: the engines can go
     if chain.ingested:
         progress.update(outcomes + chain.ingested)
         generation["corpus"] = corpus_figures(chain.ingested)

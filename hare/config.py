@@ -650,7 +650,27 @@ class DecontamConfig(_Strict):
     every_window_top_k: int = Field(default=5, ge=1, description="Items retrieved per window by the cluster route.")
     every_window_threshold: float = Field(default=0.75, gt=0, le=1, description="Similarity a window needs when "
                                           "only the cluster route proposed it (no rare word, too few of the item's terms).")
+    judge: bool | Literal["auto"] = Field(
+        default="auto", description="Ask the run's own engines (a short yes/no prompt, guided, batched) about "
+        "the paraphrase candidates whose similarity falls between judge_low and judge_high: above the band the "
+        "similarity decides, below it nothing is a leak. auto: on when the engines hold GPUs (model.num_gpus > 0), "
+        "off on CPU: SmolLM2-135M answers yes to 0.92 of hard negatives (docs/decontamination.md). The engines "
+        "are then held until the last partition's decontamination ends.")
+    judge_low: float = Field(default=0.5, gt=0, le=1, description="Judge band: lowest similarity a candidate "
+                             "the judge is asked about may have (below: not a leak).")
+    judge_high: float = Field(default=0.8, gt=0, le=1, description="Judge band: from this similarity up the "
+                              "similarity alone decides (a leak), the judge is not asked.")
+    judge_pairs_per_record: int = Field(default=2, ge=1, description="Band candidates (window, item) of one record "
+                                        "the judge is asked about, most similar first.")
     resources: StageResources = Field(default_factory=lambda: StageResources())
+
+    def judge_on(self, model: "ModelConfig | None") -> bool:
+        """Whether the judge runs: as set, or (``auto``) when the run's engines hold GPUs (a model
+        large enough to judge). ``model`` None: no engines (``hare decontam`` on a file), no judge.
+        Only where paraphrases are searched: the judge only sees their candidates."""
+        if model is None or not self.paraphrase:
+            return False
+        return model.num_gpus > 0 if self.judge == "auto" else bool(self.judge)
 
     def every_window_on(self, embedding: "EmbeddingConfig | None") -> bool:
         """Whether the cluster route runs: as set, or (``auto``) when the embedding actors that
@@ -664,11 +684,14 @@ class DecontamConfig(_Strict):
     def _ngram_range(self) -> "DecontamConfig":
         if self.ngram_min > self.ngram_max:
             raise ValueError(f"ngram_min ({self.ngram_min}) is above ngram_max ({self.ngram_max})")
+        if self.judge_low >= self.judge_high:
+            raise ValueError(f"judge_low ({self.judge_low}) must be below judge_high ({self.judge_high})")
         return self
 
-    def describe(self, every_window: bool = False) -> str:
+    def describe(self, every_window: bool = False, judge: bool = False) -> str:
         """The settings in force, one line (the dataset card); ``every_window``: whether the
-        cluster route runs (:meth:`every_window_on`, which needs the run's embedding actors)."""
+        cluster route runs (:meth:`every_window_on`, which needs the run's embedding actors);
+        ``judge``: whether the engines judge the band (:meth:`judge_on`)."""
         n = (f"N from item lengths (p{self.ngram_percentile:g}, {self.ngram_min}..{self.ngram_max})"
              if self.ngram_long is None and self.ngram_short is None and not self.n_by_kind else
              f"N overridden (short {self.ngram_short}, long {self.ngram_long}, by kind {self.n_by_kind})")
@@ -682,6 +705,9 @@ class DecontamConfig(_Strict):
                 + (f", plus every window's {self.every_window_top_k} nearest items at >= {self.every_window_threshold} "
                    "(every-window route)"
                    if every_window else "")
+                + (f"; the run's model judges candidates at similarity {self.judge_low}..{self.judge_high} "
+                   f"(at most {self.judge_pairs_per_record} per record; above the band the similarity decides)"
+                   if judge else "")
                 if self.paraphrase else "no paraphrase search")
         near = (f"; item sequences of {self.edit_min_words}+ words within one word edit"
                 if self.near_verbatim else "")

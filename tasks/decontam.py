@@ -15,7 +15,9 @@ from typing import Any
 import pyarrow as pa
 
 from hare.stages.decontam.benchmarks import load_benchmark
-from hare.config import DecontamConfig, EmbeddingConfig, RunConfig
+from hare.backends.base import GenerationRequest, GenerationResult
+from hare.config import DecontamConfig, EmbeddingConfig, ModelConfig, RunConfig, SamplingConfig
+from hare.stages.decontam.judge import Judge
 from hare.stages.decontam.ngram import Decontaminator
 from hare.store.schema import DECONTAM_REJECT_SCHEMA
 from hare.stages.base import RecordStage, StageResult, add_counts, partition_stats
@@ -24,15 +26,38 @@ STAGE = "decontam"
 
 
 def build_decontaminator(cfg: DecontamConfig, embed: Callable[[list[str]], Any] | None = None,
-                         embedding: EmbeddingConfig | None = None) -> Decontaminator:
+                         embedding: EmbeddingConfig | None = None, judge: Judge | None = None) -> Decontaminator:
     """The benchmarks' items loaded and indexed; ``embed``: the paraphrase search's embedder
     (default: MiniLM in this process); ``embedding``: the run's embedding actors, which decide
-    whether ``every_window: auto`` embeds every window (GPUs) or not (None: this process)."""
+    whether ``every_window: auto`` embeds every window (GPUs) or not (None: this process);
+    ``judge``: asks about the candidates in the judge band (None: the similarity decides)."""
     if embed is None:
         from hare.engines.embed import embed
 
     items = [item for spec in cfg.benchmarks for item in load_benchmark(spec)]
-    return Decontaminator(cfg, items, embed, every_window=cfg.every_window_on(embedding))
+    return Decontaminator(cfg, items, embed, every_window=cfg.every_window_on(embedding), judge=judge)
+
+
+def engine_judge(model: ModelConfig, run_id: str, seed: int) -> Judge:
+    """A :class:`Judge` whose batches go to the run's own engines (the driver holds them until
+    the last partition's decontamination ends: flows/streaming.py), in turn, through
+    ``call_engine`` (which rides out an engine restart). No engine left: the partition fails
+    with that said, and ``hare rerun`` redoes it; nothing committed is lost."""
+    import itertools
+
+    from hare.engines.engine import EngineGone, call_engine, run_engine_names
+
+    turn = itertools.count()
+
+    def generate(requests: list[GenerationRequest]) -> list[GenerationResult]:
+        names = run_engine_names(run_id)
+        if not names:
+            raise EngineGone(f"decontam.judge: run {run_id} has no engine to judge with (they were released or "
+                             "left the pool); rerun the partition, or set decontam.judge: false")
+        name = names[next(turn) % len(names)]
+        return call_engine(name, requests, requests[0].sampling or SamplingConfig(), model)[0]
+
+    return Judge(generate, seed)
 
 
 def decontaminate_table(
@@ -84,6 +109,7 @@ def decontam_aggregate(rejects: pa.Table) -> dict[str, Any]:
 def merge_decontam(aggregates: list[dict[str, Any]]) -> dict[str, Any]:
     """The report's own figures: per benchmark, records matched, by method, and items."""
     per: dict[str, dict[str, Any]] = {}
+    judged = [agg["judge"] for agg in aggregates if "judge" in agg]
     for agg in aggregates:
         for name, b in agg["benchmarks"].items():
             slot = per.setdefault(name, {"records": 0, "by_method": {}, "items": set(), "items_by_method": {}})
@@ -93,11 +119,15 @@ def merge_decontam(aggregates: list[dict[str, Any]]) -> dict[str, Any]:
             for method, items in b.get("items_by_method", {}).items():  # older aggregates have none
                 slot["items_by_method"].setdefault(method, set()).update(items)
     order = lambda items: sorted(items, key=lambda x: (len(x), x))  # noqa: E731 - item ids are numbers as text
-    return {
+    out: dict[str, Any] = {
         "benchmarks": {name: {"records": b["records"], "by_method": b["by_method"], "items": order(b["items"]),
                               "items_by_method": {m: order(v) for m, v in sorted(b["items_by_method"].items())}}
                        for name, b in per.items()},
     }
+    if judged:  # a run with the judge on: its pairs, verdicts and tokens over all partitions
+        out["judge"] = {k: round(sum(j.get(k, 0) for j in judged), 3) if k == "seconds" else sum(j.get(k, 0) for j in judged)
+                        for k in (*Judge.FIGURES, "seconds")}
+    return out
 
 
 def decontam_report(kept: pa.Table, rejects: pa.Table) -> dict[str, Any]:
@@ -120,11 +150,18 @@ class Decontam(RecordStage):
         reused by every partition the worker decontaminates."""
         from hare.engines.embedders import pool_embed
 
-        return build_decontaminator(cfg.decontam, pool_embed(run_id), cfg.embedding)
+        judge = engine_judge(cfg.model, run_id, cfg.seed) if cfg.decontam.judge_on(cfg.model) else None
+        return build_decontaminator(cfg.decontam, pool_embed(run_id), cfg.embedding, judge)
 
     def process(self, cfg: RunConfig, run_id: str, partition_id: str, records: pa.Table) -> StageResult:
-        kept, rejects = decontaminate_table(records, self.ready(cfg, run_id))
-        return StageResult(kept, rejects, decontam_aggregate(rejects))
+        dec = self.ready(cfg, run_id)
+        if dec.judge is not None:
+            dec.judge.take_figures()  # what an earlier, failed partition of this worker asked is not this one's
+        kept, rejects = decontaminate_table(records, dec)
+        aggregate = decontam_aggregate(rejects)
+        if dec.judge is not None:
+            aggregate["judge"] = dec.judge.take_figures()
+        return StageResult(kept, rejects, aggregate)
 
     def merge(self, aggregates: list[dict[str, Any]]) -> dict[str, Any]:
         return merge_decontam(aggregates)
@@ -141,11 +178,20 @@ class Decontam(RecordStage):
             items = "; ".join(f"{m}: {', '.join(v[:20])}" + (f" (+{len(v) - 20})" if len(v) > 20 else "")
                               for m, v in routes.items())
             lines.append(f"| {name} | {b['records']} | {methods} | {items} |")
+        judge = report.get("judge")
+        if judge:
+            per = judge["pairs"] / report["checked"] if report["checked"] else 0.0
+            lines += ["", f"Judge ({cfg.model.name}, the run's own engines): {judge['pairs']} candidate pairs in the "
+                      f"similarity band {cfg.decontam.judge_low}..{cfg.decontam.judge_high} asked ({per:.3f} per "
+                      f"record checked): {judge['yes']} yes (dropped as `paraphrase_judge`), {judge['no']} no, "
+                      f"{judge['unanswered']} unanswered (the similarity decided); {judge['prompt_tokens']} prompt "
+                      f"and {judge['output_tokens']} output tokens, {judge['seconds']} s."]
         return [*lines, ""]
 
     def settings_row(self, cfg: RunConfig) -> tuple[str, str]:
         c = cfg.decontam
-        return (", ".join(b.name for b in c.benchmarks), c.describe(c.every_window_on(cfg.embedding))) if c.benchmarks else ("off", "no benchmark configured")
+        return ((", ".join(b.name for b in c.benchmarks), c.describe(c.every_window_on(cfg.embedding), c.judge_on(cfg.model)))
+                if c.benchmarks else ("off", "no benchmark configured"))
 
     def summary(self, report: dict[str, Any]) -> str:
         return f"{self.name} {report['rejected']}"

@@ -467,3 +467,109 @@ def test_the_stage_runs_the_every_window_route_on_gpu_embedders(monkeypatch, tmp
         cfg = load_config(write_run_config(tmp_path, embedding={"num_gpus": gpus}, decontamination={
             "benchmarks": [{"name": "tq", "source": str(TRUTHFULQA), "fields": ["question", "best_answer"]}]}))
         assert Decontam().setup(cfg, "run-1").paraphrases.every_window is expected
+
+
+REWORDED_0 = ("Janet has ducks that produce 16 eggs daily. Each morning she eats 3 of them and uses 4 "
+              "more baking muffins for friends. The rest she sells at the market at $2 apiece. "
+              "How many dollars does she earn per day?")
+
+
+class ScriptedJudge:
+    """A deterministic stand-in for the engines behind :class:`Judge` (orchestration only: what
+    the search does with each verdict, not what a model would say): every request is answered
+    ``answer``, or with an error result when ``answer`` is None. It keeps the pairs it was shown."""
+
+    def __init__(self, answer: str | None) -> None:
+        self.answer, self.asked = answer, []
+
+    def __call__(self, requests):
+        from hare.backends.base import GenerationResult
+
+        self.asked += [r.prompt for r in requests]
+        return [GenerationResult(r.prompt_index, self.answer or "", 150, 1, "stop",
+                                 None if self.answer is not None else "engine_error") for r in requests]
+
+
+def test_the_judge_decides_the_band_and_only_the_band(items) -> None:
+    """Issue 28: a candidate whose similarity is in [judge_low, judge_high) is a leak when the
+    judge says yes (method ``paraphrase_judge``), not when it says no; an unanswered pair falls
+    back to the similarity; above the band the similarity decides and the judge is not asked;
+    the judge sees the window and the item; its tokens are counted."""
+    from hare.stages.decontam.judge import Judge
+
+    (plain,) = Decontaminator(DecontamConfig(), items, embed).check([REWORDED_0], ["math_word_problem"])
+    assert plain is not None and plain.method == "paraphrase"
+    band = DecontamConfig(judge_low=round(plain.score - 0.2, 4), judge_high=round(plain.score + 0.01, 4))
+    verdicts = {}
+    for answer in ("yes", "no", None):
+        script = ScriptedJudge(answer)
+        judge = Judge(script)
+        (m,) = Decontaminator(band, items, embed, judge=judge).check([REWORDED_0], ["math_word_problem"])
+        verdicts[answer] = m.method if m else None
+        figures = judge.take_figures()
+        assert figures["pairs"] == len(script.asked) >= 1 and figures["prompt_tokens"] == 150 * figures["pairs"]
+        assert "Janet" in script.asked[0] and "16 eggs" in script.asked[0], "the window and the item are shown"
+    assert verdicts == {"yes": "paraphrase_judge", "no": None, None: "paraphrase"}
+    assert judge.take_figures()["pairs"] == 0, "figures restart after they are taken"
+    above = ScriptedJudge("no")
+    (m,) = Decontaminator(DecontamConfig(judge_low=0.3, judge_high=round(plain.score - 0.01, 4)), items, embed,
+                          judge=Judge(above)).check([REWORDED_0], ["math_word_problem"])
+    assert m is not None and m.method == "paraphrase" and above.asked == []
+    clean = ScriptedJudge("yes")
+    assert Decontaminator(DecontamConfig(), items, embed, judge=Judge(clean)).check(
+        CLEAN, ["explanation"] * len(CLEAN)) == [None] * len(CLEAN)
+    assert clean.asked == [], "clean text below judge_low is not sent to the judge"
+
+
+def test_the_judge_asks_at_most_judge_pairs_per_record(siqa_items) -> None:
+    """A record with many candidates in the band sends its ``judge_pairs_per_record`` most
+    similar distinct items, in one batch for all the records of the call."""
+    from hare.stages.decontam.judge import Judge
+
+    script = ScriptedJudge("no")
+    dec = Decontaminator(DecontamConfig(judge_low=0.05, judge_high=0.99, judge_pairs_per_record=2), siqa_items,
+                         embed, every_window=True, judge=Judge(script))
+    texts = [middle(HOST, SIQA_135), HOST]
+    assert dec.check(texts, ["explanation"] * 2) == [None, None]
+    assert len(script.asked) == 4, "two records, two pairs each, one batch"
+    assert sum("Jordan" in p for p in script.asked) >= 1
+
+
+def test_the_judge_is_on_where_the_engines_hold_gpus(tmp_path: Path, monkeypatch) -> None:
+    """``judge: auto`` follows the run's engines: on with GPUs (a model large enough to judge),
+    off on CPU (SmolLM2-135M says yes to most hard negatives) and with no engines; true/false
+    override; never without paraphrase search. The stage builds an engine judge when on."""
+    import hare.engines.embedders as embedders
+    from hare.config import ModelConfig
+    from hare.tasks.decontam import Decontam
+
+    auto = DecontamConfig()
+    assert auto.judge_on(ModelConfig(num_gpus=1)) is True
+    assert auto.judge_on(ModelConfig()) is False and auto.judge_on(None) is False
+    assert DecontamConfig(judge=True).judge_on(ModelConfig()) is True
+    assert DecontamConfig(judge=True, paraphrase=False).judge_on(ModelConfig()) is False
+    assert DecontamConfig(judge=False).judge_on(ModelConfig(num_gpus=1)) is False
+    assert "judges candidates" in auto.describe(judge=True) and "judges" not in auto.describe()
+    with pytest.raises(ValueError, match="judge_low"):
+        DecontamConfig(judge_low=0.8, judge_high=0.8)
+    monkeypatch.setattr(embedders, "pool_embed", lambda run_id: embed)
+    for judge, expected in ((True, True), (False, False)):
+        cfg = load_config(write_run_config(tmp_path, decontamination={"judge": judge, "benchmarks": [
+            {"name": "tq", "source": str(TRUTHFULQA), "fields": ["question", "best_answer"]}]}))
+        dec = Decontam().setup(cfg, "run-1")
+        assert (dec.judge is not None) is expected and (dec.paraphrases.judge is dec.judge)
+
+
+def test_the_card_counts_the_judges_pairs_and_tokens() -> None:
+    """The partitions' judge figures add up in the report, and the card says what the judge cost."""
+    from hare.config import RunConfig
+    from hare.tasks.decontam import Decontam, merge_decontam
+
+    fig = {"pairs": 3, "yes": 1, "no": 2, "unanswered": 0, "prompt_tokens": 480, "output_tokens": 6, "seconds": 1.5}
+    merged = merge_decontam([{"benchmarks": {}, "judge": fig}, {"benchmarks": {}, "judge": fig}, {"benchmarks": {}}])
+    assert merged["judge"] == {"pairs": 6, "yes": 2, "no": 4, "unanswered": 0, "prompt_tokens": 960,
+                               "output_tokens": 12, "seconds": 3.0}
+    assert "judge" not in merge_decontam([{"benchmarks": {}}])
+    cfg = RunConfig.model_validate({"name": "t", "plan": {"partitions": 1, "prompts_per_partition": 1}})
+    card = "\n".join(Decontam().card_section({"checked": 12, "rejected": 2, **merged}, cfg))
+    assert "6 candidate pairs" in card and "(0.500 per record checked)" in card and "960 prompt and 12 output tokens" in card

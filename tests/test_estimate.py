@@ -468,3 +468,31 @@ def test_the_budget_counts_each_kinds_max_tokens_the_k_solutions_and_top_up_roun
     assert plan_summary(cfg, store)["source"]["kind"] == "measured"
     assert budget_signature(cfg.to_jsonable()) != budget_signature(
         {**cfg.to_jsonable(), "validation": {**cfg.to_jsonable()["validation"], "k": {"math_word_problem": 5}}})
+
+
+def test_the_decontamination_judge_is_in_the_estimate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 28: with ``decontam.judge`` on, the plan counts the judge's pairs (records checked x
+    the measured pairs per record), its output tokens among the expected output tokens and its
+    prompt tokens among the input tokens; `hare plan` shows it with its source. Off: nothing."""
+    from hare.tasks.estimate import (JUDGE_OUTPUT_TOKENS_PER_PAIR, JUDGE_PAIRS_PER_RECORD,
+                                     JUDGE_PROMPT_TOKENS_PER_PAIR, expected_input_tokens)
+
+    bench = {"benchmarks": [{"name": "gsm8k", "source": str(ROOT / "data" / "benchmarks" / "gsm8k_test.jsonl")}]}
+    off = plan_summary(load_config(write_run_config(tmp_path, decontamination=bench, plan={
+        "partitions": 100, "prompts_per_partition": 100, "top_up_rounds": 0})))
+    on_path = write_run_config(tmp_path, decontamination={**bench, "judge": True},
+                               plan={"partitions": 100, "prompts_per_partition": 100, "top_up_rounds": 0})
+    on_cfg = load_config(on_path)
+    on = plan_summary(on_cfg)
+    assert off["judge"] is None
+    pairs = on["judge"]["pairs"]
+    assert pairs == round(10_000 * JUDGE_PAIRS_PER_RECORD)
+    assert on["judge"]["output_tokens"] == round(pairs * JUDGE_OUTPUT_TOKENS_PER_PAIR)
+    assert on["expected_output_tokens"] == off["expected_output_tokens"] + on["judge"]["output_tokens"]
+    judge_in = round(pairs * JUDGE_PROMPT_TOKENS_PER_PAIR)
+    added = expected_input_tokens(on_cfg, on)["tokens"] - expected_input_tokens(on_cfg, off)["tokens"]
+    assert added == pytest.approx(judge_in, abs=1)  # each total is rounded once
+    args = _parser().parse_args(["plan", str(on_path)])
+    assert args.fn(args) == 0
+    out = capsys.readouterr().out
+    assert f"~{pairs:,} pairs" in out and "decontamination judge: default, not measured" in out

@@ -108,3 +108,46 @@ def test_engine_killed_mid_run_with_the_real_model_completes(tmp_path: Path) -> 
     served = [m.stats["kept"] + m.stats["rejected"] for m in manifests]
     assert served == [2, 2, 2, 2], "every prompt served once, none twice"
     assert result["records"] == sum(m.stats["kept"] for m in manifests)
+
+
+def test_the_run_judges_decontamination_candidates_with_its_own_engines(tmp_path: Path) -> None:
+    """Issue 28: with ``decontam.judge`` on, the decontam stage sends the candidates in the
+    similarity band to the run's own vLLM engine (the real SmolLM2; its answers are not faked),
+    guided to yes/no. The engines are held until the last partition's decontamination ends (a
+    pool released when generation ends leaves the judge no engine: that partition would fail);
+    the verdicts, tokens and the matches they made land in decontam.json, the rejects and the card."""
+    import json
+
+    bench = tmp_path / "fractions.jsonl"
+    bench.write_text("".join(json.dumps(q) + "\n" for q in [
+        {"question": "What is one half plus one quarter, written as a fraction?", "answer": "Three quarters, 3/4."},
+        {"question": "How do you add two fractions that have different denominators?",
+         "answer": "Rewrite them over a common denominator, then add the numerators."},
+    ]))
+    cfg = write_run_config(
+        tmp_path,
+        topics_doc={"version": 1, "domains": {"Mathematics": {"Arithmetic": [{"Fractions": "adding fractions"}]}}},
+        axes={"audiences": ["a child"], "styles": ["a short paragraph"], "kinds": ["explanation"]},
+        plan={"partitions": 2, "prompts_per_partition": 2},
+        model={"backend": "vllm", "num_cpus": 1, "max_model_len": 512},
+        sampling={"max_tokens": 48, "temperature": 0.7},
+        diversity={"baseline_prompts": 0},
+        decontamination={"benchmarks": [{"name": "fractions", "source": str(bench)}], "every_window": True,
+                         "judge": True, "judge_low": 0.05, "judge_high": 0.99},
+    )
+    result = run_synthesize(str(cfg))  # RunIncomplete if a partition's judge found no engine
+    store = open_store(result["store"])
+    run_id = result["run_id"]
+    report = json.loads(store.get_bytes(f"runs/{run_id}/decontam.json"))
+    judge = report["judge"]
+    assert judge["pairs"] >= report["checked"] > 0, "every record has a fraction item in the wide band"
+    assert judge["yes"] + judge["no"] + judge["unanswered"] == judge["pairs"]
+    assert judge["unanswered"] == 0, "guided to yes|no, every verdict parses"
+    assert judge["prompt_tokens"] > 50 * judge["pairs"] and judge["pairs"] <= judge["output_tokens"] <= 2 * judge["pairs"]
+    rejects = []
+    for pid in ("p00000", "p00001"):
+        rejects += from_parquet_bytes(store.get_bytes(f"runs/{run_id}/rejects/decontam/{pid}.parquet")).to_pylist()
+    judged = [r for r in rejects if r["match_method"] == "paraphrase_judge"]
+    assert len(judged) == report["rejected"] <= judge["yes"], "in this band every match is the judge's"
+    card = store.get_bytes(f"runs/{run_id}/README.md").decode()
+    assert f"{judge['pairs']} candidate pairs" in card and "the run's model judges candidates" in card

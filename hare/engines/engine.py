@@ -141,6 +141,18 @@ def engine_name(run_id: str, index: int) -> str:
     return f"hare-engine-{run_id}-{index}"
 
 
+def run_engine_names(run_id: str) -> list[str]:
+    """The names of the run's engine actors alive now (:func:`engine_name`), looked up in Ray:
+    a stage that borrows an engine (the decontamination judge) finds the engines the driver
+    holds, less any that left the pool."""
+    import ray
+
+    prefix = engine_name(run_id, 0)[:-1]
+    return sorted((a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                   if a.get("namespace") == RAY_NAMESPACE and a["name"].startswith(prefix)
+                   and a["name"][len(prefix):].isdigit()), key=lambda n: int(n[len(prefix):]))
+
+
 class CapacityError(RuntimeError):
     """The Ray cluster cannot hold the engines and a partition task at once (and no autoscaler
     adds what is missing within ``model.scale_up_wait_s``)."""

@@ -6,18 +6,20 @@ a text by embeddings, then ask an LLM whether the text is a rephrase of the item
 would only see the uncertain band: a window whose MiniLM cosine to an item is above a low
 threshold (below it, nothing is a leak) and below a high one (above it, the cosine alone decides).
 
-Pure functions, no engine: the prompt, the structured-output regex, the parser and the requests
-the run's own engines serve (hare.backends.base.GenerationRequest), so the judge's tokens are
-ordinary generation tokens, counted where every other request is counted. Whether the judge is
-worth its tokens is measured, not assumed: bench/decontam_judge.py.
+No engine here: the prompt, the structured-output regex, the parser, the requests the run's own
+engines serve (hare.backends.base.GenerationRequest) and :class:`Judge`, which sends a batch of
+pairs through any ``generate`` callable and counts what it cost. The run binds it to its engines
+(tasks/decontam.py); bench/decontam_judge.py to an engine of its own. Whether the judge is worth
+its tokens is measured, not assumed: bench/decontam_judge.py.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Iterable
+import time
+from typing import Any, Callable, Iterable, Sequence
 
-from hare.backends.base import GenerationRequest
+from hare.backends.base import GenerationRequest, GenerationResult
 from hare.config import SamplingConfig
 
 # vLLM structured outputs: the whole output must be one of the two words, so a small model cannot
@@ -76,3 +78,47 @@ def judge_requests(pairs: Iterable[tuple[str, str]], seed: int) -> list[Generati
         system, user = judge_prompt(window, item)
         out.append(GenerationRequest(i, system, user, seed, sampling=sampling, guided_regex=JUDGE_REGEX))
     return out
+
+
+Generate = Callable[[list[GenerationRequest]], list[GenerationResult]]
+
+
+class Judge:
+    """Verdicts on (text window, benchmark item) pairs from one batched ``generate`` call, and
+    what they cost (pairs, yes, no, unanswered, prompt and output tokens, seconds) since the last
+    :meth:`take_figures`: the stage reports them per partition, the card and the estimate count them.
+    A request the engine could not serve (an error result, or output that is neither yes nor
+    no) is unanswered (None): the caller falls back to the similarity, never fails the batch."""
+
+    FIGURES = ("pairs", "yes", "no", "unanswered", "prompt_tokens", "output_tokens")
+
+    def __init__(self, generate: Generate, seed: int = 0) -> None:
+        self.generate, self.seed = generate, seed
+        self._figures: dict[str, float] = dict.fromkeys(self.FIGURES, 0)
+        self._figures["seconds"] = 0.0
+
+    def verdicts(self, pairs: Sequence[tuple[str, str]]) -> list[bool | None]:
+        if not pairs:
+            return []
+        started = time.perf_counter()
+        results = self.generate(judge_requests(pairs, self.seed))
+        by_index = {r.prompt_index: r for r in results}
+        answered = [by_index.get(i) for i in range(len(pairs))]  # a missing result is unanswered
+        out = [None if r is None or r.error else parse_verdict(r.text) for r in answered]
+        f = self._figures
+        f["seconds"] += time.perf_counter() - started
+        f["pairs"] += len(pairs)
+        f["yes"] += sum(v is True for v in out)
+        f["no"] += sum(v is False for v in out)
+        f["unanswered"] += sum(v is None for v in out)
+        f["prompt_tokens"] += sum(r.prompt_tokens for r in results)
+        f["output_tokens"] += sum(r.output_tokens for r in results)
+        return out
+
+    def take_figures(self) -> dict[str, Any]:
+        """The figures since the last call (ints, seconds rounded), and start counting again."""
+        out = {k: int(v) for k, v in self._figures.items() if k != "seconds"}
+        out["seconds"] = round(self._figures["seconds"], 3)
+        self._figures = dict.fromkeys(self.FIGURES, 0)
+        self._figures["seconds"] = 0.0
+        return out

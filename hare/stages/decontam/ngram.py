@@ -38,6 +38,7 @@ import numpy as np
 
 from hare.stages.decontam.benchmarks import BenchmarkItem
 from hare.config import DecontamConfig
+from hare.stages.decontam.judge import Judge
 from hare.stages.decontam.text import Gram, ngrams, tokens
 from hare.priors.prompts import template_for
 
@@ -59,14 +60,14 @@ def item_length(item: BenchmarkItem) -> int:
 # The match method of a paraphrase, by the route that proposed its window (paraphrase.py): the
 # card and the rejects tell the routes apart ("paraphrase" alone is the rare-word filter's, as before).
 PARAPHRASE_METHODS = {"rare_words": "paraphrase", "synonym": "paraphrase_synonym",
-                      "every_window": "paraphrase_every_window"}
+                      "every_window": "paraphrase_every_window", "judge": "paraphrase_judge"}
 
 
 @dataclass(frozen=True)
 class Match:
     benchmark: str
     item_id: str
-    method: str  # "ngram" | "near_verbatim" | one of PARAPHRASE_METHODS' values
+    method: str  # "ngram" | "near_verbatim" | one of PARAPHRASE_METHODS' values (judge: the model said yes)
     score: float
 
 
@@ -219,7 +220,7 @@ class Decontaminator:
     """Finds the benchmark item a record leaks, by n-grams, then by paraphrase search."""
 
     def __init__(self, cfg: DecontamConfig, items: Sequence[BenchmarkItem], embed: Embed | None,
-                 every_window: bool = False) -> None:
+                 every_window: bool = False, judge: Judge | None = None) -> None:
         from hare.stages.decontam.paraphrase import ParaphraseSearch
 
         self.cfg = cfg
@@ -232,7 +233,9 @@ class Decontaminator:
             lengths.setdefault(it.benchmark, []).append(length)
         self.n_by_benchmark = {name: percentile_n(ls, cfg) for name, ls in lengths.items()}
         self.edits = EditIndex(self.items, cfg.edit_min_words) if cfg.near_verbatim else None
-        self.paraphrases = ParaphraseSearch(cfg, self.items, self.embed, every_window) if self.embed is not None else None
+        self.judge = judge if self.embed is not None else None  # it only sees paraphrase candidates
+        self.paraphrases = (ParaphraseSearch(cfg, self.items, self.embed, every_window, self.judge)
+                            if self.embed is not None else None)
 
     def n_for(self, kind: str) -> int | None:
         """The N a kind overrides with, or None: each benchmark's own N."""

@@ -48,6 +48,11 @@ a record that shares no rare word with any item is never embedded.
 - A window's similarity is taken to its candidate items only (question, and question plus answer
   for short items); a match needs ``paraphrase_threshold`` and, for items with two or more
   numbers, ``confirm_numbers`` of them unless the similarity reaches ``paraphrase_sure``.
+- The judge (``judge``; hare/stages/decontam/judge.py, the run's own engines): with one, the
+  thresholds above give way to a band. From ``judge_high`` up the similarity decides; a pair in
+  ``[judge_low, judge_high)`` is asked about (each record's ``judge_pairs_per_record`` most
+  similar items, all records of a call in one batch) and is a leak when the model says yes;
+  below ``judge_low`` nothing is. An unanswered pair is decided as if there were no judge.
 """
 
 from __future__ import annotations
@@ -65,6 +70,7 @@ import numpy as np
 
 from hare.stages.decontam.benchmarks import BenchmarkItem
 from hare.config import DecontamConfig
+from hare.stages.decontam.judge import Judge
 from hare.stages.decontam.pooled import SYNONYM_PER_RECORD, PooledIndex, content_words
 from hare.stages.decontam.text import STOPWORDS, key_terms, tokens
 from hare.paths import cache_dir
@@ -140,8 +146,11 @@ class ParaphraseSearch:
     every window with ``every_window``)."""
 
     def __init__(self, cfg: DecontamConfig, items: Sequence[BenchmarkItem], embed: Embed,
-                 every_window: bool = False) -> None:
+                 every_window: bool = False, judge: Judge | None = None) -> None:
         self.cfg, self.items, self.embed = cfg, list(items), embed
+        # The judge (issue 28, hare/stages/decontam/judge.py): with one, a candidate whose
+        # similarity falls in [judge_low, judge_high) is a leak when the run's model says so.
+        self.judge = judge
         # The cluster route (issue 28): embed every window and retrieve its nearest items, so a
         # candidate needs no shared word at all. Costs a forward pass per window: meant for the
         # GPU embedding actors (``decontam.every_window: auto``), possible anywhere.
@@ -419,14 +428,57 @@ class ParaphraseSearch:
             self._faiss.add(items)
         k = min(self.cfg.every_window_top_k, self._faiss.ntotal)
         sims, views = self._faiss.search(np.ascontiguousarray(vecs, dtype=np.float32), k)
-        return [list(dict.fromkeys(self.view_items[v] for v, sim in zip(vs, ss)
-                                   if v >= 0 and sim >= self.cfg.paraphrase_threshold))
+        lowest = self._lowest()
+        return [list(dict.fromkeys(self.view_items[v] for v, sim in zip(vs, ss) if v >= 0 and sim >= lowest))
                 for vs, ss in zip(views, sims)]
+
+    def _lowest(self) -> float:
+        """The least similarity that can still make a match: the judge band's bottom with a judge."""
+        return min(self.cfg.paraphrase_threshold, self.cfg.judge_low) if self.judge else self.cfg.paraphrase_threshold
+
+    def _need(self, route: str) -> float:
+        """The similarity a (window, item) pair needs without a judge: a window that only the
+        every-window route proposed shares no rare word and too few of the item's terms, so it
+        needs more (topic-only neighbours sit at 0.72)."""
+        return self.cfg.every_window_threshold if route == "every_window" else self.cfg.paraphrase_threshold
+
+    def _judge_view(self, j: int) -> str:
+        """What the judge is shown of item j: its longest view (question plus answer for short QA)."""
+        return self.views[self._views_of[j][-1]]
+
+    def _ask_judge(self, found: list[tuple[int, float, str] | None],
+                   band: dict[int, list[tuple[float, int, str, int]]], windows: list[str]) -> None:
+        """One batched judge call for the band candidates of the records no similarity decided:
+        each record's ``judge_pairs_per_record`` most similar (distinct items). The most similar
+        "yes" is the record's match (route ``judge``); an unanswered pair falls back to the
+        similarity, as if there were no judge."""
+        asked: list[tuple[int, float, int, str]] = []  # (record, similarity, item, route)
+        pairs: list[tuple[str, str]] = []
+        for r, cands in sorted(band.items()):
+            if found[r] is not None:
+                continue
+            seen: set[int] = set()
+            for sim, j, route, row in sorted(cands, key=lambda c: (-c[0], c[1])):
+                if j in seen:
+                    continue
+                seen.add(j)
+                asked.append((r, sim, j, route))
+                pairs.append((windows[row], self._judge_view(j)))
+                if len(seen) == self.cfg.judge_pairs_per_record:
+                    break
+        for (r, sim, j, route), verdict in zip(asked, self.judge.verdicts(pairs)):
+            if found[r] is not None and found[r][1] >= sim:
+                continue  # a more similar pair of this record was already a match
+            if verdict is True:
+                found[r] = (j, sim, "judge")
+            elif verdict is None and sim >= self._need(route):
+                found[r] = (j, sim, route)
 
     def search(self, texts: Sequence[str], toks: Sequence[Sequence[str]] | None = None) -> list[tuple[int, float, str] | None]:
         """Per text: (item index, similarity, route) of its best confirmed paraphrase, or None.
         The route that proposed the (window, item) pair: ``rare_words`` (the candidate filter),
-        ``synonym`` or ``every_window``; the first of these wins when several did."""
+        ``synonym`` or ``every_window``; the first of these wins when several did; ``judge`` when
+        the pair was in the judge's band and the judge said yes."""
         found: list[tuple[int, float, str] | None] = [None] * len(texts)
         jobs: list[tuple[int, dict[int, str], set[str]]] = []  # (record, candidate item -> route, window terms)
         window_texts: dict[str, int] = {}
@@ -457,19 +509,22 @@ class ParaphraseSearch:
                 for j in nearest[row]:
                     passing.setdefault(j, "every_window")
         items = self._vectors_for(sorted({v for _, passing, _ in jobs for j in passing for v in self._views_of[j]}))
+        band: dict[int, list[tuple[float, int, str, int]]] = {}  # record -> (similarity, item, route, window)
         for (r, passing, wkeys), row in zip(jobs, rows):
             for j, route in passing.items():
                 sim = float(max(items[v] @ vecs[row] for v in self._views_of[j]))
-                # a window that only the every-window route proposed shares no rare word and too
-                # few terms with the item: it needs more similarity (topic-only neighbours sit at 0.72)
-                need = self.cfg.every_window_threshold if route == "every_window" else self.cfg.paraphrase_threshold
-                if sim < need or (found[r] is not None and sim <= found[r][1]):
+                if sim < self._lowest() or (found[r] is not None and sim <= found[r][1]):
                     continue
                 numbers = self.numbers[j]
                 if (len(numbers) >= 2 and sim < self.cfg.paraphrase_sure
                         and len(numbers & wkeys) / len(numbers) < self.cfg.confirm_numbers):
                     continue
-                found[r] = (j, sim, route)
+                if self.judge is not None and sim < self.cfg.judge_high:
+                    band.setdefault(r, []).append((sim, j, route, row))
+                elif self.judge is not None or sim >= self._need(route):
+                    found[r] = (j, sim, route)
+        if band:
+            self._ask_judge(found, band, list(window_texts))
         return found
 
 
