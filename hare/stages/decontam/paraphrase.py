@@ -433,8 +433,8 @@ class ParaphraseSearch:
                 for vs, ss in zip(views, sims)]
 
     def _lowest(self) -> float:
-        """The least similarity that can still make a match: the judge band's bottom with a judge."""
-        return min(self.cfg.paraphrase_threshold, self.cfg.judge_low) if self.judge else self.cfg.paraphrase_threshold
+        """The least similarity that can still make a match: with a judge, its band's bottom."""
+        return self.cfg.judge_low if self.judge is not None else self.cfg.paraphrase_threshold
 
     def _need(self, route: str) -> float:
         """The similarity a (window, item) pair needs without a judge: a window that only the
