@@ -515,6 +515,10 @@ def test_the_judge_decides_the_band_and_only_the_band(items) -> None:
     (m,) = Decontaminator(DecontamConfig(judge_low=0.3, judge_high=round(plain.score - 0.01, 4)), items, embed,
                           judge=Judge(above)).check([REWORDED_0], ["math_word_problem"])
     assert m is not None and m.method == "paraphrase" and above.asked == []
+    below = ScriptedJudge("yes")  # under the band: not asked, not a leak, however far above paraphrase_threshold
+    (m,) = Decontaminator(DecontamConfig(judge_low=round(plain.score + 0.005, 4), judge_high=0.999), items, embed,
+                          judge=Judge(below)).check([REWORDED_0], ["math_word_problem"])
+    assert m is None and below.asked == []
     clean = ScriptedJudge("yes")
     assert Decontaminator(DecontamConfig(), items, embed, judge=Judge(clean)).check(
         CLEAN, ["explanation"] * len(CLEAN)) == [None] * len(CLEAN)
