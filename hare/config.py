@@ -894,7 +894,7 @@ class RunConfig(_Strict):
         content: dict[str, Any] = {
             hashed_as(k): ({f: x for f, x in v.items() if f not in PLACEMENT_FIELDS} if isinstance(v, dict) else v)
             for k, v in self.to_jsonable().items() if k not in PLACEMENT_SECTIONS}
-        _drop_unused_new_settings(content)
+        _drop_unused_new_settings(content, self)
         if inputs:
             content["input_sha256"] = {label: f["sha256"] for label, f in self.input_hashes().items()}
         blob = json.dumps(content, sort_keys=True).encode()
@@ -933,9 +933,24 @@ class RunConfig(_Strict):
         return self.model_dump(mode="json")
 
 
-def _drop_unused_new_settings(content: dict[str, Any]) -> None:
+# Decontamination routes added in 2026-12, by the condition that turns them on (``auto`` follows
+# the engines' or embedders' GPUs): while a route is off its settings change nothing.
+_DECONTAM_ROUTE_FIELDS = {
+    "every_window": ("every_window", "every_window_top_k", "every_window_threshold"),
+    "judge": ("judge", "judge_low", "judge_high", "judge_pairs_per_record"),
+}
+
+
+def _drop_unused_new_settings(content: dict[str, Any], cfg: "RunConfig") -> None:
     """Settings added after runs were made, left out of the hash while they change nothing (a
-    stage that is off, no per-kind sampling, no top-up): a run of older code keeps its hash."""
+    stage that is off, no per-kind sampling, no top-up, a decontamination route that is off): a
+    run of older code keeps its hash."""
+    decon = content.get(hashed_as("decontam"), {})
+    route_on = {"every_window": cfg.decontam.every_window_on(cfg.embedding), "judge": cfg.decontam.judge_on(cfg.model)}
+    for route, fields in _DECONTAM_ROUTE_FIELDS.items():
+        if not route_on[route]:
+            for name in fields:
+                decon.pop(name, None)
     for name, info in RunConfig.model_fields.items():  # an opt-in stage that is off (cleanup, validation, pii)
         opt_in = isinstance(info.annotation, type) and issubclass(info.annotation, OptInStageConfig)
         if opt_in and not content.get(hashed_as(name), {}).get("enabled"):

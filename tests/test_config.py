@@ -1,3 +1,4 @@
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -65,3 +66,19 @@ def test_config_hash_tracks_content(tmp_path: Path) -> None:
     b = load_config(write_run_config(tmp_path))
     c = load_config(write_run_config(tmp_path, seed=8))
     assert a.config_hash() == b.config_hash() != c.config_hash()
+
+
+def test_a_decontamination_route_that_is_off_leaves_the_hash_alone(tmp_path: Path) -> None:
+    """The judge's and the every-window route's settings count in the hash only where the route
+    runs (``auto`` resolved by the engines' and embedders' GPUs): on CPU they change nothing,
+    so a run made before they existed keeps its hash; where the route runs, they count."""
+    bench = {"benchmarks": [{"name": "tq", "source": str(ROOT / "data" / "benchmarks" / "truthfulqa_bigbench.jsonl"),
+                             "fields": ["question", "best_answer"]}]}
+
+    def settings(**decon: Any) -> str:
+        return load_config(write_run_config(tmp_path, decontamination={**bench, **decon})).config_hash(inputs=False)
+
+    assert settings() == settings(judge_low=0.3, judge_pairs_per_record=5) == settings(every_window_top_k=9)
+    assert settings(judge=True) != settings(judge=True, judge_low=0.3)
+    assert settings(every_window=True) != settings(every_window=True, every_window_top_k=9)
+    assert settings() != settings(paraphrase_threshold=0.8)
