@@ -181,11 +181,12 @@ class Decontam(RecordStage):
         judge = report.get("judge")
         if judge:
             per = judge["pairs"] / report["checked"] if report["checked"] else 0.0
+            dropped = sum(b["by_method"].get("paraphrase_judge", 0) for b in report["benchmarks"].values())
             lines += ["", f"Judge ({cfg.model.name}, the run's own engines): {judge['pairs']} candidate pairs in the "
                       f"similarity band {cfg.decontam.judge_low}..{cfg.decontam.judge_high} asked ({per:.3f} per "
-                      f"record checked): {judge['yes']} yes (dropped as `paraphrase_judge`), {judge['no']} no, "
-                      f"{judge['unanswered']} unanswered (the similarity decided); {judge['prompt_tokens']} prompt "
-                      f"and {judge['output_tokens']} output tokens, {judge['seconds']} s."]
+                      f"record checked): {judge['yes']} yes, {judge['no']} no, {judge['unanswered']} unanswered (the "
+                      f"similarity decided); {dropped} records dropped on its yes (`paraphrase_judge`); "
+                      f"{judge['prompt_tokens']} prompt and {judge['output_tokens']} output tokens, {judge['seconds']} s."]
         return [*lines, ""]
 
     def settings_row(self, cfg: RunConfig) -> tuple[str, str]:

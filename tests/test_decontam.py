@@ -530,13 +530,19 @@ def test_the_judge_asks_at_most_judge_pairs_per_record(siqa_items) -> None:
     similar distinct items, in one batch for all the records of the call."""
     from hare.stages.decontam.judge import Judge
 
-    script = ScriptedJudge("no")
-    dec = Decontaminator(DecontamConfig(judge_low=0.05, judge_high=0.99, judge_pairs_per_record=2), siqa_items,
-                         embed, every_window=True, judge=Judge(script))
-    texts = [middle(HOST, SIQA_135), HOST]
-    assert dec.check(texts, ["explanation"] * 2) == [None, None]
-    assert len(script.asked) == 4, "two records, two pairs each, one batch"
-    assert sum("Jordan" in p for p in script.asked) >= 1
+    def asked(texts: list[str]) -> list[str]:
+        script = ScriptedJudge("no")
+        dec = Decontaminator(DecontamConfig(judge_low=0.05, judge_high=0.99, judge_pairs_per_record=2), siqa_items,
+                             embed, every_window=True, judge=Judge(script))
+        assert dec.check(texts, ["explanation"] * len(texts)) == [None] * len(texts)
+        return script.asked
+
+    one = asked([HOST])
+    assert len(one) == 2, "the record's two most similar items"
+    assert asked([HOST, HOST, HOST]) == one, "records sharing a window and item ask about the pair once"
+    both = asked([middle(HOST, SIQA_135), HOST])
+    assert len(set(both)) == len(both) and 2 < len(both) <= 4, "two records, at most two pairs each, one batch"
+    assert sum("Jordan" in p for p in both) >= 1
 
 
 def test_the_judge_is_on_where_the_engines_hold_gpus(tmp_path: Path, monkeypatch) -> None:
@@ -570,10 +576,13 @@ def test_the_card_counts_the_judges_pairs_and_tokens() -> None:
     from hare.tasks.decontam import Decontam, merge_decontam
 
     fig = {"pairs": 3, "yes": 1, "no": 2, "unanswered": 0, "prompt_tokens": 480, "output_tokens": 6, "seconds": 1.5}
-    merged = merge_decontam([{"benchmarks": {}, "judge": fig}, {"benchmarks": {}, "judge": fig}, {"benchmarks": {}}])
+    judged = {"tq": {"records": 1, "by_method": {"paraphrase_judge": 1}, "items": ["4"],
+                     "items_by_method": {"paraphrase_judge": ["4"]}}}
+    merged = merge_decontam([{"benchmarks": judged, "judge": fig}, {"benchmarks": {}, "judge": fig}, {"benchmarks": {}}])
     assert merged["judge"] == {"pairs": 6, "yes": 2, "no": 4, "unanswered": 0, "prompt_tokens": 960,
                                "output_tokens": 12, "seconds": 3.0}
     assert "judge" not in merge_decontam([{"benchmarks": {}}])
     cfg = RunConfig.model_validate({"name": "t", "plan": {"partitions": 1, "prompts_per_partition": 1}})
     card = "\n".join(Decontam().card_section({"checked": 12, "rejected": 2, **merged}, cfg))
     assert "6 candidate pairs" in card and "(0.500 per record checked)" in card and "960 prompt and 12 output tokens" in card
+    assert "2 yes, 4 no" in card and "1 records dropped on its yes" in card, "verdicts and drops are told apart"

@@ -148,6 +148,7 @@ def test_the_run_judges_decontamination_candidates_with_its_own_engines(tmp_path
     for pid in ("p00000", "p00001"):
         rejects += from_parquet_bytes(store.get_bytes(f"runs/{run_id}/rejects/decontam/{pid}.parquet")).to_pylist()
     judged = [r for r in rejects if r["match_method"] == "paraphrase_judge"]
-    assert len(judged) == report["rejected"] <= judge["yes"], "in this band every match is the judge's"
+    assert len(judged) == report["rejected"], "in this band every match is the judge's"
+    assert (len(judged) > 0) == (judge["yes"] > 0)  # a yes can drop several records sharing its window
     card = store.get_bytes(f"runs/{run_id}/README.md").decode()
     assert f"{judge['pairs']} candidate pairs" in card and "the run's model judges candidates" in card

@@ -452,8 +452,8 @@ class ParaphraseSearch:
         each record's ``judge_pairs_per_record`` most similar (distinct items). The most similar
         "yes" is the record's match (route ``judge``); an unanswered pair falls back to the
         similarity, as if there were no judge."""
-        asked: list[tuple[int, float, int, str]] = []  # (record, similarity, item, route)
-        pairs: list[tuple[str, str]] = []
+        asked: list[tuple[int, float, int, str, int]] = []  # (record, similarity, item, route, pair)
+        pair_of: dict[tuple[int, int], int] = {}  # (window, item) -> pair: records that share a window ask once
         for r, cands in sorted(band.items()):
             if found[r] is not None:
                 continue
@@ -462,11 +462,12 @@ class ParaphraseSearch:
                 if j in seen:
                     continue
                 seen.add(j)
-                asked.append((r, sim, j, route))
-                pairs.append((windows[row], self._judge_view(j)))
+                asked.append((r, sim, j, route, pair_of.setdefault((row, j), len(pair_of))))
                 if len(seen) == self.cfg.judge_pairs_per_record:
                     break
-        for (r, sim, j, route), verdict in zip(asked, self.judge.verdicts(pairs)):
+        verdicts = self.judge.verdicts([(windows[row], self._judge_view(j)) for row, j in pair_of])
+        for r, sim, j, route, pair in asked:
+            verdict = verdicts[pair]
             if found[r] is not None and found[r][1] >= sim:
                 continue  # a more similar pair of this record was already a match
             if verdict is True:
