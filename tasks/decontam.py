@@ -40,22 +40,27 @@ def build_decontaminator(cfg: DecontamConfig, embed: Callable[[list[str]], Any] 
 
 def engine_judge(model: ModelConfig, run_id: str, seed: int) -> Judge:
     """A :class:`Judge` whose batches go to the run's own engines (the driver holds them until
-    the last partition's decontamination ends: flows/streaming.py), in turn, through
-    ``call_engine`` (which rides out an engine restart). No engine left: the partition fails
-    with that said, and ``hare rerun`` redoes it; nothing committed is lost."""
+    the last partition's decontamination ends: flows/streaming.py), in turn (each worker from
+    its own first engine, so workers spread), through ``call_engine`` (which rides out an
+    engine restart); an engine gone for good hands the batch to the next. No engine left: the
+    partition fails with that said, and ``hare rerun`` redoes it; nothing committed is lost."""
     import itertools
+    import os
 
     from hare.engines.engine import EngineGone, call_engine, run_engine_names
 
-    turn = itertools.count()
+    turn = itertools.count(os.getpid())
 
     def generate(requests: list[GenerationRequest]) -> list[GenerationResult]:
         names = run_engine_names(run_id)
-        if not names:
-            raise EngineGone(f"decontam.judge: run {run_id} has no engine to judge with (they were released or "
-                             "left the pool); rerun the partition, or set decontam.judge: false")
-        name = names[next(turn) % len(names)]
-        return call_engine(name, requests, requests[0].sampling or SamplingConfig(), model)[0]
+        first = next(turn) % len(names) if names else 0
+        for name in names[first:] + names[:first]:
+            try:
+                return call_engine(name, requests, requests[0].sampling or SamplingConfig(), model)[0]
+            except EngineGone:
+                continue  # it left the pool: the next engine judges this batch
+        raise EngineGone(f"decontam.judge: run {run_id} has no engine to judge with (they were released or "
+                         "left the pool); rerun the partition, or set decontam.judge: false")
 
     return Judge(generate, seed)
 

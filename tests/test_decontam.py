@@ -586,3 +586,31 @@ def test_the_card_counts_the_judges_pairs_and_tokens() -> None:
     card = "\n".join(Decontam().card_section({"checked": 12, "rejected": 2, **merged}, cfg))
     assert "6 candidate pairs" in card and "(0.500 per record checked)" in card and "960 prompt and 12 output tokens" in card
     assert "2 yes, 4 no" in card and "1 records dropped on its yes" in card, "verdicts and drops are told apart"
+
+
+def test_the_engine_judge_passes_a_batch_on_when_an_engine_is_gone(monkeypatch) -> None:
+    """The run's judge sends each batch to one of the run's engines; an engine gone for good
+    (``EngineGone``) hands the batch to the next; none left fails the partition, saying why.
+    The engines here are stand-ins (orchestration only: which engine is called)."""
+    import hare.engines.engine as engine
+    from hare.backends.base import GenerationResult
+    from hare.config import ModelConfig
+    from hare.tasks.decontam import engine_judge
+
+    called = []
+
+    def call_engine(name, requests, sampling, model):  # noqa: ANN001, ANN202
+        called.append(name)
+        if name == "hare-engine-r-0":
+            raise engine.EngineGone("engine hare-engine-r-0 is gone")
+        return [GenerationResult(r.prompt_index, "yes", 100, 1, "stop") for r in requests], 0.1, {}
+
+    monkeypatch.setattr(engine, "call_engine", call_engine)
+    monkeypatch.setattr(engine, "run_engine_names", lambda run_id: ["hare-engine-r-0", "hare-engine-r-1"])
+    judge = engine_judge(ModelConfig(), "r", 0)
+    for _ in range(2):  # whichever engine comes first in turn, the batch is answered
+        assert judge.verdicts([("a window", "an item")]) == [True]
+    assert called.count("hare-engine-r-1") == 2 and set(called) <= {"hare-engine-r-0", "hare-engine-r-1"}
+    monkeypatch.setattr(engine, "run_engine_names", lambda run_id: ["hare-engine-r-0"])
+    with pytest.raises(engine.EngineGone, match="no engine to judge with"):
+        engine_judge(ModelConfig(), "r", 0).verdicts([("a window", "an item")])
