@@ -486,13 +486,20 @@ def test_the_decontamination_judge_is_in_the_estimate(tmp_path: Path, capsys: py
     on = plan_summary(on_cfg)
     assert off["judge"] is None
     pairs = on["judge"]["pairs"]
-    assert pairs == round(10_000 * JUDGE_PAIRS_PER_RECORD)
+    assert pairs == round(10_000 * JUDGE_PAIRS_PER_RECORD["cpu_routes"])
     assert on["judge"]["output_tokens"] == round(pairs * JUDGE_OUTPUT_TOKENS_PER_PAIR)
     assert on["expected_output_tokens"] == off["expected_output_tokens"] + on["judge"]["output_tokens"]
-    judge_in = round(pairs * JUDGE_PROMPT_TOKENS_PER_PAIR)
+    judge_in = round(pairs * JUDGE_PROMPT_TOKENS_PER_PAIR["cpu_routes"])
     added = expected_input_tokens(on_cfg, on)["tokens"] - expected_input_tokens(on_cfg, off)["tokens"]
     assert added == pytest.approx(judge_in, abs=1)  # each total is rounded once
     args = _parser().parse_args(["plan", str(on_path)])
     assert args.fn(args) == 0
     out = capsys.readouterr().out
     assert f"~{pairs:,} pairs" in out and "decontamination judge: default, not measured" in out
+    # with GPU embedders the every-window route proposes pairs too: its own, measured rate
+    wide = plan_summary(load_config(write_run_config(tmp_path, decontamination={**bench, "judge": True},
+                                                     embedding={"num_gpus": 0.5},
+                                                     plan={"partitions": 100, "prompts_per_partition": 100,
+                                                           "top_up_rounds": 0})))
+    assert wide["judge"]["pairs"] == round(10_000 * JUDGE_PAIRS_PER_RECORD["every_window"]) > pairs
+    assert "with the every-window route" in wide["judge"]["detail"]
